@@ -28,6 +28,9 @@ class EditResult:
 class Editor(ABC):
     """Edits a model in place. ``edit`` is called once per edit step with 1 (ROME) or more requests."""
 
+    def prepare(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, data_dir: str | None) -> None:
+        """Once, before the first edit: load hyperparameters for ``model_name``, key statistics, checkpoints."""
+
     @abstractmethod
     def weight_names(self, model: nn.Module) -> list[str]:
         """Parameter names this editor may change; snapshotted as W_0 before the first edit."""
