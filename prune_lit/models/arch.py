@@ -93,7 +93,10 @@ def _param(model: nn.Module, name: str) -> nn.Parameter:
 
 
 def get_weight(model: nn.Module, name: str) -> torch.Tensor:
-    """The parameter ``name`` as a detached ``[out, in]`` view (transposed back for Conv1D)."""
+    """The parameter ``name`` as a detached ``[out, in]`` *view* (transposed back for Conv1D).
+
+    It aliases the live weight: ``.clone()`` it to keep a value across later edits.
+    """
     w = _param(model, name).detach()
     return w.T if arch_spec(model).transposed and w.dim() == 2 else w
 

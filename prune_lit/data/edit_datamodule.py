@@ -1,0 +1,112 @@
+"""Lightning data module that feeds edit requests: one test batch = one edit step; train/val for MEND."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from prune_lit.data.counterfact import load_counterfact
+from prune_lit.data.requests import EditRequest
+from prune_lit.data.zsre import load_zsre
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("counterfact", "zsre")
+# zsRE ships no validation file: MEND validation uses the tail of its train file, held out from training.
+ZSRE_VAL_FRACTION = 0.1
+
+
+def collate_requests(batch: list[EditRequest]) -> list[EditRequest]:
+    """Keep a batch as the list of requests it is (editors tokenize themselves)."""
+    return list(batch)
+
+
+def load_edit_requests(
+    dataset: str, split: str, data_dir: str | None = None, limit: int | None = None, seed: int = 0, shuffle: bool = False
+) -> list[EditRequest]:
+    """Requests of ``dataset`` ("counterfact" | "zsre") and ``split``; ``"edit"`` and ``"eval"`` name the same
+    split (the one edited and evaluated) for both datasets."""
+    if dataset == "counterfact":
+        return load_counterfact({"eval": "edit"}.get(split, split), data_dir, limit, seed, shuffle)  # type: ignore[arg-type]
+    if dataset == "zsre":
+        return load_zsre({"edit": "eval"}.get(split, split), data_dir, limit, seed, shuffle)  # type: ignore[arg-type]
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+
+
+class EditDataModule(L.LightningDataModule):
+    """Edit requests for sequential editing, ``batch_size`` requests per edit step (1 for ROME, N for MEMIT).
+
+    ``test_dataloader`` yields ``list[EditRequest]`` in the fixed order of `all_requests`: the first
+    ``num_edits`` requests of ``split`` (a ``seed``-ed random subset when ``shuffle``). ``train_dataloader``
+    / ``val_dataloader`` serve MEND training: the train split (reshuffled each epoch, seeded) and the val
+    split (CounterFact's val file; for zsRE the last 10% of its train file, which training then leaves out),
+    capped at ``val_limit``.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "counterfact",
+        split: str = "edit",
+        num_edits: int | None = 20,
+        batch_size: int = 1,
+        data_dir: str | None = None,
+        seed: int = 0,
+        shuffle: bool = False,
+        train_batch_size: int = 1,
+        val_limit: int | None = 200,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        if batch_size < 1 or train_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, train_batch_size={train_batch_size}")
+        if num_edits is not None and num_edits < 1:
+            raise ValueError(f"num_edits must be >= 1 or None (all), got {num_edits}")
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.split = split
+        self.num_edits = num_edits
+        self.batch_size = batch_size
+        self.data_dir = data_dir
+        self.seed = seed
+        self.shuffle = shuffle
+        self.train_batch_size = train_batch_size
+        self.val_limit = val_limit
+        self._requests: list[EditRequest] | None = None
+
+    @property
+    def all_requests(self) -> list[EditRequest]:
+        """Every request that will be edited, in edit order (loaded on first use)."""
+        if self._requests is None:
+            self._requests = load_edit_requests(self.dataset, self.split, self.data_dir, self.num_edits, self.seed, self.shuffle)
+            if self.num_edits is not None and len(self._requests) < self.num_edits:
+                log.warning("asked for %d edits but %s/%s has only %d requests", self.num_edits, self.dataset, self.split, len(self._requests))
+        return self._requests
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "test"):
+            _ = self.all_requests
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.all_requests, batch_size=self.batch_size, shuffle=False, num_workers=0, collate_fn=collate_requests)  # type: ignore[arg-type]
+
+    def _train_val(self) -> tuple[list[EditRequest], list[EditRequest]]:
+        train = load_edit_requests(self.dataset, "train", self.data_dir)
+        if self.dataset == "counterfact":
+            val = load_edit_requests(self.dataset, "val", self.data_dir)
+        else:
+            n_val = max(1, int(len(train) * ZSRE_VAL_FRACTION))
+            train, val = train[:-n_val], train[-n_val:]
+        return train, val if self.val_limit is None else val[: self.val_limit]
+
+    def train_dataloader(self) -> DataLoader:
+        train, _ = self._train_val()
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(train, batch_size=self.train_batch_size, shuffle=True, generator=gen, num_workers=0, collate_fn=collate_requests, drop_last=True)  # type: ignore[arg-type]
+
+    def val_dataloader(self) -> DataLoader:
+        _, val = self._train_val()
+        return DataLoader(val, batch_size=self.train_batch_size, shuffle=False, num_workers=0, collate_fn=collate_requests)  # type: ignore[arg-type]

@@ -1,0 +1,117 @@
+"""Hyperparameters of the locate-then-edit editors (ROME, MEMIT), loaded from commented YAML presets.
+
+Presets live in ``prune_lit/hparams/{rome,memit}/<model_name>.yaml``. The random test models
+(``tiny-gpt2`` / ``tiny-llama``) get the small built-in defaults below, so tests need no YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+HPARAMS_DIR = Path(__file__).resolve().parents[1] / "hparams"
+
+T = TypeVar("T", bound="LocateEditHParams")
+
+
+@dataclass
+class LocateEditHParams:
+    """Settings shared by ROME and MEMIT (names follow kmeng01/rome and kmeng01/memit)."""
+
+    layers: list[int]  # transformer blocks whose MLP output projection is rewritten
+    v_num_grad_steps: int = 20  # Adam steps when optimising the new value / residual delta
+    v_lr: float = 0.5  # Adam learning rate for that delta
+    v_weight_decay: float = 0.5  # weight of ||delta||^2 / ||v_init||^2 in the loss
+    clamp_norm_factor: float = 4.0  # ||delta|| is clamped to clamp_norm_factor * ||v_init||
+    kl_factor: float = 0.0625  # weight of the KL term on "{subject} is a" prompts (essence drift)
+    early_stop_loss: float = 5e-2  # stop optimising once the total loss is below this
+    # [[length_in_tokens, how_many], ...] of model-generated prefixes ("{}" is always included)
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10]])
+    context_template_seed: int = 0  # seed of the prefix sampler (deterministic templates)
+    mom2_adjustment: bool = True  # use C = E[k k^T]; False uses the identity (EasyEdit's llama3 ROME)
+    mom2_dataset: str = "wikitext-2"  # text the key statistics are computed on
+    mom2_n_samples: int = 100_000  # number of tokens the statistics average over
+    mom2_dtype: str = "float32"  # dtype the model runs in while collecting statistics
+    mom2_seq_len: int = 256  # tokens per sequence when chunking the corpus
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+        if "layers" not in data:
+            raise ValueError(f"{source}: missing required key 'layers'")
+        hp = cls(**data)
+        hp.validate(source)
+        return hp
+
+    def validate(self, source: str = "<hparams>") -> None:
+        if not self.layers or any(int(x) < 0 for x in self.layers):
+            raise ValueError(f"{source}: 'layers' must be a non-empty list of non-negative ints, got {self.layers}")
+        if self.v_num_grad_steps < 1 or self.v_lr <= 0 or self.mom2_n_samples < 1:
+            raise ValueError(f"{source}: v_num_grad_steps, v_lr and mom2_n_samples must be positive")
+
+    def replace(self: T, **overrides: Any) -> T:
+        out = dataclasses.replace(self, **overrides)
+        out.validate("overrides")
+        return out
+
+
+@dataclass
+class ROMEHParams(LocateEditHParams):
+    """ROME: one layer, rank-one update with C^-1 k* as the key direction."""
+
+    def validate(self, source: str = "<hparams>") -> None:
+        super().validate(source)
+        if len(self.layers) != 1:
+            raise ValueError(f"{source}: ROME edits exactly one layer, got layers={self.layers}")
+
+
+@dataclass
+class MEMITHParams(LocateEditHParams):
+    """MEMIT: several consecutive layers; the target is set at the last one's residual stream."""
+
+    mom2_update_weight: float = 20_000.0  # lambda in (lambda C + K K^T)^-1: how hard old keys are preserved
+
+
+# Small defaults for the random 4-layer test models (d=64): fast and deterministic.
+_TINY: dict[str, dict[str, Any]] = {
+    "rome": dict(layers=[1], v_num_grad_steps=30, v_lr=0.5, v_weight_decay=1e-3, clamp_norm_factor=10.0,
+                 context_template_length_params=[[5, 3]], mom2_n_samples=4_000, mom2_seq_len=64),
+    "memit": dict(layers=[1, 2], v_num_grad_steps=30, v_lr=0.5, v_weight_decay=1e-3, clamp_norm_factor=10.0,
+                  context_template_length_params=[[5, 3]], mom2_n_samples=4_000, mom2_seq_len=64,
+                  mom2_update_weight=100.0),
+}
+
+
+def preset_path(algo: str, model_name: str) -> Path:
+    """``prune_lit/hparams/<algo>/<basename of model_name>.yaml``."""
+    return HPARAMS_DIR / algo / f"{Path(str(model_name)).name}.yaml"
+
+
+def load_hparams(cls: type[T], algo: str, hparams: str | None, model_name: str, **overrides: Any) -> T:
+    """Hyperparameters from a YAML path, else the preset for ``model_name``, then ``overrides`` on top."""
+    if hparams is not None:
+        path = Path(hparams)
+        if not path.is_file():
+            raise FileNotFoundError(f"{algo} hyperparameter file {path} does not exist")
+    else:
+        path = preset_path(algo, model_name)
+        if not path.is_file():
+            if model_name in ("tiny-gpt2", "tiny-llama"):
+                return cls.from_dict({**_TINY[algo], **overrides}, source=f"built-in {algo} defaults for {model_name}")
+            available = sorted(p.stem for p in (HPARAMS_DIR / algo).glob("*.yaml"))
+            raise FileNotFoundError(
+                f"no {algo} preset for model {model_name!r} (looked for {path}); available: {available}. "
+                f"Pass hparams=<path to a YAML>."
+            )
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of hyperparameters, got {type(data).__name__}")
+    return cls.from_dict({**data, **overrides}, source=str(path))

@@ -1,0 +1,317 @@
+"""MEND's hypernetwork (Mitchell et al., ICLR 2022) and the pure pieces around it.
+
+For a linear layer ``y = W x`` the fine-tuning gradient of a loss over tokens ``i`` is the sum of
+rank-1 outer products ``∇W = Σ_i δ_i u_iᵀ`` with ``u_i`` the layer input and ``δ_i = ∂L/∂y_i``. MEND
+never forms ``∇W`` from the raw factors: it normalises ``u`` and ``δ`` (running mean/std), passes
+``[u; δ]`` through a low-rank, identity-initialised MLP and builds the pseudo-gradient
+``∇̃W = Σ_i δ̃_i ũ_iᵀ`` from the outputs. The edited weight is ``W̃ = W − lr_l · ∇̃W`` with one learned
+``lr_l`` per inner matrix. One `GradientTransform` is shared by all inner matrices of equal shape
+("shared" mode); per-matrix scale/shift embeddings condition it on which matrix it is transforming.
+
+Everything here works in the math orientation ``[out, in]``; GPT-2's Conv1D is handled by
+`prune_lit.models.arch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from prune_lit.models.arch import arch_spec, num_layers
+
+# ---- pure tensor functions -------------------------------------------------------------------
+
+
+def outer_gradient(u: Tensor, delta: Tensor) -> Tensor:
+    """Σ_i δ_i u_iᵀ. ``u``: [n, d_in], ``delta``: [n, d_out] -> [d_out, d_in]."""
+    return delta.T @ u
+
+
+def nonzero_rows(u: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop token rows whose input or output gradient is all zero (padding, positions after the loss).
+
+    ``u``: [n, d_in], ``delta``: [n, d_out] -> the kept rows of each. As in MEND, this keeps padded and
+    loss-free positions out of the running statistics and out of the pseudo-gradient.
+    """
+    keep = (u != 0).any(-1) & (delta != 0).any(-1)
+    return u[keep], delta[keep]
+
+
+def masked_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean next-token NLL over labelled positions. ``logits``: [b, T, V]; ``labels``: [b, T] (-100 = ignore).
+
+    ``labels[:, t]`` is the token at position t; it is predicted by ``logits[:, t-1]``.
+    """
+    logp = logits[:, :-1].float().log_softmax(-1)
+    tgt = labels[:, 1:]
+    mask = tgt != -100
+    picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(picked * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sequence_logprob(logits: Tensor, labels: Tensor) -> Tensor:
+    """Summed log-prob of the labelled tokens of each row. ``logits``: [b, T, V], ``labels``: [b, T] -> [b]."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    tgt = labels[:, 1:]
+    mask = tgt != -100
+    picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+def masked_kl(base_logits: Tensor, edited_logits: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real positions of KL(p_base ‖ p_edited). logits: [b, T, V]; ``mask``: [b, T] bool."""
+    base_logp = base_logits.float().log_softmax(-1)
+    edited_logp = edited_logits.float().log_softmax(-1)
+    kl = (base_logp.exp() * (base_logp - edited_logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---- tokenisation ------------------------------------------------------------------------------
+
+
+@dataclass
+class LMBatch:
+    """Right-padded token batch. ``labels`` keep only the continuation tokens (-100 elsewhere)."""
+
+    input_ids: Tensor  # [b, T]
+    attention_mask: Tensor  # [b, T]
+    labels: Tensor  # [b, T]
+
+    def to(self, device: torch.device | str) -> LMBatch:
+        return LMBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+
+def lm_batch(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], continuations: Sequence[str], max_length: int = 64
+) -> LMBatch:
+    """Tokenise ``prompt + " " + continuation`` rows, labelling the continuation tokens only.
+
+    Right padding keeps positions 0..n-1 for the real tokens without needing position ids; the prompt
+    is cut from the left when a row would exceed ``max_length``.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    rows, labels = [], []
+    for prompt, cont in zip(prompts, continuations):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(" " + cont.strip(), add_special_tokens=False)["input_ids"] if cont.strip() else []
+        p = p[-max(1, max_length - len(c)) :]
+        rows.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(l)] = torch.tensor(l)
+        att[i, : len(r)] = 1
+    return LMBatch(ids, att, lab)
+
+
+# ---- capturing u and δ ---------------------------------------------------------------------------
+
+
+def default_inner_params(model: nn.Module, inner_layers: Sequence[int] | None = None) -> list[str]:
+    """MEND's inner params: every MLP matrix of ``inner_layers`` (default: the last 3 layers)."""
+    spec = arch_spec(model)
+    n = num_layers(model)
+    layers = list(inner_layers) if inner_layers is not None else list(range(n - 3, n))
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"inner_layers {bad} out of range for a {n}-layer model")
+    return [name for i in layers for name in spec.mlp_weight_names(i)]
+
+
+@contextmanager
+def capture_io(model: nn.Module, param_names: Sequence[str]) -> Iterator[dict[str, list[Tensor]]]:
+    """Record (input, output) of the modules owning ``param_names`` during forward passes.
+
+    Yields ``{param_name: [input, output]}``, filled by the next forward. Outputs are made to require
+    grad (the base model is frozen) so ``torch.autograd.grad(loss, output)`` gives δ.
+    """
+    store: dict[str, list[Tensor]] = {}
+    handles = []
+
+    def hook_for(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if not output.requires_grad:
+                output.requires_grad_(True)  # a leaf here: nothing upstream needs grad
+            store[name] = [args[0].detach(), output]
+
+        return hook
+
+    try:
+        for name in param_names:
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def finetune_factors(
+    model: nn.Module, batch: LMBatch, param_names: Sequence[str]
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+    """NLL of ``batch`` on ``model`` and, for each inner param, its gradient factors.
+
+    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])})`` with ``n`` = b·T token rows (zero rows
+    included; `nonzero_rows` drops them). ∇W of the loss equals ``outer_gradient(u, δ)``.
+    """
+    with torch.enable_grad(), capture_io(model, param_names) as io:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = masked_nll(logits, batch.labels)
+        missing = [n for n in param_names if n not in io]
+        if missing:
+            raise RuntimeError(f"no forward pass through the modules of {missing}")
+        outputs = [io[n][1] for n in param_names]
+        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+    factors = {}
+    for name, g in zip(param_names, grads):
+        u = io[name][0]
+        u = u.reshape(-1, u.shape[-1])
+        d = torch.zeros(u.shape[0], outputs[param_names.index(name)].shape[-1], device=u.device) if g is None else g
+        factors[name] = (u.float(), d.reshape(-1, d.shape[-1]).float().detach())
+    return loss.detach(), factors
+
+
+# ---- the hypernetwork ------------------------------------------------------------------------------
+
+
+class RunningMeanStd(nn.Module):
+    """Per-feature running mean / std (Chan et al.'s parallel Welford update), saved as buffers."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("m2", torch.zeros(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold rows of ``x`` [n, dim] into the statistics."""
+        n = x.shape[0]
+        if n == 0:
+            return
+        mean_b = x.mean(0)
+        m2_b = ((x - mean_b) ** 2).sum(0)
+        total = self.count + n
+        diff = mean_b - self.mean
+        self.mean += diff * (n / total).float()
+        self.m2 += m2_b + diff**2 * (self.count * n / total).float()
+        self.count.copy_(total)
+
+    def std(self) -> Tensor:
+        return (self.m2 / (self.count - 1).clamp(min=1).float()).sqrt()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(x − mean) / (std + 1e-7)``; ``x``: [n, dim]."""
+        return (x - self.mean) / (self.std() + 1e-7)
+
+
+class LowRankLinear(nn.Module):
+    """``x + act(B A (s_m ⊙ x + t_m) + b)`` with A: [rank, d], B: [d, rank] (B zero: identity at init).
+
+    ``s_m``, ``t_m`` are the per-matrix ("mode") scale and shift of MEND's shared mode.
+    """
+
+    def __init__(self, dim: int, rank: int, relu: bool, n_modes: int) -> None:
+        super().__init__()
+        mid = min(rank, dim)
+        # A is scaled by 1/sqrt(dim) (MEND uses a unit normal) so the outer lr does not depend on dim.
+        self.a = nn.Parameter(torch.randn(mid, dim) / dim**0.5)
+        self.b = nn.Parameter(torch.zeros(dim, mid))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.mode_scale = nn.Parameter(torch.ones(n_modes, dim))
+        self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
+        self.relu = relu
+
+    def forward(self, x: Tensor, mode: int) -> Tensor:
+        """``x``: [n, dim] -> [n, dim]."""
+        x = x * self.mode_scale[mode] + self.mode_shift[mode]
+        h = (x @ self.a.T) @ self.b.T + self.bias
+        return x + (F.relu(h) if self.relu else h)
+
+
+class IDMLP(nn.Module):
+    """``n_hidden + 1`` residual low-rank layers (ReLU on all but the last): the identity at init."""
+
+    def __init__(self, dim: int, rank: int, n_hidden: int = 1, n_modes: int = 1) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(LowRankLinear(dim, rank, relu=i < n_hidden, n_modes=n_modes) for i in range(n_hidden + 1))
+
+    def forward(self, x: Tensor, mode: int = 0) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, mode)
+        return x
+
+
+class GradientTransform(nn.Module):
+    """Maps gradient factors (u [n, d_in], δ [n, d_out]) to transformed factors (ũ, δ̃).
+
+    The running statistics update only in training mode; in eval mode they must already exist.
+    """
+
+    def __init__(self, d_in: int, d_out: int, rank: int, n_hidden: int = 1, n_modes: int = 1) -> None:
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.norm_u = RunningMeanStd(d_in)
+        self.norm_delta = RunningMeanStd(d_out)
+        self.mlp = IDMLP(d_in + d_out, rank, n_hidden, n_modes)
+
+    def forward(self, u: Tensor, delta: Tensor, mode: int = 0) -> tuple[Tensor, Tensor]:
+        u, delta = nonzero_rows(u.float(), delta.float())
+        if self.training:
+            self.norm_u.update(u)
+            self.norm_delta.update(delta)
+        if self.norm_u.count < 2:
+            raise RuntimeError("GradientTransform has seen fewer than 2 gradient rows: train it before editing")
+        out = self.mlp(torch.cat([self.norm_u(u), self.norm_delta(delta)], -1), mode)
+        return out.split([self.d_in, self.d_out], -1)
+
+
+def _key(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+class MENDHyperNet(nn.Module):
+    """One `GradientTransform` per distinct inner-matrix shape, plus a learned lr per inner matrix.
+
+    Args:
+        shapes: inner param name -> its ``(out, in)`` shape, in a fixed order (the checkpoint's).
+        rank, n_hidden: size of each `IDMLP`.
+        edit_lr: initial value of every per-matrix edit learning rate.
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int = 1920, n_hidden: int = 1, edit_lr: float = 1e-4) -> None:
+        super().__init__()
+        self.names = list(shapes)
+        self.shapes = {n: (int(s[0]), int(s[1])) for n, s in shapes.items()}
+        groups: dict[str, list[str]] = {}
+        for n, s in self.shapes.items():
+            groups.setdefault(_key(s), []).append(n)
+        self.mode = {n: members.index(n) for members in groups.values() for n in members}
+        self.transforms = nn.ModuleDict(
+            {k: GradientTransform(self.shapes[m[0]][1], self.shapes[m[0]][0], rank, n_hidden, len(m)) for k, m in groups.items()}
+        )
+        self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))
+
+    def pseudo_gradient(self, name: str, u: Tensor, delta: Tensor) -> Tensor:
+        """∇̃W for one inner matrix. ``u``: [n, d_in], ``delta``: [n, d_out] -> [d_out, d_in]."""
+        u_t, d_t = self.transforms[_key(self.shapes[name])](u, delta, self.mode[name])
+        return outer_gradient(u_t, d_t)
+
+    def forward(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """``{name: (u, δ)}`` -> ``{name: ΔW = −lr_name · ∇̃W}`` (each [out, in])."""
+        unknown = set(factors) - set(self.names)
+        if unknown:
+            raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
+        return {n: -self.edit_lrs[i] * self.pseudo_gradient(n, *factors[n]) for i, n in enumerate(self.names) if n in factors}

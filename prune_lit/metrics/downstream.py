@@ -1,0 +1,218 @@
+"""Scores for the four downstream tasks, one torchmetrics class per metric (states are sums, so they
+sync across processes by addition).
+
+The answer extraction is written as small pure functions so they can be tested on their own.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_ANSWER_MARKERS = ("####", "the answer is")
+
+
+# ---------------------------------------------------------------- GSM8K
+
+
+def extract_number(text: str) -> str | None:
+    """The number a GSM8K generation answers with, or None.
+
+    Looks after the last ``####`` or "The answer is" if present, else in the whole text, and takes the last
+    number there (commas and ``$`` stripped: ``"$1,000.50"`` -> ``"1000.50"``).
+    """
+    lowered = text.lower()
+    for marker in _ANSWER_MARKERS:
+        pos = lowered.rfind(marker)
+        if pos >= 0:
+            tail = text[pos + len(marker) :]
+            if _NUMBER.search(tail.replace(",", "").replace("$", "")):
+                text = tail
+                break
+    found = _NUMBER.findall(text.replace(",", "").replace("$", ""))
+    return found[-1] if found else None
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return abs(float(a) - float(b)) < 1e-6
+    except ValueError:
+        return False
+
+
+class GSM8KExactMatch(Metric):
+    """Fraction of generations whose extracted number equals the reference number (numeric compare)."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        """``preds``: generated texts; ``target``: reference numbers as strings (e.g. ``"1000"``)."""
+        _check_lengths(preds, target)
+        self.correct += sum(numbers_equal(extract_number(p), extract_number(t)) for p, t in zip(preds, target))
+        self.total += len(preds)
+
+    def compute(self) -> Tensor:
+        return self.correct / self.total if self.total > 0 else torch.tensor(0.0)
+
+
+# ---------------------------------------------------------------- SAMSum
+
+
+class SummarizationRouge(Metric):
+    """Mean per-example ROUGE-1/2/L F1 (``rouge-score`` package, Porter stemming) over generated summaries.
+
+    ``compute`` returns ``{"rouge1", "rouge2", "rougeL"}``.
+    """
+
+    higher_is_better = True
+    full_state_update = False
+    KEYS = ("rouge1", "rouge2", "rougeL")
+
+    def __init__(self, use_stemmer: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        from rouge_score import rouge_scorer
+
+        self._scorer = rouge_scorer.RougeScorer(list(self.KEYS), use_stemmer=use_stemmer)
+        for k in self.KEYS:
+            self.add_state(k, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        _check_lengths(preds, target)
+        for p, t in zip(preds, target):
+            scores = self._scorer.score(t, p)  # (target, prediction) order
+            for k in self.KEYS:
+                setattr(self, k, getattr(self, k) + scores[k].fmeasure)
+        self.total += len(preds)
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.total if self.total > 0 else torch.tensor(1.0)
+        return {k: (getattr(self, k) / n).float() for k in self.KEYS}
+
+
+# ---------------------------------------------------------------- Natural Questions
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, drop punctuation and articles, collapse whitespace."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def qa_prediction(generated: str) -> str:
+    """The answer part of a QA generation: up to the first line break (the model often rambles on)."""
+    return generated.strip().split("\n", 1)[0].strip()
+
+
+def token_f1(pred: str, ref: str) -> float:
+    p, r = normalize_answer(pred).split(), normalize_answer(ref).split()
+    common = sum((Counter(p) & Counter(r)).values())
+    if not p or not r:
+        return float(p == r)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def contains_answer(pred: str, ref: str) -> bool:
+    """PRUNE's lenient criterion: the normalised reference is a contiguous word span of the normalised prediction."""
+    p, r = normalize_answer(pred).split(), normalize_answer(ref).split()
+    if not r:
+        return False
+    return any(p[i : i + len(r)] == r for i in range(len(p) - len(r) + 1))
+
+
+class _QAMetric(Metric):
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("score", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def _one(self, pred: str, ref: str) -> float:
+        raise NotImplementedError
+
+    def update(self, preds: Sequence[str], target: Sequence[Sequence[str]]) -> None:
+        """``preds``: generated texts (cut at the first line break); ``target``: accepted answers per example."""
+        _check_lengths(preds, target)
+        for p, refs in zip(preds, target):
+            if isinstance(refs, str):
+                refs = (refs,)
+            p = qa_prediction(p)
+            self.score += max((self._one(p, r) for r in refs), default=0.0)
+        self.total += len(preds)
+
+    def compute(self) -> Tensor:
+        return (self.score / self.total).float() if self.total > 0 else torch.tensor(0.0)
+
+
+class QAExactMatch(_QAMetric):
+    """SQuAD-style exact match: normalised prediction equals any normalised reference."""
+
+    def _one(self, pred: str, ref: str) -> float:
+        return float(normalize_answer(pred) == normalize_answer(ref))
+
+
+class QATokenF1(_QAMetric):
+    """SQuAD-style token F1, best over the references."""
+
+    def _one(self, pred: str, ref: str) -> float:
+        return token_f1(pred, ref)
+
+
+class QAContainsMatch(_QAMetric):
+    """PRUNE's QA score: a reference appears as a word span of the prediction."""
+
+    def _one(self, pred: str, ref: str) -> float:
+        return float(contains_answer(pred, ref))
+
+
+# ---------------------------------------------------------------- RTE
+
+
+class NLIAccuracy(Metric):
+    """Accuracy of boolean entailment predictions (True = entailment)."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor | Sequence[bool], target: Tensor | Sequence[bool]) -> None:
+        """``preds``, ``target``: bool [n]."""
+        preds = torch.as_tensor(preds, dtype=torch.bool).reshape(-1).cpu()
+        target = torch.as_tensor(target, dtype=torch.bool).reshape(-1).cpu()
+        _check_lengths(preds, target)
+        self.correct += (preds == target).sum().float()
+        self.total += preds.numel()
+
+    def compute(self) -> Tensor:
+        return self.correct / self.total if self.total > 0 else torch.tensor(0.0)
+
+
+def _check_lengths(preds: Sequence | Tensor, target: Sequence | Tensor) -> None:
+    if len(preds) != len(target):
+        raise ValueError(f"{len(preds)} predictions but {len(target)} targets")

@@ -1,0 +1,199 @@
+"""Batched greedy generation and next-token choice scoring for causal LMs (Hugging Face models).
+
+Both functions sort prompts by token length before batching (less left padding) and return results in
+the caller's order. The tokenizer must pad on the left (``load_model`` sets this); it is enforced here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    texts: list[str]  # the continuations, cut at the first stop string, in the prompts' order
+    new_tokens: int  # tokens actually generated (up to EOS or the stop string), summed over prompts
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Marks a row finished once its continuation contains a stop string (so a batch can end early)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, stop_strings: Sequence[str]) -> None:
+        self.tokenizer, self.prompt_len, self.stop_strings = tokenizer, prompt_len, tuple(stop_strings)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [any(s in t.lstrip() for s in self.stop_strings) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str] | None) -> str:
+    """``text`` without leading whitespace, up to (not including) the earliest stop string.
+
+    Leading whitespace is dropped first so that a continuation starting with a line break is not cut to nothing.
+    """
+    text = text.lstrip()
+    if not stop_strings:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], device: torch.device) -> dict[str, Tensor]:
+    if tokenizer.padding_side != "left":
+        raise ValueError("batched generation needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _length_order(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[int]:
+    lengths = [len(ids) for ids in tokenizer(list(prompts)).input_ids]
+    return sorted(range(len(prompts)), key=lambda i: lengths[i])
+
+
+def _count_new_tokens(new_ids: Tensor, eos_ids: set[int], pad_id: int | None) -> list[int]:
+    """Per row, the generated tokens up to and including the first EOS (the rest is padding)."""
+    counts = []
+    for row in new_ids.tolist():
+        n = len(row)
+        for j, tok in enumerate(row):
+            if tok in eos_ids:
+                n = j + 1
+                break
+        counts.append(n)
+    return counts
+
+
+@torch.no_grad()
+def generate_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    stop_strings: Sequence[str] | None = None,
+    progress: bool = True,
+) -> GenerationResult:
+    """Greedy continuations of ``prompts`` (batched, left-padded, KV cache) plus the generated-token count."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not prompts:
+        return GenerationResult([], 0)
+    device = next(model.parameters()).device
+    order = _length_order(tokenizer, prompts)
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    texts: list[str] = [""] * len(prompts)
+    total_new = 0
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc="generate", disable=not progress or len(batches) < 2, leave=False):
+        enc = _tokenize(tokenizer, [prompts[i] for i in idx], device)
+        prompt_len = enc["input_ids"].shape[1]
+        stopping = StoppingCriteriaList([_StopOnStrings(tokenizer, prompt_len, stop_strings)]) if stop_strings else None
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=list(eos_ids),
+            stopping_criteria=stopping,
+            # instruct models ship sampling defaults; unset them so greedy decoding does not warn
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        new_ids = out[:, prompt_len:]
+        decoded = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        for i, text, n in zip(idx, decoded, _count_new_tokens(new_ids, eos_ids, tokenizer.pad_token_id)):
+            texts[i] = cut_at_stop(text, stop_strings)
+            total_new += n
+    return GenerationResult(texts, total_new)
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    stop_strings: Sequence[str] | None = None,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (without the prompt), cut at the first stop string."""
+    return generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings).texts
+
+
+@torch.no_grad()
+def choice_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    choices: Sequence[str] = (" True", " False"),
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Tensor:
+    """log p(choice | prompt), summed over the choice's tokens: float32 [n_prompts, n_choices].
+
+    Choices are tokenized on their own (no special tokens) and appended to the prompt's ids; with SmolLM2's
+    tokenizer " True" and " False" are single tokens (3635, 4178), so one forward pass per batch suffices.
+    """
+    if not choices:
+        raise ValueError("choices must not be empty")
+    n = len(prompts)
+    if n == 0:
+        return torch.empty(0, len(choices))
+    device = next(model.parameters()).device
+    choice_ids = [tokenizer(c, add_special_tokens=False).input_ids for c in choices]
+    if any(len(c) == 0 for c in choice_ids):
+        raise ValueError(f"a choice tokenizes to nothing: {choices}")
+    single = all(len(c) == 1 for c in choice_ids)
+    out = torch.empty(n, len(choices))
+    order = _length_order(tokenizer, prompts)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    for idx in tqdm(batches, desc="score choices", disable=not progress or len(batches) < 2, leave=False):
+        batch_prompts = [prompts[i] for i in idx]
+        if single:
+            enc = _tokenize(tokenizer, batch_prompts, device)
+            logits = _forward(model, enc["input_ids"], enc["attention_mask"]).logits[:, -1].float()  # left padding: last column is real
+            logp = logits.log_softmax(-1)[:, [c[0] for c in choice_ids]]
+            out[idx] = logp.cpu()
+            continue
+        for j, cids in enumerate(choice_ids):
+            out[idx, j] = _sequence_logprob(model, tokenizer, batch_prompts, cids, device)
+    return out
+
+
+def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor):
+    # Positions count real tokens only, as generate() does, so a left-padded row scores like an unpadded one.
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+
+
+def _sequence_logprob(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], cont: list[int], device: torch.device
+) -> Tensor:
+    """Sum of log p(cont tokens) after each prompt: [len(prompts)]."""
+    prompt_ids = tokenizer(list(prompts)).input_ids
+    seqs = [p + cont for p in prompt_ids]
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    logp = _forward(model, ids, mask).logits.float().log_softmax(-1)
+    k = len(cont)
+    # positions width-k-1 .. width-2 predict the k continuation tokens
+    pred = logp[:, width - k - 1 : width - 1]
+    target = torch.tensor(cont, device=device).expand(len(seqs), k)
+    return pred.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()
