@@ -1,0 +1,2 @@
+from prune_lit.callbacks.diagnostics import SpectralDiagnostics
+from prune_lit.callbacks.restraint import SpectralRestraint

@@ -275,6 +275,11 @@ class DownstreamDataModule(L.LightningDataModule):
                 self.tasks, self.data_dir, self.limit, self.seed, self._tokenizer(), self.max_context_tokens, self.reasoning_style
             )
 
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        # Batches are lists of frozen TaskExample (strings only), which Lightning's default mover cannot
+        # rebuild; the model tokenizes onto its own device.
+        return batch
+
     def test_dataloader(self) -> list[DataLoader]:
         return [
             DataLoader(self.examples[t], batch_size=self.batch_size, shuffle=False, collate_fn=_collate, num_workers=0)

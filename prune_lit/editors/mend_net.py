@@ -116,6 +116,20 @@ def lm_batch(
     return LMBatch(ids, att, lab)
 
 
+def cat_batches(a: LMBatch, b: LMBatch, pad_id: int) -> LMBatch:
+    """Stack two right-padded batches row-wise, padding the narrower one on the right."""
+    width = max(a.input_ids.shape[1], b.input_ids.shape[1])
+
+    def widen(x: Tensor, fill: int) -> Tensor:
+        return F.pad(x, (0, width - x.shape[1]), value=fill)
+
+    return LMBatch(
+        torch.cat([widen(a.input_ids, pad_id), widen(b.input_ids, pad_id)]),
+        torch.cat([widen(a.attention_mask, 0), widen(b.attention_mask, 0)]),
+        torch.cat([widen(a.labels, -100), widen(b.labels, -100)]),
+    )
+
+
 # ---- capturing u and δ ---------------------------------------------------------------------------
 
 
@@ -160,27 +174,29 @@ def capture_io(model: nn.Module, param_names: Sequence[str]) -> Iterator[dict[st
 
 def finetune_factors(
     model: nn.Module, batch: LMBatch, param_names: Sequence[str]
-) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
     """NLL of ``batch`` on ``model`` and, for each inner param, its gradient factors.
 
-    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])})`` with ``n`` = b·T token rows (zero rows
-    included; `nonzero_rows` drops them). ∇W of the loss equals ``outer_gradient(u, δ)``.
+    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])}, logits [b, T, V] detached)`` with ``n`` = b·T
+    token rows (zero rows included; `nonzero_rows` drops them). ∇W of the loss equals
+    ``outer_gradient(u, δ)``. Rows without labels contribute nothing to the loss, so their logits come
+    for free (the locality reference).
     """
-    with torch.enable_grad(), capture_io(model, param_names) as io:
+    names = list(param_names)
+    with torch.enable_grad(), capture_io(model, names) as io:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         loss = masked_nll(logits, batch.labels)
-        missing = [n for n in param_names if n not in io]
+        missing = [n for n in names if n not in io]
         if missing:
             raise RuntimeError(f"no forward pass through the modules of {missing}")
-        outputs = [io[n][1] for n in param_names]
+        outputs = [io[n][1] for n in names]
         grads = torch.autograd.grad(loss, outputs, allow_unused=True)
     factors = {}
-    for name, g in zip(param_names, grads):
-        u = io[name][0]
-        u = u.reshape(-1, u.shape[-1])
-        d = torch.zeros(u.shape[0], outputs[param_names.index(name)].shape[-1], device=u.device) if g is None else g
-        factors[name] = (u.float(), d.reshape(-1, d.shape[-1]).float().detach())
-    return loss.detach(), factors
+    for name, out, g in zip(names, outputs, grads):
+        u = io[name][0].reshape(-1, io[name][0].shape[-1]).float()
+        d = torch.zeros_like(out) if g is None else g
+        factors[name] = (u, d.reshape(-1, d.shape[-1]).float().detach())
+    return loss.detach(), factors, logits.detach()
 
 
 # ---- the hypernetwork ------------------------------------------------------------------------------

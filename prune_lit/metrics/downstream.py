@@ -25,19 +25,19 @@ _ANSWER_MARKERS = ("####", "the answer is")
 def extract_number(text: str) -> str | None:
     """The number a GSM8K generation answers with, or None.
 
-    Looks after the last ``####`` or "The answer is" if present, else in the whole text, and takes the last
-    number there (commas and ``$`` stripped: ``"$1,000.50"`` -> ``"1000.50"``).
+    After the last ``####`` or "The answer is" (when a number follows it) the first number there; otherwise
+    the last number in the text. Commas and ``$`` are stripped: ``"$1,000.50"`` -> ``"1000.50"``.
     """
-    lowered = text.lower()
+    clean = text.replace(",", "").replace("$", "")
+    lowered = clean.lower()
     for marker in _ANSWER_MARKERS:
         pos = lowered.rfind(marker)
         if pos >= 0:
-            tail = text[pos + len(marker) :]
-            if _NUMBER.search(tail.replace(",", "").replace("$", "")):
-                text = tail
-                break
-    found = _NUMBER.findall(text.replace(",", "").replace("$", ""))
-    return found[-1] if found else None
+            found = _NUMBER.search(clean[pos + len(marker) :])
+            if found:
+                return found.group()
+    found_all = _NUMBER.findall(clean)
+    return found_all[-1] if found_all else None
 
 
 def numbers_equal(a: str | None, b: str | None) -> bool:

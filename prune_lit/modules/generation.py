@@ -18,6 +18,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 log = logging.getLogger(__name__)
 
 
+def apply_chat_template(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[str]:
+    """Each prompt as the user turn of the tokenizer's chat template, ready for the assistant's reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template=True but the tokenizer has no chat template")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts]
+
+
 @dataclass
 class GenerationResult:
     texts: list[str]  # the continuations, cut at the first stop string, in the prompts' order
@@ -51,6 +58,8 @@ def cut_at_stop(text: str, stop_strings: Sequence[str] | None) -> str:
 def _tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], device: torch.device) -> dict[str, Tensor]:
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token (set tokenizer.pad_token = tokenizer.eos_token)")
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
     return {k: v.to(device) for k, v in enc.items()}
 
@@ -60,7 +69,7 @@ def _length_order(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
     return sorted(range(len(prompts)), key=lambda i: lengths[i])
 
 
-def _count_new_tokens(new_ids: Tensor, eos_ids: set[int], pad_id: int | None) -> list[int]:
+def _count_new_tokens(new_ids: Tensor, eos_ids: set[int]) -> list[int]:
     """Per row, the generated tokens up to and including the first EOS (the rest is padding)."""
     counts = []
     for row in new_ids.tolist():
@@ -93,7 +102,7 @@ def generate_texts(
     device = next(model.parameters()).device
     order = _length_order(tokenizer, prompts)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
-    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    eos_ids = {e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
     texts: list[str] = [""] * len(prompts)
     total_new = 0
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -108,7 +117,7 @@ def generate_texts(
             num_beams=1,
             use_cache=True,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=list(eos_ids),
+            eos_token_id=sorted(eos_ids) or None,
             stopping_criteria=stopping,
             # instruct models ship sampling defaults; unset them so greedy decoding does not warn
             temperature=None,
@@ -117,7 +126,7 @@ def generate_texts(
         )
         new_ids = out[:, prompt_len:]
         decoded = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        for i, text, n in zip(idx, decoded, _count_new_tokens(new_ids, eos_ids, tokenizer.pad_token_id)):
+        for i, text, n in zip(idx, decoded, _count_new_tokens(new_ids, eos_ids)):
             texts[i] = cut_at_stop(text, stop_strings)
             total_new += n
     return GenerationResult(texts, total_new)
@@ -166,7 +175,8 @@ def choice_logprobs(
         batch_prompts = [prompts[i] for i in idx]
         if single:
             enc = _tokenize(tokenizer, batch_prompts, device)
-            logits = _forward(model, enc["input_ids"], enc["attention_mask"]).logits[:, -1].float()  # left padding: last column is real
+            # left padding: the last column is each prompt's real last token; only its logits are needed
+            logits = _forward(model, enc["input_ids"], enc["attention_mask"], last_only=True).logits[:, -1].float()
             logp = logits.log_softmax(-1)[:, [c[0] for c in choice_ids]]
             out[idx] = logp.cpu()
             continue
@@ -175,10 +185,11 @@ def choice_logprobs(
     return out
 
 
-def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor):
+def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, last_only: bool = False):
     # Positions count real tokens only, as generate() does, so a left-padded row scores like an unpadded one.
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    extra = {"logits_to_keep": 1} if last_only else {}  # skips the vocab projection of all other positions
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra)
 
 
 def _sequence_logprob(

@@ -10,6 +10,7 @@ trains the hypernetwork and the per-matrix edit learning rates only.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -21,6 +22,7 @@ from prune_lit.data.requests import EditRequest
 from prune_lit.editors.mend_net import (
     LMBatch,
     MENDHyperNet,
+    cat_batches,
     default_inner_params,
     finetune_factors,
     lm_batch,
@@ -36,16 +38,41 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1  # bump when the hypernetwork layout changes; the editor refuses other versions
 
 
-def edit_batch(tokenizer, requests: list[EditRequest], max_length: int) -> LMBatch:
-    """prompt -> " " + target_new, for the fine-tuning loss and the post-edit loss."""
-    return lm_batch(tokenizer, [r.prompt for r in requests], [r.target_new for r in requests], max_length)
+@dataclass
+class EditInputs:
+    """All rows one MEND step needs, in one right-padded batch (one forward before, one after the edit).
+
+    Rows: ``edit`` (prompt -> target_new), ``loc`` (locality prompt -> its answer), ``truth`` (prompt ->
+    ground_truth, validation only). ``factor_batch`` labels only the edit rows: the fine-tuning loss.
+    """
+
+    batch: LMBatch  # labels on every row (for scoring)
+    factor_batch: LMBatch  # labels on the edit rows only
+    edit: slice
+    loc: slice
+    truth: slice
 
 
-def locality_batch(tokenizer, requests: list[EditRequest], max_length: int) -> LMBatch | None:
-    """Every locality prompt (with its answer) of the batch; None when the batch has none."""
-    prompts = [p for r in requests for p in r.locality_prompts]
-    answers = [a for r in requests for a in r.locality_answers]
-    return lm_batch(tokenizer, prompts, answers, max_length) if prompts else None
+def edit_inputs(tokenizer, requests: list[EditRequest], max_length: int, with_truth: bool = False) -> EditInputs:
+    prompts = [r.prompt for r in requests]
+    rows = lm_batch(tokenizer, prompts, [r.target_new for r in requests], max_length)
+    loc_prompts = [p for r in requests for p in r.locality_prompts]
+    loc_answers = [a for r in requests for a in r.locality_answers]
+    pad = tokenizer.pad_token_id or 0
+    if loc_prompts:
+        rows = cat_batches(rows, lm_batch(tokenizer, loc_prompts, loc_answers, max_length), pad)
+    if with_truth:
+        rows = cat_batches(rows, lm_batch(tokenizer, prompts, [r.ground_truth or r.target_new for r in requests], max_length), pad)
+    ne, nl = len(requests), len(loc_prompts)
+    factor_labels = rows.labels.clone()
+    factor_labels[ne:] = -100
+    return EditInputs(
+        batch=rows,
+        factor_batch=LMBatch(rows.input_ids, rows.attention_mask, factor_labels),
+        edit=slice(0, ne),
+        loc=slice(ne, ne + nl),
+        truth=slice(ne + nl, ne + nl + (ne if with_truth else 0)),
+    )
 
 
 class MENDTraining(L.LightningModule):
@@ -118,6 +145,9 @@ class MENDTraining(L.LightningModule):
         self.model.eval()  # the base model never trains: no dropout in its forward passes
         return self
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # list[EditRequest]: text, tokenised (and moved) inside the step
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hyper = [p for n, p in self.hypernet.named_parameters() if n != "edit_lrs"]
         return torch.optim.Adam(
@@ -125,42 +155,32 @@ class MENDTraining(L.LightningModule):
         )
 
     # ---- the edit --------------------------------------------------------------------------------
-    def edited_params(self, requests: list[EditRequest]) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-        """MEND edit of ``requests`` as replacement parameters for `functional_call`.
-
-        Returns ``(params in storage orientation, ΔW [out, in] per inner param, pre-edit NLL)``.
-        """
-        batch = edit_batch(self.tokenizer, requests, self.hparams.max_length).to(self.device)
-        pre_loss, factors = finetune_factors(self.model, batch, self.inner_params)
-        deltas = self.hypernet(factors)
-        params = dict(self.model.named_parameters())
-        new = {n: params[n] + (d.T if self.transposed else d).to(params[n].dtype) for n, d in deltas.items()}
-        return new, deltas, pre_loss
-
-    def _forward(self, batch: LMBatch, params: dict[str, Tensor] | None = None) -> Tensor:
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if params is None:
-            return self.model(**kwargs).logits
-        return functional_call(self.model, params, args=(), kwargs=kwargs).logits
-
-    def _losses(self, requests: list[EditRequest]) -> dict[str, Tensor]:
-        max_len = self.hparams.max_length
-        params, deltas, pre = self.edited_params(requests)
-        batch = edit_batch(self.tokenizer, requests, max_len).to(self.device)
-        l_edit = masked_nll(self._forward(batch, params), batch.labels)
-        loc = locality_batch(self.tokenizer, requests, max_len)
-        if loc is not None:
-            loc = loc.to(self.device)
-            with torch.no_grad():
-                base_logits = self._forward(loc)
-            l_loc = masked_kl(base_logits, self._forward(loc, params), loc.attention_mask.bool())
+    def edit_step(self, requests: list[EditRequest], with_truth: bool = False) -> dict[str, Any]:
+        """One functional MEND edit of ``requests`` and the logits before / after it on all rows."""
+        inputs = edit_inputs(self.tokenizer, requests, self.hparams.max_length, with_truth)
+        batch = inputs.batch.to(self.device)
+        pre_loss, factors, base_logits = finetune_factors(self.model, inputs.factor_batch.to(self.device), self.inner_params)
+        # outer graph only while training; validation needs autograd just for the factors above
+        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+            deltas = self.hypernet(factors)
+            params = dict(self.model.named_parameters())
+            new = {n: params[n] + (d.T if self.transposed else d).to(params[n].dtype) for n, d in deltas.items()}
+            kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            post_logits = functional_call(self.model, new, args=(), kwargs=kwargs).logits
+        e, lo = inputs.edit, inputs.loc
+        l_edit = masked_nll(post_logits[e], batch.labels[e])
+        if lo.stop > lo.start:
+            l_loc = masked_kl(base_logits[lo], post_logits[lo], batch.attention_mask[lo].bool())
         else:
             l_loc = torch.zeros((), device=self.device)
         loss = self.hparams.c_edit * l_edit + self.hparams.c_loc * l_loc
-        return {"loss": loss, "edit_loss": l_edit, "loc_loss": l_loc, "edit_loss_pre": pre, "params": params, "deltas": deltas}
+        return {
+            "loss": loss, "edit_loss": l_edit, "loc_loss": l_loc, "edit_loss_pre": pre_loss,
+            "inputs": inputs, "batch": batch, "base_logits": base_logits, "post_logits": post_logits, "deltas": deltas,
+        }  # fmt: skip
 
     def training_step(self, batch: list[EditRequest], batch_idx: int) -> Tensor:
-        out = self._losses(batch)
+        out = self.edit_step(batch)
         n = len(batch)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
         self.log("train/edit_loss", out["edit_loss"], prog_bar=True, batch_size=n)
@@ -170,41 +190,22 @@ class MENDTraining(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch: list[EditRequest], batch_idx: int) -> None:
-        with torch.enable_grad():  # the fine-tuning gradient needs autograd inside validation
-            out = self._losses(batch)
-        params = {k: v.detach() for k, v in out["params"].items()}
-        n = len(batch)
-        with torch.no_grad():
-            success, success_pre = self._edit_success(batch, params)
-            locality = self._locality(batch, params)
+        out = self.edit_step(batch, with_truth=True)  # finetune_factors enables autograd itself
+        inputs, rows, n = out["inputs"], out["batch"], len(batch)
+        base, post = out["base_logits"], out["post_logits"].detach()
+        e, t, lo = inputs.edit, inputs.truth, inputs.loc
+        scored = torch.tensor([bool(r.ground_truth) for r in batch], device=self.device)
+        if scored.any():
+            # P(target_new) > P(ground_truth), after and before the edit
+            for tag, logits in (("edit_success", post), ("edit_success_pre", base)):
+                new_lp = sequence_logprob(logits[e], rows.labels[e])
+                true_lp = sequence_logprob(logits[t], rows.labels[t])
+                self.log(f"val/{tag}", (new_lp > true_lp)[scored].float().mean(), prog_bar=tag == "edit_success", batch_size=int(scored.sum()))
+        if lo.stop > lo.start:
+            # share of locality answer tokens whose top-1 prediction the edit leaves unchanged
+            mask = rows.labels[lo, 1:] != -100
+            same = base[lo, :-1].argmax(-1) == post[lo, :-1].argmax(-1)
+            self.log("val/locality", (same & mask).sum() / mask.sum().clamp(min=1), prog_bar=True, batch_size=n)
         self.log("val/loss", out["loss"].detach(), batch_size=n)
         self.log("val/edit_loss", out["edit_loss"].detach(), batch_size=n)
         self.log("val/loc_loss", out["loc_loss"].detach(), batch_size=n)
-        self.log("val/edit_success", success, prog_bar=True, batch_size=n)
-        self.log("val/edit_success_pre", success_pre, batch_size=n)
-        if locality is not None:
-            self.log("val/locality", locality, prog_bar=True, batch_size=n)
-
-    def _edit_success(self, requests: list[EditRequest], params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Share of requests with log P(target_new) > log P(ground_truth), after and before the edit."""
-        scored = [r for r in requests if r.ground_truth]
-        if not scored:
-            z = torch.zeros((), device=self.device)
-            return z, z
-        prompts = [r.prompt for r in scored] * 2
-        conts = [r.target_new for r in scored] + [r.ground_truth for r in scored]
-        b = lm_batch(self.tokenizer, prompts, conts, self.hparams.max_length).to(self.device)
-        post = sequence_logprob(self._forward(b, params), b.labels).view(2, -1)
-        pre = sequence_logprob(self._forward(b), b.labels).view(2, -1)
-        return (post[0] > post[1]).float().mean(), (pre[0] > pre[1]).float().mean()
-
-    def _locality(self, requests: list[EditRequest], params: dict[str, Tensor]) -> Tensor | None:
-        """Share of locality answer tokens whose top-1 prediction the edit leaves unchanged."""
-        loc = locality_batch(self.tokenizer, requests, self.hparams.max_length)
-        if loc is None:
-            return None
-        loc = loc.to(self.device)
-        mask = loc.labels[:, 1:] != -100
-        before = self._forward(loc)[:, :-1].argmax(-1)
-        after = self._forward(loc, params)[:, :-1].argmax(-1)
-        return ((before == after) & mask).sum() / mask.sum().clamp(min=1)

@@ -21,7 +21,7 @@ import torch
 from prune_lit.callbacks.log_utils import log_scalars, run_dir
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
-from prune_lit.metrics.editing import evaluate_edits, record_locality_reference
+from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.models.arch import get_weight
 from prune_lit.models.loader import load_model
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
@@ -108,6 +108,9 @@ class SequentialEditingModule(L.LightningModule):
             self.results["downstream_before"] = self._downstream(step=0, tag="downstream_before")
 
     # ---- one edit step ------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: list[EditRequest], device: torch.device, dataloader_idx: int) -> list[EditRequest]:
+        return batch  # requests are text; editors tokenize onto the model's device themselves
+
     def test_step(self, batch: list[EditRequest], batch_idx: int) -> None:
         start = time.perf_counter()
         # The evaluation loop runs under no_grad; ROME's value optimisation and MEND's fine-tuning
@@ -143,8 +146,7 @@ class SequentialEditingModule(L.LightningModule):
         return self.history[-1]
 
     def _evaluate_edited(self, tag: str) -> dict[str, float]:
-        ref = self._locality_reference
-        scores = asdict(evaluate_edits(self.model, self.tokenizer, self.edited, _subset(ref, len(self.edited)), self.hparams.eval_batch_size))
+        scores = asdict(evaluate_edits(self.model, self.tokenizer, self.edited, self._locality_reference, self.hparams.eval_batch_size))
         log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scores.items() if k != "n"}, self.num_edits)
         self._row(self.num_edits)["edits"] = scores
         log.info("after %d edits: %s", self.num_edits, _fmt(scores))
@@ -193,15 +195,6 @@ class SequentialEditingModule(L.LightningModule):
 
     def configure_optimizers(self) -> None:  # editing needs no optimiser; editors own their inner loops
         return None
-
-
-def _subset(reference: Any, n: int) -> Any:
-    """The locality reference of the first ``n`` requests (it is recorded for all requests up front)."""
-    if reference is None:
-        return None
-    if hasattr(reference, "subset"):
-        return reference.subset(n)
-    return reference[:n]
 
 
 def _fmt(scores: dict[str, Any]) -> str:

@@ -1,0 +1,178 @@
+"""Spectral diagnostics of sequential editing: how large ΔW grows and how ill-conditioned W becomes.
+
+Per edit step (every ``every_n_edits``) and per edited matrix it logs, under ``spectral/<short_name>/``:
+``sigma_max_delta`` (σ_max(ΔW), low-rank SVD), ``fro_delta`` (‖ΔW‖_F), ``rank_delta`` and, every
+``kappa_every_n_edits``, ``sigma_max_w`` and ``kappa_w`` (exact svdvals of the current W, ≈50 ms for 576×1536).
+At the end it writes every record to ``<run_dir>/spectral.json`` and a figure of the spectra
+(``spectral.png``; also sent to TensorBoard).
+
+Put it *after* `SpectralRestraint` in ``trainer.callbacks`` so that it measures the restrained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from matplotlib.figure import Figure
+
+from prune_lit.callbacks.log_utils import log_figure, log_scalars, run_dir
+from prune_lit.callbacks.restraint import edits_so_far, original_weights_of, short_name
+from prune_lit.models.arch import get_weight
+from prune_lit.restraint import lowrank_svd, singular_values
+
+log = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and a rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def spectrum_figure(spectra: dict[str, dict[str, Any]], top_k: int) -> Figure:
+    """One row per matrix: top-k singular values of ΔW (left) and of W vs W_0 (right), log scale."""
+    rows = max(1, len(spectra))
+    fig = Figure(figsize=(10, 2.8 * rows))
+    axes = fig.subplots(rows, 2, squeeze=False)
+    for (name, sp), (ax_d, ax_w) in zip(spectra.items(), axes):
+        s_d = sp["delta"][:top_k]
+        if len(s_d):
+            ax_d.semilogy(range(1, len(s_d) + 1), s_d, "o-", ms=3, label="σ_i(ΔW)")
+        ax_d.axhline(sp["sigma_max_w0"], color="r", ls="--", lw=1, label="σ_max(W_0)")
+        ax_d.set_title(f"{name}: ΔW, top {top_k}", fontsize=9)
+        ax_d.set_xlabel("index")
+        ax_d.legend(fontsize=7)
+        ax_w.semilogy(sp["w0"], label="W_0", lw=1)
+        ax_w.semilogy(sp["w"], label="W (edited)", lw=1, ls="--")
+        ax_w.set_title(f"{name}: singular values of W", fontsize=9)
+        ax_w.set_xlabel("index")
+        ax_w.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+class SpectralDiagnostics(L.Callback):
+    """Track σ_max(ΔW), ‖ΔW‖_F, σ_max(W) and κ(W) of every edited matrix during sequential editing.
+
+    Args:
+        every_n_edits: measure whenever the cumulative edit count crosses a multiple of this.
+        kappa_every_n_edits: measure σ_max(W) and κ(W) (a full svdvals of W) only this often.
+        top_k: how many singular values of ΔW the final figure shows.
+        max_figure_matrices: at most this many matrices (rows) in the figure.
+        filename: name of the JSON file written in the run directory.
+
+    Attributes:
+        records: one dict per (measurement, matrix); ``final`` is True for the one taken at test end.
+    """
+
+    def __init__(
+        self,
+        every_n_edits: int = 1,
+        kappa_every_n_edits: int = 1,
+        top_k: int = 32,
+        max_figure_matrices: int = 8,
+        filename: str = "spectral.json",
+    ) -> None:
+        super().__init__()
+        if every_n_edits < 1 or kappa_every_n_edits < 1 or top_k < 1:
+            raise ValueError("every_n_edits, kappa_every_n_edits and top_k must be >= 1")
+        self.every_n_edits = int(every_n_edits)
+        self.kappa_every_n_edits = int(kappa_every_n_edits)
+        self.top_k = int(top_k)
+        self.max_figure_matrices = int(max_figure_matrices)
+        self.filename = filename
+        self.records: list[dict[str, Any]] = []
+        self._steps_seen = 0
+        self._last_edits = 0
+        self._last_kappa_edits = 0
+        self._sigma_max_w0: dict[str, float] = {}
+
+    @torch.no_grad()
+    def measure(
+        self, pl_module: L.LightningModule, trainer: L.Trainer | None, with_kappa: bool, final: bool = False
+    ) -> list[dict[str, Any]]:
+        """Measure every edited matrix now; log, store and return the records."""
+        num_edits = edits_so_far(pl_module, self._steps_seen)
+        new: list[dict[str, Any]] = []
+        metrics: dict[str, float] = {}
+        for name, w0 in original_weights_of(pl_module).items():
+            w = get_weight(pl_module.model, name).float()
+            w0 = w0.to(w.device, torch.float32)
+            if name not in self._sigma_max_w0:
+                self._sigma_max_w0[name] = float(singular_values(w0)[0])
+            delta = w - w0
+            if not torch.isfinite(delta).all():
+                raise ValueError(f"spectral diagnostics: {name} holds NaN/Inf after {num_edits} edits")
+            svd = lowrank_svd(delta)
+            rec: dict[str, Any] = {
+                "num_edits": num_edits,
+                "step": self._steps_seen,
+                "matrix": name,
+                "final": final,
+                "sigma_max_w0": self._sigma_max_w0[name],
+                "sigma_max_delta": float(svd.S[0]) if svd.rank else 0.0,
+                "fro_delta": float(torch.linalg.vector_norm(delta)),
+                "rank_delta": svd.rank if svd.method != "full" else int((svd.S > svd.S[0] * 1e-6).sum()),
+            }
+            if with_kappa:
+                s = singular_values(w)
+                rec["sigma_max_w"] = float(s[0])
+                rec["kappa_w"] = float(s[0] / s[-1]) if float(s[-1]) > 0 else float("inf")
+            tag = f"spectral/{short_name(name)}"
+            for key in ("sigma_max_delta", "fro_delta", "rank_delta", "sigma_max_w", "kappa_w"):
+                if key in rec:
+                    metrics[f"{tag}/{key}"] = float(rec[key])
+            new.append(rec)
+        if trainer is not None and not final:
+            log_scalars(trainer, metrics, step=num_edits)
+        self.records.extend(new)
+        return new
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._steps_seen += 1
+        num_edits = edits_so_far(pl_module, self._steps_seen)
+        if num_edits // self.every_n_edits <= self._last_edits // self.every_n_edits:
+            return
+        self._last_edits = num_edits
+        with_kappa = num_edits // self.kappa_every_n_edits > self._last_kappa_edits // self.kappa_every_n_edits
+        if with_kappa:
+            self._last_kappa_edits = num_edits
+        self.measure(pl_module, trainer, with_kappa)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.measure(pl_module, None, with_kappa=True, final=True)  # after any at-end restraint
+        out = run_dir(trainer)
+        write_json_atomic(out / self.filename, {"records": self.records})
+        spectra = self.final_spectra(pl_module)
+        fig = spectrum_figure(spectra, self.top_k)
+        png = out / (Path(self.filename).stem + ".png")
+        tmp = png.with_name(f".{png.name}.tmp{os.getpid()}.png")
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(png)
+        log_figure(trainer, "spectral/spectrum", fig, step=edits_so_far(pl_module, self._steps_seen))
+        log.info("spectral diagnostics written to %s and %s", out / self.filename, png)
+
+    @torch.no_grad()
+    def final_spectra(self, pl_module: L.LightningModule) -> dict[str, dict[str, Any]]:
+        """``{short_name: {"delta": top-k σ(ΔW), "w": σ(W), "w0": σ(W_0), "sigma_max_w0"}}`` for the figure."""
+        spectra: dict[str, dict[str, Any]] = {}
+        for name, w0 in list(original_weights_of(pl_module).items())[: self.max_figure_matrices]:
+            w = get_weight(pl_module.model, name).float()
+            w0 = w0.to(w.device, torch.float32)
+            s0 = singular_values(w0)
+            spectra[short_name(name)] = {
+                "delta": lowrank_svd(w - w0).S[: self.top_k].tolist(),
+                "w": singular_values(w).tolist(),
+                "w0": s0.tolist(),
+                "sigma_max_w0": float(s0[0]),
+            }
+        return spectra

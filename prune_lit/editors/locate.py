@@ -1,0 +1,294 @@
+"""Locate-then-edit building blocks shared by ROME and MEMIT: prompts, keys and target values.
+
+* context templates: short model-generated prefixes (``"<prefix>. {}"``) so keys and values do not
+  overfit one phrasing;
+* keys ``k``: the input of a module (the MLP output projection) at the subject's last token,
+  averaged over templates;
+* targets: a vector ``delta`` added to a module's output at the subject's last token, optimised so
+  the model continues the prompt with ``target_new`` (NLL), keeps what the subject "is" (KL) and
+  stays small (weight decay + norm clamp), following ROME's ``compute_v`` / MEMIT's ``compute_z``.
+
+All forwards use right padding built here (causal models: padding on the right never changes the
+real tokens' activations) and forward hooks that are always removed (``try``/``finally``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from prune_lit.data.requests import EditRequest
+from prune_lit.models.arch import get_module
+
+log = logging.getLogger(__name__)
+
+_SEED_WORDS = ("The", "Therefore", "Because", "I", "You")  # MEMIT's prefix seeds
+
+
+class _StopForward(Exception):
+    """Raised by a hook once everything needed was captured, to skip the rest of the forward."""
+
+
+def _first(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index]
+
+
+def _replace_first(output: object, new: torch.Tensor) -> object:
+    return (new, *output[1:]) if isinstance(output, tuple) else new  # type: ignore[index]
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ``input_ids`` ``[n, L]`` and ``attention_mask`` ``[n, L]``, padded on the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tok: PreTrainedTokenizerBase) -> int:
+    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def logits_at(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``[*rows.shape, vocab]`` at ``(rows, cols)`` only (float32).
+
+    Runs the trunk (``model.base_model``, final norm included) and applies the output head to the
+    selected positions: with a 49k vocabulary the head over every position would dominate the cost.
+    """
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return model.get_output_embeddings()(hidden[rows, cols]).float()
+
+
+def subject_last_token(tok: PreTrainedTokenizerBase, template: str, request: EditRequest) -> tuple[list[int], int]:
+    """Token ids of ``template.format(request.prompt)`` and the index of the subject's last token.
+
+    The subject is located by characters (its first occurrence in the prompt) and mapped to tokens
+    with the tokenizer's offsets, so it is exact whatever the tokenizer merges across the boundary.
+    """
+    if request.subject not in request.prompt:
+        raise ValueError(f"case {request.case_id}: subject {request.subject!r} does not occur in prompt {request.prompt!r}")
+    text = template.format(request.prompt)
+    start = template.index("{}") + request.prompt.index(request.subject)
+    end = start + len(request.subject)  # exclusive char index
+    enc = tok(text, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    hits = [i for i, (a, b) in enumerate(offsets) if a <= end - 1 < b]  # the token holding the subject's last char
+    if not hits:
+        raise ValueError(f"case {request.case_id}: could not map subject {request.subject!r} to tokens of {text!r}")
+    return ids, hits[0]
+
+
+def target_token_ids(tok: PreTrainedTokenizerBase, target: str) -> list[int]:
+    """Ids of ``" " + target`` (targets are stored without the leading space)."""
+    ids = list(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing")
+    return ids
+
+
+@torch.no_grad()
+def generate_context_templates(
+    model: nn.Module, tok: PreTrainedTokenizerBase, length_params: Sequence[Sequence[int]], seed: int = 0
+) -> list[str]:
+    """``["{}"]`` plus model-sampled prefixes (top-5 sampling, seeded) as ``"<prefix>. {}"``.
+
+    ``length_params`` is ``[[n_tokens, how_many], ...]``; prefixes start from MEMIT's seed words.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    device = _device(model)
+    templates = ["{}"]
+    for length, count in length_params:
+        seeds = [_SEED_WORDS[i % len(_SEED_WORDS)] for i in range(int(count))]
+        seqs = [list(tok(s)["input_ids"]) for s in seeds]
+        for _ in range(int(length)):
+            ids, mask = right_pad(seqs, _pad_id(tok), device)
+            last = logits_at(model, ids, mask, torch.arange(len(seqs), device=device), mask.sum(1) - 1)
+            top = last.topk(5, dim=-1)
+            probs = top.values.softmax(-1).cpu()
+            choice = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            nxt = top.indices.cpu()[torch.arange(len(seqs)), choice]
+            seqs = [s + [int(t)] for s, t in zip(seqs, nxt)]
+        for s in seqs:
+            text = tok.decode(s, skip_special_tokens=True)
+            templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
+    return templates
+
+
+@contextlib.contextmanager
+def hooked(module: nn.Module, hook) -> Iterator[None]:  # noqa: ANN001
+    """Register a forward hook for the duration of the block; always removed."""
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def module_io_at(
+    model: nn.Module,
+    module_name: str,
+    seqs: Sequence[Sequence[int]],
+    positions: Sequence[int],
+    pad_id: int,
+    which: str = "input",
+) -> torch.Tensor:
+    """The input (``which="input"``) or output of ``module_name`` at one position per sequence: ``[n, d]``.
+
+    The forward stops right after that module runs.
+    """
+    if which not in ("input", "output"):
+        raise ValueError(f"which must be 'input' or 'output', got {which!r}")
+    module = get_module(model, module_name)
+    captured: list[torch.Tensor] = []
+    rows = torch.arange(len(seqs))
+
+    def hook(_mod: nn.Module, inputs: tuple, output: object) -> None:
+        x = inputs[0] if which == "input" else _first(output)
+        captured.append(x[rows, torch.as_tensor(list(positions))].detach().float())
+        raise _StopForward
+
+    ids, mask = right_pad(seqs, pad_id, _device(model))
+    with hooked(module, hook):
+        try:
+            model(input_ids=ids, attention_mask=mask)
+        except _StopForward:
+            pass
+    if not captured:
+        raise RuntimeError(f"module {module_name} did not run during the forward")
+    return captured[0]
+
+
+def compute_keys(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    module_name: str,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+) -> torch.Tensor:
+    """Keys ``[n_requests, d_in]``: ``module_name``'s input at the subject's last token, mean over templates."""
+    seqs, pos = [], []
+    for r in requests:
+        for t in templates:
+            ids, p = subject_last_token(tok, t, r)
+            seqs.append(ids)
+            pos.append(p)
+    k = module_io_at(model, module_name, seqs, pos, _pad_id(tok), "input")
+    return k.view(len(requests), len(templates), -1).mean(1)
+
+
+@dataclass
+class TargetResult:
+    """The optimised output shift for one request at one module."""
+
+    v_init: torch.Tensor  # [d] the module's output at the subject's last token (plain prompt), before editing
+    delta: torch.Tensor  # [d] the shift to add there; target = v_init + delta
+    loss: float  # final total loss (nll + kl + weight decay)
+    nll: float  # final mean NLL of target_new over the templates
+    steps: int  # optimisation steps taken
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.v_init + self.delta
+
+
+def optimise_target(
+    model: nn.Module,
+    tok: PreTrainedTokenizerBase,
+    module_name: str,
+    request: EditRequest,
+    templates: Sequence[str],
+    *,
+    num_steps: int,
+    lr: float,
+    weight_decay: float,
+    clamp_norm_factor: float,
+    kl_factor: float,
+    early_stop_loss: float = 5e-2,
+) -> TargetResult:
+    """ROME's value search: Adam on ``delta`` added to ``module_name``'s output at the subject's last token.
+
+    Loss = mean NLL of ``target_new`` after every ``template.format(prompt)``
+    + ``kl_factor`` · KL(next-token dist. at the subject of "{subject} is a", vs. unedited)
+    + ``weight_decay`` · ‖δ‖² / ‖v_init‖²;  after each step ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖v_init‖.
+    Model weights are never touched; gradients flow only into ``delta``.
+    """
+    device = _device(model)
+    pad = _pad_id(tok)
+    tgt = target_token_ids(tok, request.target_new)
+    seqs, pos, starts = [], [], []
+    for t in templates:
+        ids, p = subject_last_token(tok, t, request)
+        starts.append(len(ids))
+        seqs.append(ids + tgt[:-1])
+        pos.append(p)
+    n_rw = len(seqs)
+    kl_req = EditRequest(case_id=request.case_id, prompt=f"{request.subject} is a", subject=request.subject, target_new=request.target_new)
+    kl_ids, kl_pos = subject_last_token(tok, "{}", kl_req)
+    seqs.append(kl_ids)
+    pos.append(kl_pos)
+
+    ids, mask = right_pad(seqs, pad, device)
+    rows = torch.arange(len(seqs), device=device)
+    pos_t = torch.tensor(pos, device=device)
+    # Positions whose logits predict target token j: start-1+j.
+    tgt_t = torch.tensor(tgt, device=device)
+    pred_pos = torch.tensor([[s - 1 + j for j in range(len(tgt))] for s in starts], device=device)  # [n_rw, T]
+
+    module = get_module(model, module_name)
+    v_init = module_io_at(model, module_name, seqs[:1], pos[:1], pad, "output")[0].to(device)
+    rw_rows = torch.arange(n_rw, device=device)[:, None].expand_as(pred_pos)
+    sel_rows = torch.cat([rw_rows.reshape(-1), torch.tensor([n_rw], device=device)])
+    sel_cols = torch.cat([pred_pos.reshape(-1), torch.tensor([kl_pos], device=device)])
+    with torch.no_grad():  # the unedited next-token distribution of "{subject} is a" at the subject
+        kl_ids_t, kl_mask = right_pad([kl_ids], pad, device)
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        kl_init = F.log_softmax(logits_at(model, kl_ids_t, kl_mask, zero, zero + kl_pos)[0], dim=-1)
+
+    delta = torch.zeros_like(v_init, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    max_norm = clamp_norm_factor * v_init.norm()
+
+    def hook(_mod: nn.Module, _inp: tuple, output: object) -> object:
+        out = _first(output)
+        add = torch.zeros_like(out)
+        add[rows, pos_t] = delta.to(out.dtype)
+        return _replace_first(output, out + add)
+
+    loss_v = nll_v = float("nan")
+    steps = 0
+    with torch.inference_mode(False), torch.enable_grad(), hooked(module, hook):
+        for it in range(num_steps):
+            logp = F.log_softmax(logits_at(model, ids, mask, sel_rows, sel_cols), dim=-1)  # [n_rw*T + 1, V]
+            tok_logp = logp[:-1].gather(1, tgt_t.repeat(n_rw)[:, None]).view(n_rw, len(tgt))  # [n_rw, T]
+            nll = -tok_logp.mean(1).mean()
+            kl_cur = logp[-1]
+            kl = kl_factor * F.kl_div(kl_init, kl_cur, log_target=True, reduction="sum")
+            wd = weight_decay * delta.norm() ** 2 / v_init.norm() ** 2
+            loss = nll + kl + wd
+            loss_v, nll_v = float(loss.detach()), float(nll.detach())
+            log.debug("case %s step %d: loss %.4f nll %.4f kl %.4f wd %.4f", request.case_id, it, loss_v, nll_v, float(kl.detach()), float(wd.detach()))
+            if loss_v < early_stop_loss or it == num_steps - 1:
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            with torch.no_grad():
+                if delta.norm() > max_norm:
+                    delta.mul_(max_norm / delta.norm())
+    return TargetResult(v_init=v_init.detach(), delta=delta.detach().clone(), loss=loss_v, nll=nll_v, steps=steps)

@@ -1,0 +1,116 @@
+"""MEMIT (Meng et al., 2023): a batch of facts spread over several MLP output projections."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from prune_lit.data.requests import EditRequest
+from prune_lit.editors.base import EditResult, apply_deltas
+from prune_lit.editors.hparams import MEMITHParams
+from prune_lit.editors.locate import _pad_id, compute_keys, module_io_at, optimise_target, subject_last_token
+from prune_lit.editors.rome import LocateEditEditor
+from prune_lit.models.arch import arch_spec, get_weight, set_weight
+
+log = logging.getLogger(__name__)
+
+
+def memit_update(W: torch.Tensor, K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+    """MEMIT's least-squares update ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹`` ``[d_out, d_in]`` (solved, not inverted).
+
+    It minimises ``‖ΔW K − R‖² + λ tr(ΔW C ΔWᵀ)``: W ``[d_out, d_in]`` (shape/dtype reference),
+    K ``[d_in, n]`` keys, R ``[d_out, n]`` this layer's share of the residual, C ``[d_in, d_in]`` = E[k kᵀ].
+    Computed in float64; returned in W's dtype.
+    """
+    d_out, d_in = W.shape
+    if K.dim() != 2 or K.shape[0] != d_in or R.shape != (d_out, K.shape[1]) or C.shape != (d_in, d_in):
+        raise ValueError(f"memit_update shapes: W {tuple(W.shape)}, K {tuple(K.shape)}, R {tuple(R.shape)}, C {tuple(C.shape)}")
+    K64, R64 = K.double(), R.double()
+    A = lam * C.double().to(K.device) + K64 @ K64.T  # [d_in, d_in], symmetric positive definite
+    # ΔW A = R Kᵀ  <=>  A ΔWᵀ = K Rᵀ (A symmetric)
+    return torch.linalg.solve(A, K64 @ R64.T).T.to(W.dtype)
+
+
+class MEMITEditor(LocateEditEditor):
+    """MEMIT as an `Editor`: one batched update of every layer in ``hparams.layers`` per step.
+
+    Targets ``z`` are optimised at the last edit layer's residual stream; then, layer by layer from
+    the first, the remaining residual is split evenly over the layers still to edit. Same
+    constructor arguments as `LocateEditEditor`; presets live in ``prune_lit/hparams/memit/``.
+    """
+
+    algo = "memit"
+    hparams_cls = MEMITHParams
+
+    def __init__(self, hparams: str | None = None, stats_dir: str | None = None, overrides: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(hparams, stats_dir, overrides, **kwargs)
+        self.C: dict[int, torch.Tensor] = {}
+
+    def _set_statistics(self, model: nn.Module, moments: dict[int, torch.Tensor | None]) -> None:
+        for layer, C in moments.items():
+            d_in = get_weight(model, arch_spec(model).mlp_out_name(layer) + ".weight").shape[1]
+            self.C[layer] = torch.eye(d_in, dtype=torch.float64) if C is None else C.double()
+
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """ΔW per edited layer for the whole batch, on the current weights; the model is left as it was."""
+        hp = self._require_prepared()
+        spec = arch_spec(model)
+        z_layer = hp.layers[-1]
+        z_module = spec.layer(z_layer)
+        results = [
+            optimise_target(
+                model, tokenizer, z_module, r, self.templates,
+                num_steps=hp.v_num_grad_steps, lr=hp.v_lr, weight_decay=hp.v_weight_decay,
+                clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, early_stop_loss=hp.early_stop_loss,
+            )
+            for r in requests
+        ]
+        z_target = torch.stack([r.target for r in results], dim=1)  # [d_model, n]
+        plain = [subject_last_token(tokenizer, "{}", r) for r in requests]
+        names = [spec.mlp_out_name(layer) + ".weight" for layer in hp.layers]
+        originals = {n: get_weight(model, n).clone() for n in names}
+        deltas: dict[str, torch.Tensor] = {}
+        try:
+            for i, layer in enumerate(hp.layers):
+                module = spec.mlp_out_name(layer)
+                K = compute_keys(model, tokenizer, module, requests, self.templates).T  # [d_in, n]
+                z_now = module_io_at(model, z_module, [p[0] for p in plain], [p[1] for p in plain], _pad_id(tokenizer), "output").T
+                resid = (z_target.to(z_now.device) - z_now) / (len(hp.layers) - i)  # this layer's share
+                W = get_weight(model, module + ".weight").float()
+                delta_w = memit_update(W, K.to(W.device), resid.to(W.device), self.C[layer].to(W.device), hp.mom2_update_weight)
+                deltas[module + ".weight"] = delta_w
+                if not torch.isfinite(delta_w).all():
+                    break  # apply_deltas will reject the whole step
+                # Later layers' keys and residuals must see this layer's update.
+                set_weight(model, module + ".weight", W + delta_w)
+        finally:
+            for n, w in originals.items():
+                set_weight(model, n, w)
+        stats = {
+            "loss": float(sum(r.loss for r in results) / len(results)),
+            "nll": float(sum(r.nll for r in results) / len(results)),
+            "steps": float(sum(r.steps for r in results) / len(results)),
+        }
+        return deltas, stats
+
+    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
+        """One MEMIT update for the whole batch, applied all-or-nothing."""
+        self._require_prepared()
+        if not requests:
+            raise ValueError("MEMIT edit step got no requests")
+        t0 = time.perf_counter()
+        deltas, stats = self.compute_deltas(model, tokenizer, requests)
+        applied = apply_deltas(model, deltas)
+        if not applied:
+            deltas = {n: torch.zeros_like(d) for n, d in deltas.items()}
+        stats.update(
+            seconds=time.perf_counter() - t0,
+            delta_norm=float(sum(d.float().norm() ** 2 for d in deltas.values()) ** 0.5) if applied else float("nan"),
+            n_requests=float(len(requests)),
+        )
+        return EditResult(deltas=deltas, applied=applied, stats=stats)

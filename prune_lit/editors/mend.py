@@ -1,0 +1,116 @@
+"""MEND as an `Editor`: a trained hypernetwork turns the fine-tuning gradient into the update.
+
+Train the hypernetwork first: ``python cli.py fit --config configs/mend.yaml`` (writes
+``checkpoints/mend/best.ckpt`` and ``last.ckpt``). Each `edit` then computes the fine-tuning gradient
+factors of NLL(target_new | prompt) on the *current* (already edited) model, maps them through the
+hypernetwork and adds ``ΔW = −lr·∇̃W`` to the inner MLP matrices with `apply_deltas`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from prune_lit.data.requests import EditRequest
+from prune_lit.editors.base import Editor, EditResult, apply_deltas
+from prune_lit.editors.mend_net import MENDHyperNet, finetune_factors, lm_batch
+from prune_lit.models.arch import get_weight
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1  # must match prune_lit.modules.mend_training.CHECKPOINT_FORMAT
+TRAIN_HINT = "train one with: python cli.py fit --config configs/mend.yaml"
+
+
+class MENDCheckpointError(ValueError):
+    """The MEND checkpoint is missing, malformed, or was trained for another model / other inner params."""
+
+
+def load_mend_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(meta, hypernet state)`` from a checkpoint written by `MENDTraining`, loaded with weights_only."""
+    path = Path(path)
+    if not path.is_file():
+        raise MENDCheckpointError(f"MEND checkpoint {str(path)!r} not found; {TRAIN_HINT}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt.get("mend_meta") if isinstance(ckpt, dict) else None
+    if not meta or "state_dict" not in ckpt:
+        raise MENDCheckpointError(f"{path} is not a MEND checkpoint (no 'mend_meta'/'state_dict'); {TRAIN_HINT}")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise MENDCheckpointError(f"{path} has MEND checkpoint format {meta.get('format')}, expected {CHECKPOINT_FORMAT}; retrain it")
+    state = {k[len("hypernet.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("hypernet.")}
+    return meta, state
+
+
+class MENDEditor(Editor):
+    """Applies a trained MEND hypernetwork, one edit step per call.
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``cli.py fit --config configs/mend.yaml``.
+        max_length: token cap per prompt + target row (None = the value used in training).
+        check_model_name: refuse a checkpoint trained for another ``model_name`` (shapes are always checked).
+    """
+
+    def __init__(self, checkpoint: str = "checkpoints/mend/best.ckpt", max_length: int | None = None, check_model_name: bool = True) -> None:
+        self.checkpoint = checkpoint
+        self.max_length = max_length
+        self.check_model_name = check_model_name
+        self.hypernet: MENDHyperNet | None = None
+        self.meta: dict[str, Any] = {}
+
+    def prepare(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, data_dir: str | None) -> None:
+        meta, state = load_mend_checkpoint(self.checkpoint)
+        where = f"MEND checkpoint {self.checkpoint!r}"
+        if self.check_model_name and meta["model_name"] != model_name:
+            raise MENDCheckpointError(f"{where} was trained for model {meta['model_name']!r}, not {model_name!r}; {TRAIN_HINT} --model.init_args.model_name {model_name}")
+        params = dict(model.named_parameters())
+        missing = [n for n in meta["inner_params"] if n not in params]
+        if missing:
+            raise MENDCheckpointError(f"{where}: inner params {missing} do not exist in this model; it was trained for {meta['model_name']!r}")
+        for n in meta["inner_params"]:
+            have, want = tuple(get_weight(model, n).shape), tuple(meta["shapes"][n])
+            if have != want:
+                raise MENDCheckpointError(f"{where}: {n} has shape {have} here but {want} in the checkpoint (trained for {meta['model_name']!r})")
+        shapes = {n: tuple(meta["shapes"][n]) for n in meta["inner_params"]}
+        hypernet = MENDHyperNet(shapes, rank=meta["rank"], n_hidden=meta["n_hidden"])
+        try:
+            hypernet.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise MENDCheckpointError(f"{where}: hypernetwork weights do not match its metadata: {err}") from err
+        device = next(model.parameters()).device
+        self.hypernet = hypernet.to(device).eval().requires_grad_(False)
+        self.meta = meta
+        log.info("loaded MEND hypernetwork from %s (%d inner params)", self.checkpoint, len(shapes))
+
+    def weight_names(self, model: nn.Module) -> list[str]:
+        if not self.meta:
+            raise RuntimeError("MENDEditor.prepare must run before weight_names (it reads the checkpoint)")
+        return list(self.meta["inner_params"])
+
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], float]:
+        """``({name: ΔW [out, in]}, fine-tuning NLL before the edit)`` for ``requests`` on the current model."""
+        if self.hypernet is None:
+            raise RuntimeError("MENDEditor.prepare must run before edit")
+        max_len = self.max_length or int(self.meta.get("max_length", 64))
+        batch = lm_batch(tokenizer, [r.prompt for r in requests], [r.target_new for r in requests], max_len)
+        device = next(model.parameters()).device
+        loss, factors, _ = finetune_factors(model, batch.to(device), self.meta["inner_params"])
+        with torch.no_grad():
+            deltas = {n: d.float() for n, d in self.hypernet(factors).items()}
+        return deltas, float(loss)
+
+    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
+        start = time.perf_counter()
+        deltas, loss = self.compute_deltas(model, tokenizer, requests)
+        applied = apply_deltas(model, deltas)
+        stats = {
+            "edit_loss_pre": loss,
+            "delta_fro_norm": float(sum(d.norm() ** 2 for d in deltas.values()) ** 0.5),
+            "seconds": time.perf_counter() - start,
+        }
+        return EditResult(deltas=deltas, applied=applied, stats=stats)  # as ROME: applied=False says nothing was added

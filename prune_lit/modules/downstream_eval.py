@@ -1,0 +1,335 @@
+"""General-ability evaluation on the four downstream tasks.
+
+``run_task_batch`` (model outputs for one batch of one task) and ``TaskScorer`` (that task's metrics) are
+the per-batch logic; both the plain ``DownstreamEvaluator`` (called by the sequential-editing module before
+and after editing) and the Lightning ``BaselineEvaluation`` module (``configs/baseline.yaml``) use them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from prune_lit.data.downstream import DEFAULT_MAX_CONTEXT_TOKENS, TASKS, load_tasks
+from prune_lit.data.requests import TaskExample
+from prune_lit.metrics.downstream import (
+    GSM8KExactMatch,
+    NLIAccuracy,
+    QAContainsMatch,
+    QAExactMatch,
+    QATokenF1,
+    SummarizationRouge,
+)
+from prune_lit.modules.generation import apply_chat_template, choice_logprobs, generate_texts
+
+log = logging.getLogger(__name__)
+
+# Generation budget per task. reasoning: PRUNE's prompt already holds the rationale, so only the final number
+# is generated (SmolLM2 writes one digit per token, hence 10 rather than PRUNE's 5); zero-shot CoT
+# (reasoning_style="cot") needs ~256. summarization 25 and qa 20 are PRUNE's values. nli scores " True" vs
+# " False" with one forward pass and generates nothing.
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"reasoning": 10, "summarization": 25, "qa": 20, "nli": 1}
+COT_MAX_NEW_TOKENS = 256
+# Where a continuation ends: each task's answer fits on one line (leading whitespace is skipped first).
+DEFAULT_STOP_STRINGS: dict[str, tuple[str, ...]] = {"reasoning": ("\n",), "summarization": ("\n",), "qa": ("\n",), "nli": ()}
+COT_STOP_STRINGS: tuple[str, ...] = ("\nQ:", "\n\n\n")
+NLI_CHOICES = (" True", " False")  # after "answer:"; single tokens for SmolLM2 (3635, 4178)
+NLI_CHAT_CHOICES = ("True", "False")  # the assistant turn starts without a space
+
+
+def task_settings(
+    max_new_tokens: Mapping[str, int] | None = None,
+    stop_strings: Mapping[str, Sequence[str]] | None = None,
+    reasoning_style: str = "prune",
+) -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
+    """Per-task generation budgets and stop strings: the defaults, adjusted for ``reasoning_style``, then overrides."""
+    budgets, stops = dict(DEFAULT_MAX_NEW_TOKENS), dict(DEFAULT_STOP_STRINGS)
+    if reasoning_style == "cot":
+        budgets["reasoning"], stops["reasoning"] = COT_MAX_NEW_TOKENS, COT_STOP_STRINGS
+    for task, n in (max_new_tokens or {}).items():
+        if task not in TASKS:
+            raise ValueError(f"max_new_tokens names unknown task {task!r}; expected one of {TASKS}")
+        budgets[task] = int(n)
+    for task, s in (stop_strings or {}).items():
+        if task not in TASKS:
+            raise ValueError(f"stop_strings names unknown task {task!r}; expected one of {TASKS}")
+        stops[task] = tuple(s)
+    return budgets, stops
+
+
+@dataclass
+class TaskBatchOutput:
+    predictions: list[Any]  # generated text per example; for nli the predicted label (True = entailment)
+    new_tokens: int  # generated tokens (0 for nli)
+    seconds: float
+
+
+def run_task_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TaskExample],
+    max_new_tokens: int,
+    stop_strings: Sequence[str] = (),
+    batch_size: int | None = None,
+    chat_template: bool = False,
+) -> TaskBatchOutput:
+    """Model outputs for ``examples`` (all of one task): greedy generation, or True/False scoring for nli.
+
+    ``chat_template``: wrap each prompt as a user turn of the tokenizer's chat template (instruct models);
+    the default feeds PRUNE's raw prompts, as the paper does with base models.
+    """
+    if not examples:
+        return TaskBatchOutput([], 0, 0.0)
+    tasks = {e.task for e in examples}
+    if len(tasks) != 1:
+        raise ValueError(f"a batch must hold one task, got {sorted(tasks)}")
+    task = tasks.pop()
+    prompts = [e.prompt for e in examples]
+    bs = batch_size or len(prompts)
+    start = time.perf_counter()
+    if chat_template:
+        prompts = apply_chat_template(tokenizer, prompts)
+    if task == "nli":
+        choices = NLI_CHAT_CHOICES if chat_template else NLI_CHOICES
+        scores = choice_logprobs(model, tokenizer, prompts, choices, batch_size=bs, progress=False)
+        preds: list[Any] = (scores[:, 0] > scores[:, 1]).tolist()
+        n_new = 0
+    else:
+        res = generate_texts(model, tokenizer, prompts, max_new_tokens, bs, stop_strings or None, progress=False)
+        preds, n_new = res.texts, res.new_tokens
+    return TaskBatchOutput(preds, n_new, time.perf_counter() - start)
+
+
+class TaskScorer(nn.Module):
+    """The metrics of one task plus its timing; ``compute`` gives ``{"<task>/<metric>": value, ...}``."""
+
+    def __init__(self, task: str, keep_samples: int = 5) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        self.task, self.keep_samples = task, keep_samples
+        metrics: dict[str, nn.Module] = {
+            "reasoning": {"exact_match": GSM8KExactMatch()},
+            "summarization": {"rouge": SummarizationRouge()},
+            "qa": {"exact_match": QAExactMatch(), "f1": QATokenF1(), "contains": QAContainsMatch()},
+            "nli": {"accuracy": NLIAccuracy()},
+        }[task]
+        self.metrics = nn.ModuleDict(metrics)
+        self.reset()
+
+    def reset(self) -> None:
+        for m in self.metrics.values():
+            m.reset()
+        self.seconds, self.new_tokens, self.count = 0.0, 0, 0
+        self.samples: list[dict[str, Any]] = []
+
+    def update(self, examples: Sequence[TaskExample], output: TaskBatchOutput) -> None:
+        preds = output.predictions
+        if self.task == "nli":
+            self.metrics["accuracy"].update(torch.tensor(preds, dtype=torch.bool), torch.tensor([bool(e.label) for e in examples]))
+        elif self.task == "qa":
+            for m in self.metrics.values():
+                m.update(preds, [e.references for e in examples])
+        else:
+            next(iter(self.metrics.values())).update(preds, [e.references[0] for e in examples])
+        self.seconds += output.seconds
+        self.new_tokens += output.new_tokens
+        self.count += len(examples)
+        for e, p in zip(examples, preds):
+            if len(self.samples) >= self.keep_samples:
+                break
+            self.samples.append({"prompt_tail": e.prompt[-200:], "prediction": p, "references": list(e.references)})
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, m in self.metrics.items():
+            value = m.compute()
+            if isinstance(value, dict):
+                out.update({f"{self.task}/{k}": float(v) for k, v in value.items()})
+            else:
+                out[f"{self.task}/{name}"] = float(value)
+        out[f"{self.task}/time_s"] = self.seconds
+        out[f"{self.task}/examples"] = float(self.count)
+        out[f"{self.task}/examples_per_s"] = self.count / self.seconds if self.seconds > 0 else 0.0
+        if self.task != "nli":
+            out[f"{self.task}/new_tokens"] = float(self.new_tokens)
+            out[f"{self.task}/tokens_per_s"] = self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+        return out
+
+
+def add_totals(results: dict[str, float], tasks: Sequence[str]) -> dict[str, float]:
+    """Adds ``total/time_s`` and ``total/tokens_per_s`` (generated tokens over the generation tasks' time)."""
+    total_time = sum(results.get(f"{t}/time_s", 0.0) for t in tasks)
+    gen_time = sum(results.get(f"{t}/time_s", 0.0) for t in tasks if t != "nli")
+    gen_tokens = sum(results.get(f"{t}/new_tokens", 0.0) for t in tasks)
+    results["total/time_s"] = total_time
+    results["total/tokens_per_s"] = gen_tokens / gen_time if gen_time > 0 else 0.0
+    return results
+
+
+class DownstreamEvaluator:
+    """Scores a model on the downstream tasks; build once from config, call ``evaluate`` as often as needed.
+
+    Examples are loaded on the first ``evaluate`` (with that call's tokenizer, for truncation) and reused, so
+    evaluations before and after editing see identical prompts.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str] = list(TASKS),
+        limit: int = 100,
+        data_dir: str | None = None,
+        batch_size: int = 8,
+        max_new_tokens: dict[str, int] | None = None,
+        seed: int = 0,
+        stop_strings: dict[str, list[str]] | None = None,
+        max_context_tokens: int | None = DEFAULT_MAX_CONTEXT_TOKENS,
+        reasoning_style: str = "prune",
+        chat_template: bool = False,
+        progress: bool = True,
+    ) -> None:
+        bad = [t for t in tasks if t not in TASKS]
+        if bad or not tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tasks, self.limit, self.data_dir, self.batch_size, self.seed = list(tasks), limit, data_dir, batch_size, seed
+        self.max_context_tokens, self.reasoning_style, self.progress = max_context_tokens, reasoning_style, progress
+        self.chat_template = chat_template
+        self.max_new_tokens, self.stop_strings = task_settings(max_new_tokens, stop_strings, reasoning_style)
+        self.examples: dict[str, list[TaskExample]] | None = None
+        self.last_samples: dict[str, list[dict[str, Any]]] = {}
+
+    def load(self, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, list[TaskExample]]:
+        if self.examples is None:
+            self.examples = load_tasks(
+                self.tasks, self.data_dir, self.limit, self.seed, tokenizer, self.max_context_tokens, self.reasoning_style
+            )
+        return self.examples
+
+    def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        """``{"reasoning/exact_match", "summarization/rouge1|2|L", "qa/exact_match|f1|contains", "nli/accuracy",
+        "<task>/time_s", "<task>/tokens_per_s", ..., "total/time_s", "total/tokens_per_s"}``."""
+        examples = self.load(tokenizer)
+        was_training = model.training
+        model.eval()
+        results: dict[str, float] = {}
+        try:
+            for task in self.tasks:
+                scorer = TaskScorer(task)
+                batches = [examples[task][i : i + self.batch_size] for i in range(0, len(examples[task]), self.batch_size)]
+                for batch in tqdm(batches, desc=f"eval {task}", disable=not self.progress, leave=False):
+                    out = run_task_batch(
+                        model, tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template
+                    )
+                    scorer.update(batch, out)
+                results.update(scorer.compute())
+                self.last_samples[task] = scorer.samples
+        finally:
+            model.train(was_training)
+        return add_totals(results, self.tasks)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf8") as f:
+        json.dump(payload, f, indent=2, ensure_ascii=False)
+    tmp.replace(path)
+
+
+class BaselineEvaluation(L.LightningModule):
+    """Scores an unedited model on the batches of ``DownstreamDataModule`` and writes ``results.json``.
+
+    ``max_new_tokens`` / ``stop_strings`` override the per-task defaults (``DEFAULT_MAX_NEW_TOKENS``,
+    ``DEFAULT_STOP_STRINGS``); ``reasoning_style`` must match the data module's.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "smollm2-135m",
+        dtype: str = "float32",
+        max_new_tokens: dict[str, int] | None = None,
+        stop_strings: dict[str, list[str]] | None = None,
+        reasoning_style: str = "prune",
+        chat_template: bool = False,
+        results_file: str = "results.json",
+        keep_samples: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_name, self.dtype_name, self.results_file, self.keep_samples = model_name, dtype, results_file, keep_samples
+        self.chat_template = chat_template
+        self.max_new_tokens, self.stop_strings = task_settings(max_new_tokens, stop_strings, reasoning_style)
+        self.model: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.scorers = nn.ModuleDict()
+        self.results: dict[str, float] = {}
+
+    def setup(self, stage: str) -> None:
+        if self.model is None:
+            from prune_lit.models.loader import load_model
+
+            loaded = load_model(self.model_name, dtype=self.dtype_name)
+            self.model, self.tokenizer = loaded.model, loaded.tokenizer
+
+    def _tasks(self) -> list[str]:
+        return list(self.trainer.datamodule.tasks) if self.trainer.datamodule is not None else list(TASKS)
+
+    def on_test_epoch_start(self) -> None:
+        self._wall_start = time.perf_counter()
+        self.scorers = nn.ModuleDict({t: TaskScorer(t, self.keep_samples) for t in self._tasks()})
+
+    def test_step(self, batch: list[TaskExample], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not batch:
+            return
+        task = batch[0].task
+        out = run_task_batch(
+            self.model, self.tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template
+        )
+        self.scorers[task].update(batch, out)
+        log.info("%s batch %d: %d examples, %d new tokens, %.1f s", task, batch_idx, len(batch), out.new_tokens, out.seconds)
+
+    def on_test_epoch_end(self) -> None:
+        tasks = list(self.scorers.keys())
+        results: dict[str, float] = {}
+        for task in tasks:
+            results.update(self.scorers[task].compute())
+        results = add_totals(results, tasks)
+        results["total/wall_s"] = time.perf_counter() - self._wall_start
+        self.results = results
+        from prune_lit.callbacks.log_utils import log_scalars, run_dir
+
+        log_scalars(self.trainer, results, step=0)
+        payload = {
+            "model": self.model_name,
+            "dtype": self.dtype_name,
+            "tasks": tasks,
+            "examples_per_task": {t: self.scorers[t].count for t in tasks},
+            "max_new_tokens": {t: self.max_new_tokens[t] for t in tasks},
+            "stop_strings": {t: list(self.stop_strings[t]) for t in tasks},
+            "chat_template": self.chat_template,
+            "torch_threads": torch.get_num_threads(),
+            "metrics": results,
+            "samples": {t: self.scorers[t].samples for t in tasks},
+        }
+        path = run_dir(self.trainer) / self.results_file
+        write_json_atomic(path, payload)
+        log.info("baseline results written to %s", path)
+        for k in sorted(results):
+            log.info("%s = %.4f", k, results[k])
+
+    def configure_optimizers(self) -> None:
+        return None

@@ -1,0 +1,192 @@
+"""MEND: gradient factors, hypernetwork, training, checkpoints and the editor (tiny models only)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from prune_lit.data.edit_datamodule import collate_requests, load_edit_requests
+from prune_lit.data.requests import EditRequest
+from prune_lit.editors.mend import MENDCheckpointError, MENDEditor
+from prune_lit.editors.mend_net import (
+    IDMLP,
+    GradientTransform,
+    RunningMeanStd,
+    finetune_factors,
+    lm_batch,
+    masked_nll,
+    outer_gradient,
+)
+from prune_lit.models import arch_spec, get_weight, load_model
+from prune_lit.modules.mend_training import MENDTraining
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The CI box is 2 shared cores: one intra-op thread is several times faster than oversubscribing.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def requests() -> list[EditRequest]:
+    return load_edit_requests("counterfact", "train", limit=120)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_factors_reproduce_the_true_weight_gradient(name, requests):
+    lm = load_model(name)
+    names = arch_spec(lm.model).mlp_weight_names(2) + arch_spec(lm.model).mlp_weight_names(3)
+    batch = lm_batch(lm.tokenizer, [r.prompt for r in requests[:3]], [r.target_new for r in requests[:3]])
+    loss, factors, _ = finetune_factors(lm.model, batch, names)
+
+    params = dict(lm.model.named_parameters())
+    for n in names:
+        params[n].requires_grad_(True)
+    logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    true_loss = masked_nll(logits, batch.labels)
+    grads = torch.autograd.grad(true_loss, [params[n] for n in names])
+    torch.testing.assert_close(loss, true_loss.detach())
+    for n, g in zip(names, grads):
+        g = g.T if arch_spec(lm.model).transposed else g  # math orientation [out, in]
+        assert g.abs().max() > 0
+        torch.testing.assert_close(outer_gradient(*factors[n]), g, rtol=1e-4, atol=1e-6)
+
+
+def test_idmlp_is_the_identity_at_init_and_running_stats_match_torch():
+    torch.manual_seed(0)
+    x = torch.randn(7, 24)
+    mlp = IDMLP(24, rank=8, n_hidden=1, n_modes=3)
+    for mode in range(3):
+        torch.testing.assert_close(mlp(x, mode), x)
+    stats = RunningMeanStd(24)
+    chunks = [torch.randn(n, 24) * 3 + 1 for n in (1, 5, 9)]
+    for c in chunks:
+        stats.update(c)
+    full = torch.cat(chunks)
+    torch.testing.assert_close(stats.mean, full.mean(0))
+    torch.testing.assert_close(stats.std(), full.std(0), rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_transform_skips_zero_rows_and_refuses_to_run_untrained():
+    gt = GradientTransform(d_in=6, d_out=4, rank=3)
+    u, d = torch.randn(5, 6), torch.randn(5, 4)
+    d[1] = 0  # a padded position: no gradient
+    gt.eval()
+    with pytest.raises(RuntimeError, match="train it"):
+        gt(u, d)
+    gt.train()
+    ut, dt = gt(u, d)
+    assert ut.shape == (4, 6) and dt.shape == (4, 4) and gt.norm_u.count == 4
+
+
+def _edit_loss(module: MENDTraining, batches: list[list[EditRequest]]) -> float:
+    module.eval()
+    with torch.no_grad():
+        losses = [module.edit_step(b)["edit_loss"].item() for b in batches]
+    module.train()
+    return sum(losses) / len(losses)
+
+
+# Random tiny models can only be pushed ~1 nat by any MLP edit (even exact gradient descent on these
+# layers floors near 9.7 nats), so the required drop is a share of that, larger where more is possible.
+@pytest.mark.parametrize("name, margin", [("tiny-llama", 0.3), ("tiny-gpt2", 0.1)])
+def test_training_lowers_the_post_edit_loss(name, margin, requests):
+    torch.manual_seed(0)
+    module = MENDTraining(model_name=name, rank=32, lr=1e-3, lr_lr=1e-3)
+    module.train()
+    opt = module.configure_optimizers()
+    train = [requests[i : i + 4] for i in range(0, 100, 4)]  # 25 steps
+    held_out = [requests[i : i + 2] for i in range(100, 120, 2)]
+    with torch.no_grad():
+        module.edit_step(train[0])  # running statistics need rows before any eval-mode edit
+    before = _edit_loss(module, held_out)
+    for batch in train:
+        loss = module.edit_step(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = _edit_loss(module, held_out)
+    assert after < before - margin, (before, after)
+    assert not any(p.requires_grad for p in module.model.parameters())
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, requests) -> str:
+    """A tiny-llama hypernetwork trained 4 steps by the Lightning Trainer, saved as a checkpoint."""
+    root = tmp_path_factory.mktemp("mend")
+    L.seed_everything(0)
+    module = MENDTraining(model_name="tiny-llama", rank=16)
+    loader = DataLoader(requests[:8], batch_size=2, collate_fn=collate_requests)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+    trainer.fit(module, train_dataloaders=loader)
+    path = root / "mend.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def test_checkpoint_holds_only_the_hypernetwork(tiny_checkpoint):
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    keys = list(ckpt["state_dict"])
+    assert keys and all(k.startswith("hypernet.") for k in keys)
+    assert ckpt["mend_meta"]["model_name"] == "tiny-llama"
+    spec = arch_spec(load_model("tiny-llama").model)
+    assert ckpt["mend_meta"]["inner_params"] == [n for i in (1, 2, 3) for n in spec.mlp_weight_names(i)]  # the last 3 layers
+    # a fresh module restores it strictly (the base model's weights are simply not part of it)
+    fresh = MENDTraining(model_name="tiny-llama", rank=16)
+    fresh.load_state_dict(ckpt["state_dict"])
+    torch.testing.assert_close(fresh.hypernet.edit_lrs, ckpt["state_dict"]["hypernet.edit_lrs"])
+
+
+def test_edit_changes_only_the_inner_params(tiny_checkpoint, requests):
+    lm = load_model("tiny-llama")
+    editor = MENDEditor(tiny_checkpoint)
+    editor.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    inner = set(editor.weight_names(lm.model))
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    result = editor.edit(lm.model, lm.tokenizer, requests[:1])
+    assert result.applied and set(result.deltas) == inner
+    for n, p in lm.model.named_parameters():
+        if n in inner:
+            assert not torch.equal(p, before[n]), n
+            torch.testing.assert_close(get_weight(lm.model, n), before[n] + result.deltas[n])
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def test_non_finite_update_is_rejected(tiny_checkpoint, requests):
+    lm = load_model("tiny-llama")
+    editor = MENDEditor(tiny_checkpoint)
+    editor.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    editor.hypernet.edit_lrs[0] = float("nan")
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    result = editor.edit(lm.model, lm.tokenizer, requests[:1])
+    assert not result.applied
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+
+
+def test_checkpoint_for_another_model_or_other_params_is_refused(tiny_checkpoint, tmp_path):
+    gpt = load_model("tiny-gpt2")
+    with pytest.raises(MENDCheckpointError, match="trained for model 'tiny-llama', not 'tiny-gpt2'"):
+        MENDEditor(tiny_checkpoint).prepare(gpt.model, gpt.tokenizer, "tiny-gpt2", None)
+    with pytest.raises(MENDCheckpointError, match="do not exist in this model"):
+        MENDEditor(tiny_checkpoint, check_model_name=False).prepare(gpt.model, gpt.tokenizer, "tiny-gpt2", None)
+    # same names, other shapes (e.g. trained on a wider model of the same family)
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    name = ckpt["mend_meta"]["inner_params"][0]
+    ckpt["mend_meta"]["shapes"][name] = [256, 64]
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    llama = load_model("tiny-llama")
+    with pytest.raises(MENDCheckpointError, match=f"{name} has shape"):
+        MENDEditor(str(other)).prepare(llama.model, llama.tokenizer, "tiny-llama", None)
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path):
+    lm = load_model("tiny-llama")
+    with pytest.raises(MENDCheckpointError, match="python cli.py fit --config configs/mend.yaml"):
+        MENDEditor(str(tmp_path / "nope.ckpt")).prepare(lm.model, lm.tokenizer, "tiny-llama", None)

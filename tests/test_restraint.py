@@ -1,0 +1,322 @@
+"""PRUNE restraint: the math against the formula and a float64 reference, and the Lightning callbacks."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
+from prune_lit.callbacks.restraint import short_name
+from prune_lit.models.arch import arch_spec, get_weight, set_weight
+from prune_lit.models.loader import load_model
+from prune_lit.restraint import (
+    condition_number,
+    is_contraction,
+    lowrank_svd,
+    restrain_delta,
+    restrain_delta_with_stats,
+    restrain_singular_values,
+    spectral_norm,
+)
+
+ALPHAS = [math.e, 1.2, 1.5, 2.0]
+
+
+def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=g, dtype=torch.float64))
+    return q
+
+
+def constructed(s: list[float], m: int = 60, n: int = 90) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ΔW = U diag(s) Vᵀ with known orthonormal U [m, k], V [n, k]."""
+    u, v = orthonormal(m, len(s), 1), orthonormal(n, len(s), 2)
+    return u, v, (u * torch.tensor(s, dtype=torch.float64)) @ v.T
+
+
+def expected_map(s: float, sigma_max: float, alpha: float, mode: str) -> float:
+    if s <= sigma_max:
+        return s
+    if mode == "linear":
+        return s / 2 + sigma_max / 2
+    return math.log(s, alpha) - math.log(sigma_max, alpha) + sigma_max
+
+
+def reference_restrain(delta: torch.Tensor, sigma_max: float, alpha: float = math.e, mode: str = "log") -> torch.Tensor:
+    """Float64 full-SVD reference: rebuild ΔW from all components with the mapped singular values."""
+    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    return (u * restrain_singular_values(s, sigma_max, alpha, mode)) @ vh
+
+
+@pytest.mark.parametrize("mode,alpha", [("log", a) for a in ALPHAS] + [("linear", math.e)])
+def test_restrained_spectrum_matches_formula(mode: str, alpha: float) -> None:
+    s = [40.0, 12.0, 5.5, 4.0, 1.0, 0.3]
+    sigma_max = 5.0
+    u, v, delta = constructed(s)
+    out = restrain_delta(delta.float(), sigma_max, alpha=alpha, mode=mode).double()
+    got = torch.diagonal(u.T @ out @ v)
+    want = torch.tensor([expected_map(x, sigma_max, alpha, mode) for x in s], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # nothing leaks outside the edit's own singular directions
+    rebuilt = (u * want) @ v.T
+    assert float((out - rebuilt).norm() / rebuilt.norm()) < 1e-5
+    # and the reported stats agree
+    res = restrain_delta_with_stats(delta.float(), sigma_max, alpha=alpha, mode=mode)
+    assert res.n_restrained == 3
+    assert res.sigma_max_before == pytest.approx(40.0, rel=1e-5)
+    assert res.sigma_max_after == pytest.approx(max(want.tolist()), rel=1e-5)
+
+
+def test_singular_value_map_leaves_small_values_alone() -> None:
+    s = torch.tensor([0.0, 0.5, 2.0, 2.0000001, 3.0, 100.0], dtype=torch.float64)
+    for mode in ("log", "linear"):
+        out = restrain_singular_values(s, 2.0, mode=mode)
+        assert torch.equal(out[:3], s[:3])  # σ ≤ σ_max: bit-for-bit
+        assert (out[3:] < s[3:]).all() and (out[3:] > 2.0).all()
+        assert (out.diff() >= 0).all()  # monotone, so the order of components is kept
+    # at σ = σ_max the log map is continuous (the reference's `>=` and our `>` agree)
+    assert float(restrain_singular_values(torch.tensor([2.0 + 1e-12], dtype=torch.float64), 2.0)[0]) == pytest.approx(2.0)
+
+
+def test_components_below_sigma_max_are_untouched() -> None:
+    s = [30.0, 9.0, 2.0, 1.0, 0.1]
+    u, v, delta = constructed(s)
+    d32 = delta.float()
+    res = restrain_delta_with_stats(d32, 5.0)
+    assert res.n_restrained == 2
+    # the correction lies entirely in the span of the two restrained components
+    corr = res.correction.double()
+    outside = corr - u[:, :2] @ (u[:, :2].T @ corr)
+    assert float(outside.norm()) < 1e-6 * float(corr.norm())
+    kept = torch.diagonal(u.T @ res.delta.double() @ v)[2:]
+    torch.testing.assert_close(kept, torch.tensor(s[2:], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    # nothing above σ_max: the very same tensor comes back, without an SVD
+    same = restrain_delta_with_stats(d32, 100.0)
+    assert same.delta is d32 and same.correction is None and same.method == "skipped"
+    # ‖ΔW‖_F > σ_max but σ_max(ΔW) < σ_max: SVD taken, still the same tensor
+    same = restrain_delta_with_stats(d32, 31.0)
+    assert same.delta is d32 and same.n_restrained == 0 and same.method == "lowrank"
+
+
+@pytest.mark.parametrize("rank", [1, 7, 40])
+def test_lowrank_path_matches_float64_reference(rank: int) -> None:
+    g = torch.Generator().manual_seed(rank)
+    m, n = 200, 500
+    w0 = torch.randn(m, n, generator=g) * 0.05
+    sigma_max = spectral_norm(w0)
+    sizes = torch.linspace(4.0, 0.3, rank) * sigma_max
+    a, b = torch.randn(m, rank, generator=g), torch.randn(rank, n, generator=g)
+    delta = ((a / a.norm(dim=0)) * sizes) @ (b / b.norm(dim=1, keepdim=True))
+    delta = (w0 + delta) - w0  # float32 round-off as in W − W_0
+    res = restrain_delta_with_stats(delta, sigma_max)
+    assert res.method == "lowrank" and res.rank == rank and res.n_restrained > 0
+    ref = reference_restrain(delta, sigma_max)
+    assert float((res.delta.double() - ref).norm() / ref.norm()) < 1e-4
+
+
+def test_full_rank_input_falls_back_to_thin_svd() -> None:
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randn(120, 300, generator=g)
+    sigma_max = 0.5 * float(torch.linalg.svdvals(delta)[0])
+    res = restrain_delta_with_stats(delta, sigma_max, alpha=1.5)
+    assert res.method == "full" and res.n_restrained > 0
+    ref = reference_restrain(delta, sigma_max, alpha=1.5)
+    assert float((res.delta.double() - ref).norm() / ref.norm()) < 1e-4
+
+
+def test_lowrank_svd_finds_exact_rank_and_zero() -> None:
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(150, 11, generator=g) @ torch.randn(11, 400, generator=g)
+    svd = lowrank_svd(a)
+    assert svd.method == "lowrank" and svd.rank == 11
+    torch.testing.assert_close(svd.S, torch.linalg.svdvals(a.double())[:11], rtol=1e-5, atol=0)
+    zero = lowrank_svd(torch.zeros(30, 40))
+    assert zero.rank == 0 and zero.method == "zero"
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    delta = torch.ones(4, 5)
+    delta[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        restrain_delta(delta, 1.0)
+    delta[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        restrain_delta(delta, 1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        restrain_delta(torch.ones(3, 3), 1.0, alpha=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        restrain_delta(torch.ones(3, 3), 1.0, mode="sqrt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sigma_max"):
+        restrain_delta(torch.ones(3, 3), 0.0)
+    with pytest.raises(ValueError, match="2-D"):
+        restrain_delta(torch.ones(3), 1.0)
+
+
+def test_norm_helpers() -> None:
+    w = torch.diag(torch.tensor([4.0, 2.0, 0.5]))
+    assert spectral_norm(w) == pytest.approx(4.0)
+    assert condition_number(w) == pytest.approx(8.0)
+    assert condition_number(torch.diag(torch.tensor([1.0, 0.0]))) == math.inf
+    assert is_contraction(2.0) and not is_contraction(0.5) and not is_contraction(2.0, alpha=1.2)
+    assert is_contraction(0.1, mode="linear")
+
+
+# ---------------------------------------------------------------- callbacks on a tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama", seed=0)
+
+
+def fake_module(model, names: list[str]) -> SimpleNamespace:
+    """The attributes the callbacks read from the sequential-editing module."""
+    originals = {n: get_weight(model, n).clone().float() for n in names}
+    return SimpleNamespace(model=model, original_weights=originals, num_edits=0, last_result=None)
+
+
+def scaled_matrix(model, name: str, sigma: float) -> None:
+    """Rescale ``name`` so σ_max(W_0) = sigma (≥ 1, where the log map contracts)."""
+    w = get_weight(model, name).float()
+    set_weight(model, name, w * (sigma / spectral_norm(w)))
+
+
+def rank_one(shape: tuple[int, int], size: float, g: torch.Generator) -> torch.Tensor:
+    u, v = torch.randn(shape[0], 1, generator=g), torch.randn(1, shape[1], generator=g)
+    return (u / u.norm()) @ (v / v.norm()) * size
+
+
+def test_restraint_callback_keeps_sigma_max_bounded(tiny) -> None:
+    model = tiny.model
+    spec = arch_spec(model)
+    name, untouched = spec.mlp_out_name(1) + ".weight", spec.mlp_out_name(2) + ".weight"
+    scaled_matrix(model, name, 1.5)
+    module = fake_module(model, [name, untouched])
+    w0, w_untouched = module.original_weights[name], get_weight(model, untouched).clone()
+    cb = SpectralRestraint(alpha=math.e)
+    trainer = SimpleNamespace(loggers=[])
+    g = torch.Generator().manual_seed(0)
+    sigma0 = spectral_norm(w0)
+    assert is_contraction(sigma0)
+    unrestrained = torch.zeros_like(w0)
+    total = 0.0
+    for step in range(20):
+        size = sigma0 * (0.5 + 0.5 * step)  # growing edits, as in long sequential editing
+        d = rank_one(tuple(w0.shape), size, g)
+        unrestrained += d
+        total += size
+        set_weight(model, name, get_weight(model, name) + d)
+        module.num_edits += 1
+        cb.on_test_batch_end(trainer, module, None, [None], step)
+        restrained_max = spectral_norm(get_weight(model, name) - w0)
+        # by induction σ_max(ΔW'_t) ≤ f(σ_max(ΔW'_{t-1}) + ‖δ_t‖) ≤ f(Σ ‖δ_i‖) since f is monotone and contracts
+        bound = max(sigma0, math.log(total) - math.log(sigma0) + sigma0)
+        assert restrained_max <= bound * (1 + 1e-5), (step, restrained_max, bound)
+    assert spectral_norm(unrestrained) > bound  # without PRUNE it grows past the bound
+    assert len(cb.history) == 20 and cb.total_seconds > 0
+    assert cb.history[-1]["n_restrained"][untouched] == 0
+    assert torch.equal(get_weight(model, untouched), w_untouched)  # never written
+
+
+def test_restraint_callback_schedule_and_at_end_only(tiny) -> None:
+    model = tiny.model
+    name = arch_spec(model).mlp_out_name(3) + ".weight"
+    scaled_matrix(model, name, 2.0)
+    g = torch.Generator().manual_seed(1)
+    for at_end, every, expect_passes in [(False, 5, 4), (True, 1, 1)]:
+        module = fake_module(model, [name])
+        w0 = module.original_weights[name]
+        cb = SpectralRestraint(every_n_edits=every, at_end_only=at_end)
+        for step in range(20):
+            set_weight(model, name, get_weight(model, name) + rank_one(tuple(w0.shape), 3.0, g))
+            module.num_edits += 1
+            before = get_weight(model, name).clone()
+            cb.on_test_batch_end(None, module, None, [None], step)
+            touched = not torch.equal(before, get_weight(model, name))
+            assert touched == ((not at_end) and module.num_edits % every == 0)
+        grown = spectral_norm(get_weight(model, name) - w0)
+        cb.on_test_epoch_end(None, module)
+        assert len(cb.history) == expect_passes
+        if at_end:
+            assert spectral_norm(get_weight(model, name) - w0) < grown
+        set_weight(model, name, w0)
+    # a disabled callback never touches the weights
+    module = fake_module(model, [name])
+    set_weight(model, name, module.original_weights[name] + rank_one(tuple(w0.shape), 50.0, g))
+    before = get_weight(model, name).clone()
+    off = SpectralRestraint(enabled=False)
+    off.on_test_batch_end(None, SimpleNamespace(**{**vars(module), "num_edits": 1}), None, [None], 0)
+    off.on_test_epoch_end(None, module)
+    assert torch.equal(before, get_weight(model, name)) and off.history == []
+
+
+def test_callback_errors_name_the_problem(tiny) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        SpectralRestraint(alpha=0.5)
+    with pytest.raises(ValueError, match="every_n_edits"):
+        SpectralRestraint(every_n_edits=0)
+    with pytest.raises(RuntimeError, match="original_weights"):
+        SpectralRestraint().restrain(SimpleNamespace(model=tiny.model), None)
+    name = arch_spec(tiny.model).mlp_out_name(0) + ".weight"
+    module = fake_module(tiny.model, [name])
+    module.original_weights[name] = module.original_weights[name].clone()
+    module.original_weights[name][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=name):
+        SpectralRestraint().restrain(module, None)
+    assert short_name(name) == "layers.0.mlp.down_proj"
+
+
+class ToyEditing(L.LightningModule):
+    """Stand-in for the sequential-editing module: each test batch adds one growing rank-one edit."""
+
+    def __init__(self, model, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.original_weights = {name: get_weight(model, name).clone().float()}
+        self.num_edits = 0
+        self.last_result = None
+        self.gen = torch.Generator().manual_seed(5)
+
+    def test_step(self, batch, batch_idx):
+        w = get_weight(self.model, self.name)
+        set_weight(self.model, self.name, w + rank_one(tuple(w.shape), 2.0 * (batch_idx + 1), self.gen))
+        self.num_edits += 1
+
+
+def test_callbacks_in_a_lightning_run(tiny, tmp_path) -> None:
+    model = tiny.model
+    name = arch_spec(model).mlp_out_name(0) + ".weight"
+    scaled_matrix(model, name, 1.5)
+    module = ToyEditing(model, name)
+    restraint, diagnostics = SpectralRestraint(), SpectralDiagnostics(kappa_every_n_edits=2, top_k=8)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=TensorBoardLogger(save_dir=str(tmp_path), name="run"),
+        callbacks=[restraint, diagnostics],
+        inference_mode=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.test(module, dataloaders=DataLoader(list(range(6)), batch_size=1))
+    run = tmp_path / "run" / "version_0"
+    data = json.loads((run / "spectral.json").read_text())
+    recs = data["records"]
+    assert [r["num_edits"] for r in recs] == [1, 2, 3, 4, 5, 6, 6] and recs[-1]["final"]
+    assert sum("kappa_w" in r for r in recs) == 4  # at 2, 4, 6 edits and the final record
+    # diagnostics ran after restraint: what they saw is the restrained ΔW, bounded by the log map of the edits' sum
+    sigma0 = recs[0]["sigma_max_w0"]
+    bound = math.log(2.0 * sum(range(1, 7))) - math.log(sigma0) + sigma0
+    assert all(r["sigma_max_delta"] <= bound * (1 + 1e-5) for r in recs)
+    exact = spectral_norm(get_weight(model, name) - module.original_weights[name])
+    assert recs[-1]["sigma_max_delta"] == pytest.approx(exact, rel=1e-4)
+    assert (run / "spectral.png").stat().st_size > 1000
+    assert list(run.glob("events.out.tfevents.*"))
+    assert restraint.total_seconds > 0 and len(restraint.history) == 6

@@ -1,0 +1,77 @@
+"""The sequential-editing loop end to end on a tiny model: CLI, cumulative edits, restraint, results."""
+
+import json
+import math
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from prune_lit.callbacks import SpectralRestraint
+from prune_lit.cli_main import main
+from prune_lit.data.edit_datamodule import EditDataModule
+from prune_lit.editors.base import EditResult, Editor, apply_deltas
+from prune_lit.models import arch_spec, get_weight
+from prune_lit.modules.sequential_editing import SequentialEditingModule
+
+
+def test_cli_runs_rome_with_prune_and_writes_results(tmp_path):
+    main(
+        [
+            "test",
+            "--config", "configs/rome_prune.yaml",
+            "--model.init_args.model_name", "tiny-llama",
+            "--model.init_args.downstream", "null",
+            "--model.init_args.eval_at", "[2]",
+            "--data.init_args.num_edits", "4",
+            "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false",
+        ]
+    )
+    run = next(tmp_path.glob("rome_prune/version_*"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["num_edits"] == 4 and results["editor"] == "ROMEEditor"
+    assert [row["num_edits"] for row in results["history"]] == [2, 4]
+    # Edits were written: the edited facts are preferred far more often than before editing.
+    assert results["edits_after"]["efficacy"] > results["edits_before"]["efficacy"]
+    assert "SpectralRestraint" in results["callbacks"] and results["seconds_restraint"] > 0
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events written"
+    assert (run / "spectral.json").exists()
+
+
+class _FlakyEditor(Editor):
+    """Adds a fixed rank-one ΔW, except on the second step where the update is NaN."""
+
+    def weight_names(self, model):
+        return [arch_spec(model).mlp_out_name(1) + ".weight"]
+
+    def edit(self, model, tokenizer, requests):
+        self.calls = getattr(self, "calls", 0) + 1
+        name = self.weight_names(model)[0]
+        w = get_weight(model, name)
+        delta = torch.outer(torch.ones(w.shape[0]), torch.ones(w.shape[1])) * 0.5
+        if self.calls == 2:
+            delta[0, 0] = float("nan")
+        return EditResult(deltas={name: delta}, applied=apply_deltas(model, {name: delta}))
+
+
+def test_nan_update_is_rejected_and_the_run_goes_on(tmp_path):
+    module = SequentialEditingModule(editor=_FlakyEditor(), model_name="tiny-llama", downstream=None, evaluate_before=False)
+    restraint = SpectralRestraint()
+    trainer = L.Trainer(
+        logger=TensorBoardLogger(tmp_path, name="flaky"), callbacks=[restraint], inference_mode=False,
+        enable_progress_bar=False, enable_checkpointing=False,
+    )
+    trainer.test(module, datamodule=EditDataModule(num_edits=3, batch_size=1))
+    results = json.loads(next(tmp_path.glob("flaky/version_*/results.json")).read_text())
+    assert results["num_rejected_steps"] == 1 and results["num_edits"] == 3
+    name = _FlakyEditor().weight_names(module.model)[0]
+    delta = get_weight(module.model, name) - module.original_weights[name]
+    assert torch.isfinite(delta).all()
+    # Steps 1 and 3 each added the same rank-one ΔW (σ = 0.5·sqrt(m·n)); PRUNE restrained after each.
+    sigma0 = torch.linalg.matrix_norm(module.original_weights[name], ord=2).item()
+    m, n = delta.shape
+    step = 0.5 * math.sqrt(m * n)
+    restrain = lambda s: math.log(s) - math.log(sigma0) + sigma0  # noqa: E731
+    expected = restrain(restrain(step) + step)
+    assert math.isclose(torch.linalg.matrix_norm(delta, ord=2).item(), expected, rel_tol=1e-4)

@@ -1,0 +1,60 @@
+"""Second-moment key statistics: WikiText cleaning, correctness, and the on-disk cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prune_lit.editors import stats as stats_mod
+from prune_lit.editors.stats import clean_wikitext, collect_second_moments, second_moments, stats_path, wikitext_token_chunks
+from prune_lit.models import load_model
+from prune_lit.models.arch import arch_spec
+
+
+def test_clean_wikitext_removes_artefacts_and_headings():
+    raw = " \n = Robert Boulter = \n \n He had a guest @-@ starring role in 2 @,@ 000 films , 1 @.@ 5 each .\n = = Career = = \n"
+    assert clean_wikitext(raw) == "He had a guest-starring role in 2,000 films , 1.5 each ."
+
+
+def test_second_moment_matches_direct_computation():
+    lm = load_model("tiny-gpt2")
+    module = arch_spec(lm.model).mlp_out_name(1)
+    chunks = torch.randint(0, 1000, (3, 16))
+    C = collect_second_moments(lm.model, chunks, [module], batch_size=2, progress=False)[module]
+    keys = []
+    handle = lm.model.get_submodule(module).register_forward_hook(lambda m, i, o: keys.append(i[0].reshape(-1, i[0].shape[-1])))
+    with torch.no_grad():
+        lm.model(input_ids=chunks)
+    handle.remove()
+    k = torch.cat(keys).double()
+    assert C.dtype == torch.float64 and C.shape == (256, 256)
+    torch.testing.assert_close(C, k.T @ k / k.shape[0])
+
+
+def test_cache_round_trip_reads_the_file_instead_of_recomputing(tmp_path, monkeypatch):
+    lm = load_model("tiny-llama")
+    module = arch_spec(lm.model).mlp_out_name(2)
+    first = second_moments(lm.model, lm.tokenizer, "tiny-llama", [module], n_tokens=512, seq_len=64, root=tmp_path)[module]
+    path = stats_path("tiny-llama", module, 512, "float32", tmp_path)
+    assert path.is_file() and not list(path.parent.glob("*.tmp*"))
+    assert path.name == f"{module}_512_float32.safetensors"
+    # Symmetric PSD with a positive diagonal.
+    torch.testing.assert_close(first, first.T)
+    assert torch.linalg.eigvalsh(first).min() > -1e-8 and (first.diagonal() > 0).all()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed instead of reading the cache")
+
+    monkeypatch.setattr(stats_mod, "collect_second_moments", boom)
+    second = second_moments(lm.model, lm.tokenizer, "tiny-llama", [module], n_tokens=512, seq_len=64, root=tmp_path)[module]
+    assert torch.equal(first, second)
+    # Other weights under the same name (another seed) must not read the stale file.
+    other = load_model("tiny-llama", seed=1)
+    with pytest.raises(AssertionError, match="recomputed"):
+        second_moments(other.model, other.tokenizer, "tiny-llama", [module], n_tokens=512, seq_len=64, root=tmp_path)
+
+
+def test_token_chunks_have_the_requested_shape():
+    tok = load_model("tiny-gpt2").tokenizer
+    chunks = wikitext_token_chunks(tok, n_tokens=300, seq_len=128)
+    assert chunks.shape == (3, 128) and chunks.dtype == torch.long
