@@ -112,7 +112,12 @@ def main() -> None:
     stats_seconds = time.perf_counter() - t0
 
     baseline = [score_case(model, tok, r) for r in cases]
-    rows = []
+    base_agg = {k: sum(c[k] for c in baseline if k in c) / len(baseline) for k in ("efficacy", "generalization", "specificity")}
+    report = {
+        "model": args.model, "algo": args.algo, "n_cases": len(cases), "hparams": {**vars(hp), "layers": "per row"},
+        "unedited": base_agg, "rows": [], "stats_seconds": stats_seconds,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+    }
     for w in windows:
         editor = (ROMEEditor if args.algo == "rome" else MEMITEditor)(overrides={**overrides, "layers": w})
         editor.prepare(model, tok, args.model, None)
@@ -128,24 +133,19 @@ def main() -> None:
                 s["loc_drift"] = abs(s.pop("loc_logp") - base["loc_logp"])
             s["applied"] = float(result.applied)
             per_case.append(s)
+            log.info("layers %s case %s: %s, %.1f s, loss %.3f", w, r.case_id, s, result.stats["seconds"], result.stats["loss"])
             for n, v in saved.items():
                 set_weight(model, n, v)
         agg = {k: sum(c[k] for c in per_case if k in c) / max(1, sum(k in c for c in per_case)) for k in per_case[0]}
         agg.update(layers=w, seconds_per_edit=sum(seconds) / len(seconds))
-        rows.append(agg)
+        report["rows"].append(agg)
         log.info("layers %s: %s", w, {k: round(v, 3) if isinstance(v, float) else v for k, v in agg.items()})
-
-    base_agg = {k: sum(c[k] for c in baseline if k in c) / len(baseline) for k in ("efficacy", "generalization", "specificity")}
-    report = {
-        "model": args.model, "algo": args.algo, "n_cases": len(cases), "hparams": {**vars(hp), "layers": "per row"},
-        "unedited": base_agg, "rows": rows, "stats_seconds": stats_seconds,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
-    log.info("wrote %s", args.out)
+        # Written after every candidate, so an interrupted sweep keeps what it measured.
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(args.out)
+        log.info("wrote %s", args.out)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def _write_tasks(root: Path, n: int = 6) -> Path:
     with open(d / "test-reasoning.jsonl", "w") as f:
         for i in range(n):
             f.write(json.dumps({"question": f"Tom has {i} apples and buys 1,000 more. How many?", "answer": f"He has {i}+1000.\n#### {i + 1000:,}"}) + "\n")
-    json.dump([{"id": str(i), "dialogue": f"A: hi {i}\r\nB: hello there friend number {i}", "summary": f"A greets B {i}."} for i in range(n)], open(d / "test-summarization.json", "w"))
+    summaries = [{"id": str(i), "dialogue": f"A: hi {i}\r\nB: hello there friend number {i}", "summary": f"A greets B {i}."} for i in range(n)]
+    (d / "test-summarization.json").write_text(json.dumps(summaries))
     with open(d / "test-OpenDomainQA.jsonl", "w") as f:
         for i in range(n):
             f.write(json.dumps({"question": f"who is person {i}?", "answer": [f"Person {i}", "P"], "output": [f"\n\nPerson {i} is   a famous person."]}) + "\n")

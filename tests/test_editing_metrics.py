@@ -13,8 +13,18 @@ from prune_lit.metrics.editing_eval import EditScores, LocalityReference, evalua
 from prune_lit.metrics.scoring import TargetScores, greedy_prefix_match, score_targets, target_logprobs, target_token_accuracy
 from prune_lit.models.loader import load_model
 
-PROMPTS = ["The capital of France is", "Hi", "Danielle Darrieux's mother tongue is", "a b c d e f g h i j k l m n"]
-TARGETS = ["Paris", "Rome is a city in Italy", "French", "x"]
+# Different lengths (so batches are padded) and shared prompts with 1- and multi-token targets (KV-cache reuse).
+PROMPTS = ["The capital of France is", "Hi", "Danielle Darrieux's mother tongue is", "a b c d e f g h i j k l m n", "Hi", "The capital of France is"]
+TARGETS = ["Paris", "Rome is a city in Italy", "French", "x", "there", "Rome, Italy"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small forward passes run several times faster on one thread when the 2 CPU cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
@@ -33,7 +43,8 @@ def test_efficacy_and_generalization_counts() -> None:
     g = EditGeneralization()
     g.update(torch.tensor([-1.0, -1.0]), torch.tensor([-0.5, -3.0]))
     assert g.compute().item() == pytest.approx(0.5)
-    assert math.isnan(EditEfficacy().compute().item())
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert math.isnan(EditEfficacy().compute().item())
     with pytest.raises(ValueError, match="same length"):
         m.update(torch.zeros(2), torch.zeros(3))
 
@@ -59,7 +70,8 @@ def test_token_accuracy_is_mean_of_per_example_shares() -> None:
     m.update([torch.tensor([1, 2, 3, 4]), torch.tensor([7])], [torch.tensor([1, 2, 0, 0]), torch.tensor([7])])
     assert m.compute().item() == pytest.approx((0.5 + 1.0) / 2)
     m.reset()
-    assert math.isnan(m.compute().item())
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert math.isnan(m.compute().item())
 
 
 def test_target_scores_reductions() -> None:
@@ -99,7 +111,7 @@ def test_padded_batch_equals_single_example(tiny) -> None:
         assert batched.token_logprobs[i].sum().item() == pytest.approx(ref_lp, abs=1e-4)
         assert batched.predictions[i].tolist() == ref_pred
     # batch size does not change anything, and order is preserved
-    small = target_logprobs(model, tok, PROMPTS, TARGETS, batch_size=3)
+    small = target_logprobs(model, tok, PROMPTS, TARGETS, batch_size=1)
     assert torch.allclose(small, batched.logprob(), atol=1e-4)
     assert torch.allclose(target_logprobs(model, tok, PROMPTS, TARGETS, reduction="mean"), batched.logprob("mean"), atol=1e-4)
 
@@ -125,6 +137,13 @@ def test_accuracy_and_greedy_match_against_reference(tiny) -> None:
     match = greedy_prefix_match(model, tok, [prompt, prompt], [greedy[1:], other])
     assert match.tolist() == [True, False]
     assert target_token_accuracy(model, tok, [prompt], [greedy[1:]]).item() == 1.0
+
+
+def test_empty_inputs(tiny) -> None:
+    s = score_targets(tiny.model, tiny.tokenizer, [], [])
+    assert len(s) == 0 and s.logprob().shape == (0,)
+    scores = evaluate_edits(tiny.model, tiny.tokenizer, [], LocalityReference())
+    assert scores.n == 0 and math.isnan(scores.efficacy) and math.isnan(scores.locality)
 
 
 def test_bad_inputs(tiny) -> None:

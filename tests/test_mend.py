@@ -18,6 +18,7 @@ from prune_lit.editors.mend_net import (
     lm_batch,
     masked_nll,
     outer_gradient,
+    sequence_logprob,
 )
 from prune_lit.models import arch_spec, get_weight, load_model
 from prune_lit.modules.mend_training import MENDTraining
@@ -190,3 +191,25 @@ def test_missing_checkpoint_says_how_to_train(tmp_path):
     lm = load_model("tiny-llama")
     with pytest.raises(MENDCheckpointError, match="python cli.py fit --config configs/mend.yaml"):
         MENDEditor(str(tmp_path / "nope.ckpt")).prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+
+
+def test_validation_logs_edit_success_and_locality(requests):
+    torch.manual_seed(0)
+    module = MENDTraining(model_name="tiny-llama", rank=16)
+    module.train()
+    with torch.no_grad():
+        module.edit_step(requests[:4])  # running statistics
+    val = requests[100:108]
+    loader = DataLoader(val, batch_size=4, collate_fn=collate_requests)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
+    for key in ("val/edit_success", "val/edit_success_pre", "val/locality", "val/loss"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["val/locality"] <= 1.0
+    # edit_success_pre must be what the unedited model says: log P(target_new) > log P(ground_truth)
+    b_new = lm_batch(module.tokenizer, [r.prompt for r in val], [r.target_new for r in val])
+    b_true = lm_batch(module.tokenizer, [r.prompt for r in val], [r.ground_truth for r in val])
+    with torch.no_grad():
+        lp_new = sequence_logprob(module.model(input_ids=b_new.input_ids, attention_mask=b_new.attention_mask).logits, b_new.labels)
+        lp_true = sequence_logprob(module.model(input_ids=b_true.input_ids, attention_mask=b_true.attention_mask).logits, b_true.labels)
+    assert metrics["val/edit_success_pre"] == pytest.approx((lp_new > lp_true).float().mean().item())

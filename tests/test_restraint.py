@@ -121,6 +121,26 @@ def test_lowrank_path_matches_float64_reference(rank: int) -> None:
     assert float((res.delta.double() - ref).norm() / ref.norm()) < 1e-4
 
 
+def test_warm_start_from_previous_basis_is_exact() -> None:
+    g = torch.Generator().manual_seed(6)
+    m, n = 150, 400
+    sigma_max = 1.0
+    delta = torch.randn(m, 20, generator=g) @ torch.randn(20, n, generator=g) * 0.1
+    first = restrain_delta_with_stats(delta, sigma_max)
+    assert first.n_restrained > 0 and first.basis is not None and first.basis.shape == (m, 20)
+    nxt = first.delta + torch.randn(m, 1, generator=g) @ torch.randn(1, n, generator=g)  # one more edit
+    warm = restrain_delta_with_stats(nxt, sigma_max, init_basis=first.basis)
+    assert warm.method == "lowrank" and warm.rank == 21
+    ref = reference_restrain(nxt, sigma_max)
+    assert float((warm.delta.double() - ref).norm() / ref.norm()) < 1e-4
+    # a stale basis (directions no longer in ΔW) costs nothing in accuracy either
+    stale = restrain_delta_with_stats(nxt, sigma_max, init_basis=orthonormal(m, 10, 7).float())
+    assert stale.rank == 21
+    assert float((stale.delta.double() - ref).norm() / ref.norm()) < 1e-4
+    with pytest.raises(ValueError, match="init basis"):
+        lowrank_svd(nxt, init=torch.zeros(m + 1, 3))
+
+
 def test_full_rank_input_falls_back_to_thin_svd() -> None:
     g = torch.Generator().manual_seed(3)
     delta = torch.randn(120, 300, generator=g)

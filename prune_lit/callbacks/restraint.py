@@ -84,6 +84,7 @@ class SpectralRestraint(L.Callback):
         self.total_seconds = 0.0
         self.history: list[dict[str, Any]] = []
         self._sigma_max: dict[str, float] = {}
+        self._basis: dict[str, torch.Tensor] = {}  # [m, k] left singular vectors of the last ΔW, per matrix
         self._steps_seen = 0
         self._last_edits = 0
 
@@ -113,10 +114,17 @@ class SpectralRestraint(L.Callback):
             w0 = w0.to(w.device, torch.float32)
             delta = w.float() - w0
             try:
-                res = restrain_delta_with_stats(delta, self.sigma_max_w0(name, w0), self.alpha, self.mode)
+                res = restrain_delta_with_stats(
+                    delta, self.sigma_max_w0(name, w0), self.alpha, self.mode, init_basis=self._basis.get(name)
+                )
             except ValueError as err:
                 raise ValueError(f"restraint of {name}: {err}") from err
             counts[name] = res.n_restrained
+            # ΔW only grows by the next edit's few directions: start the next SVD from this one's basis.
+            if res.basis is not None:
+                self._basis[name] = res.basis.to(torch.float32)
+            elif res.method != "skipped":
+                self._basis.pop(name, None)
             if res.n_restrained:
                 # W + U_r (s' − s) V_rᵀ rather than W_0 + ΔW': what is not restrained keeps its exact bits.
                 set_weight(model, name, res.apply_to(w.float()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from prune_lit.data.edit_io import EditDataError, parse_file, require, select, str_or_list, make_request
+from prune_lit.data.edit_io import EditDataError, make_request, parse_file, require, select, str_or_list
 from prune_lit.data.paths import resolve_data_file
 from prune_lit.data.requests import EditRequest
 

@@ -90,6 +90,11 @@ class EditDataModule(L.LightningDataModule):
         if stage in (None, "test"):
             _ = self.all_requests
 
+    def transfer_batch_to_device(self, batch: list[EditRequest], device: torch.device, dataloader_idx: int) -> list[EditRequest]:
+        # Requests are frozen dataclasses of text, which Lightning's default mover cannot rebuild;
+        # editors tokenize onto the model's device themselves.
+        return batch
+
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.all_requests, batch_size=self.batch_size, shuffle=False, num_workers=0, collate_fn=collate_requests)  # type: ignore[arg-type]
 

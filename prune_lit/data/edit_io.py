@@ -33,10 +33,8 @@ def require(record: dict[str, Any], key: str, types: type | tuple[type, ...], wh
     return value
 
 
-def str_or_list(record: dict[str, Any], key: str, where: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """A field that may be one string or a list of strings, as a tuple (``default`` when absent, if given)."""
-    if key not in record and default is not None:
-        return default
+def str_or_list(record: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    """A field that may be one string or a list of strings, as a tuple."""
     value = require(record, key, (str, list), where)
     if isinstance(value, str):
         return (value,)

@@ -19,12 +19,11 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult, apply_deltas
-from prune_lit.editors.mend_net import MENDHyperNet, finetune_factors, lm_batch
+from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, finetune_factors, lm_batch
 from prune_lit.models.arch import get_weight
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1  # must match prune_lit.modules.mend_training.CHECKPOINT_FORMAT
 TRAIN_HINT = "train one with: python cli.py fit --config configs/mend.yaml"
 
 

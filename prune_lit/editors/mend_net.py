@@ -25,6 +25,8 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_lit.models.arch import arch_spec, num_layers
 
+CHECKPOINT_FORMAT = 1  # version of the checkpoint layout; bump when the hypernetwork changes shape
+
 # ---- pure tensor functions -------------------------------------------------------------------
 
 

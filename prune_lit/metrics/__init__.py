@@ -6,3 +6,11 @@ from prune_lit.metrics.downstream import (  # noqa: F401
     QATokenF1,
     SummarizationRouge,
 )
+from prune_lit.metrics.editing import (  # noqa: F401
+    EditEfficacy,
+    EditGeneralization,
+    EditLocality,
+    EditNeighborhood,
+    EditTokenAccuracy,
+)
+from prune_lit.metrics.editing_eval import EditScores, LocalityReference, evaluate_edits, record_locality_reference  # noqa: F401

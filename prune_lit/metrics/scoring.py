@@ -8,6 +8,7 @@ targets runs once, and the targets' remaining tokens run on its KV cache.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from dataclasses import dataclass
@@ -76,6 +77,25 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def _continue(
+    model: nn.Module, cache, cache_arg: str, mask: Tensor, targets: list[list[int]], rows: list[int], pad_id: int, device: torch.device
+) -> Tensor:
+    """``[R, C, V]`` log-probs after feeding ``targets[k][:-1]`` (right-padded) on prompt row ``rows[k]`` of
+    ``cache`` (consumed); position j predicts target token j + 1. ``mask`` is the prompts' ``[B, L]`` mask."""
+    sel = torch.tensor(rows)
+    cache.reorder_cache(sel.to(device))
+    C = max(len(t) - 1 for t in targets)
+    cont = torch.full((len(rows), C), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(rows), C), dtype=torch.long)
+    for k, t in enumerate(targets):
+        cont[k, : len(t) - 1] = torch.tensor(t[:-1])
+        cmask[k, : len(t) - 1] = 1
+    full_mask = torch.cat([mask[sel], cmask], dim=1)
+    pos = mask[sel].sum(-1, keepdim=True) + torch.arange(C)[None, :]  # continue each row's own count
+    out = model(input_ids=cont.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), use_cache=True, **{cache_arg: cache})
+    return out.logits.float().log_softmax(-1)
+
+
 @torch.no_grad()
 def score_targets(
     model: nn.Module,
@@ -91,6 +111,8 @@ def score_targets(
     scores the first token of all its targets, and only the remaining target tokens of multi-token targets
     run on top of the prompt's KV cache. Evaluation pairs every prompt with 2 targets, so this halves the work.
     """
+    if not prompts and not targets:
+        return TargetScores([], [], [])
     p_ids, t_ids = _encode(tokenizer, prompts, targets)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -111,29 +133,17 @@ def score_targets(
         first = out.logits[:, -1, :].float().log_softmax(-1)  # [B, V]: predicts every target's first token
         rows = [(r, i) for r, p in enumerate(batch) for i in groups[p]]
         steps: dict[int, Tensor] = {i: first[r : r + 1] for r, i in rows}  # i -> [t_i, V] log-probs
-        longer = [(r, i) for r, i in rows if len(t_ids[i]) > 1]
-        if longer:
-            # feed t[:-1] after the cached prompt (right-padded): position j then predicts target token j + 1
-            cache = out[cache_arg]
-            cache.reorder_cache(torch.tensor([r for r, _ in longer], device=device))
-            C = max(len(t_ids[i]) - 1 for _, i in longer)
-            cont = torch.full((len(longer), C), pad_id, dtype=torch.long)
-            cmask = torch.zeros((len(longer), C), dtype=torch.long)
+        # Multi-token targets: feed t[:-1] on the prompt's cache, bucketed by length so that a long
+        # answer does not pad every row of the batch to its length.
+        buckets: dict[int, list[tuple[int, int]]] = {}
+        for r, i in rows:
+            if len(t_ids[i]) > 1:
+                buckets.setdefault((len(t_ids[i]) - 2).bit_length(), []).append((r, i))
+        cache = out[cache_arg]
+        for b, (_, longer) in enumerate(sorted(buckets.items())):
+            last = b == len(buckets) - 1
+            rest = _continue(model, cache if last else copy.deepcopy(cache), cache_arg, mask, [t_ids[i] for _, i in longer], [r for r, _ in longer], pad_id, device)
             for k, (_, i) in enumerate(longer):
-                cont[k, : len(t_ids[i]) - 1] = torch.tensor(t_ids[i][:-1])
-                cmask[k, : len(t_ids[i]) - 1] = 1
-            sel = torch.tensor([r for r, _ in longer])
-            full_mask = torch.cat([mask[sel], cmask], dim=1)
-            cpos = mask[sel].sum(-1, keepdim=True) + torch.arange(C)[None, :]
-            out2 = model(
-                input_ids=cont.to(device),
-                attention_mask=full_mask.to(device),
-                position_ids=cpos.to(device),
-                use_cache=True,
-                **{cache_arg: cache},
-            )
-            rest = out2.logits.float().log_softmax(-1)  # [R, C, V]
-            for k, (r, i) in enumerate(longer):
                 steps[i] = torch.cat([steps[i], rest[k, : len(t_ids[i]) - 1]], dim=0)
         for _, i in rows:
             tgt = torch.tensor(t_ids[i], device=device)

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.mend_net import (
+    CHECKPOINT_FORMAT,
     LMBatch,
     MENDHyperNet,
     cat_batches,
@@ -35,7 +36,6 @@ from prune_lit.models.loader import load_model
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1  # bump when the hypernetwork layout changes; the editor refuses other versions
 
 
 @dataclass

@@ -108,9 +108,6 @@ class SequentialEditingModule(L.LightningModule):
             self.results["downstream_before"] = self._downstream(step=0, tag="downstream_before")
 
     # ---- one edit step ------------------------------------------------------------------------
-    def transfer_batch_to_device(self, batch: list[EditRequest], device: torch.device, dataloader_idx: int) -> list[EditRequest]:
-        return batch  # requests are text; editors tokenize onto the model's device themselves
-
     def test_step(self, batch: list[EditRequest], batch_idx: int) -> None:
         start = time.perf_counter()
         # The evaluation loop runs under no_grad; ROME's value optimisation and MEND's fine-tuning

@@ -64,6 +64,7 @@ def lowrank_svd(
     block: int = 8,
     max_rank: int | None = None,
     generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
 ) -> LowRankSVD:
     """Singular triplets of ``a [m, n]`` by an adaptive randomized range finder.
 
@@ -75,6 +76,9 @@ def lowrank_svd(
         max_rank: give up and take `thin_svd` once the captured rank would exceed this
             (default ``min(m, n) // 4``, where the two cost about the same).
         generator: source of Ω; default a fresh generator seeded 0 (results are reproducible).
+        init: ``[m, j]`` columns expected to span most of range(a), e.g. the previous edit step's ``U``
+            (ΔW_t = ΔW'_{t-1} + a few rank-one edits). The loop then only has to find what is new, usually
+            in one pass; the result is exact either way.
 
     Returns:
         `LowRankSVD` with ``k`` = numerical rank (``method="lowrank"``), or ``min(m, n)`` (``"full"``).
@@ -88,12 +92,18 @@ def lowrank_svd(
         generator = torch.Generator(device=a.device).manual_seed(0)
     work = a if a.dtype in (torch.float32, torch.float64) else a.float()
     q = work.new_zeros(m, 0)
+    if init is not None and init.numel():
+        if init.dim() != 2 or init.shape[0] != m:
+            raise ValueError(f"init basis must be [{m}, j], got {tuple(init.shape)}")
+        if init.shape[1] > max_rank:
+            return thin_svd(a)
+        q = torch.linalg.qr(init.to(work.device, torch.float64))[0].to(work.dtype)
     b = max(1, block)
     while True:
         omega = torch.randn(n, b, generator=generator, dtype=work.dtype, device=work.device)
         y = work @ omega
         y_norm = float(torch.linalg.vector_norm(y))
-        if y_norm == 0.0 and q.shape[1] == 0:
+        if y_norm == 0.0:
             return _empty(a)
         new = _orth_new_block(q, y, drop_below=rtol * y_norm)
         if q.shape[1] + new.shape[1] > max_rank:
@@ -105,11 +115,12 @@ def lowrank_svd(
         b = min(2 * b, max(1, max_rank - q.shape[1]))
     small = (q.T @ work).double()  # [k, n]
     # SVD of the wide [k, n] core through its k×k Gram matrix (several times faster than gesdd for k ~ 100).
-    # Squaring costs relative accuracy only for σ_i below ~1e-7 σ_1, far under any restraint threshold.
+    # Squaring costs relative accuracy only far below rtol·σ_1, where float32 round-off of ΔW already sits and
+    # which no restraint threshold reaches; those directions (e.g. stale `init` columns) are dropped.
     evals, ub = torch.linalg.eigh(small @ small.T)
     evals, ub = evals.flip(0), ub.flip(1)
     s = evals.clamp_min(0).sqrt()
-    keep = s > s[0] * 1e-7 if s.numel() else s.bool()
+    keep = s > s[0] * rtol if s.numel() else s.bool()
     s, ub = s[keep], ub[:, keep]
     vh = (ub.T @ small) / s[:, None]
     return LowRankSVD(q.double() @ ub, s, vh, "lowrank")

@@ -34,6 +34,7 @@ class RestraintResult:
     frobenius: float  # ‖ΔW‖_F before restraint
     rank: int | None  # numerical rank found by the SVD (None when skipped)
     method: str  # "skipped", "lowrank", "full" or "zero"
+    basis: torch.Tensor | None = None  # [m, rank] left singular vectors of ΔW ("lowrank" only): `init` for the next step
 
     def apply_to(self, x: torch.Tensor) -> torch.Tensor:
         """``x + left @ right`` in one fused pass (``x`` = ΔW gives ΔW', ``x`` = W gives the restrained W)."""
@@ -60,8 +61,13 @@ def restrain_delta_with_stats(
     mode: RestraintMode = "log",
     rtol: float = 1e-5,
     max_rank: int | None = None,
+    init_basis: torch.Tensor | None = None,
 ) -> RestraintResult:
-    """Restrain ``delta [m, n]`` and report what happened (see `restrain_delta`)."""
+    """Restrain ``delta [m, n]`` and report what happened (see `restrain_delta`).
+
+    ``rtol`` / ``max_rank`` / ``init_basis`` go to `lowrank_svd` (``init_basis``: the previous step's
+    ``RestraintResult.basis`` for the same matrix, which makes sequential steps one pass over ΔW).
+    """
     check_restraint_args(sigma_max, alpha, mode)
     if delta.dim() != 2:
         raise ValueError(f"ΔW must be a 2-D matrix, got shape {tuple(delta.shape)}")
@@ -70,17 +76,18 @@ def restrain_delta_with_stats(
         raise ValueError("ΔW contains NaN or Inf; refusing to restrain it")
     if fro <= sigma_max:  # σ_max(ΔW) ≤ ‖ΔW‖_F ≤ σ_max(W_0): the map is the identity
         return RestraintResult(delta, None, None, 0, None, None, fro, None, "skipped")
-    svd: LowRankSVD = lowrank_svd(delta, rtol=rtol, max_rank=max_rank)
+    svd: LowRankSVD = lowrank_svd(delta, rtol=rtol, max_rank=max_rank, init=init_basis)
+    basis = svd.U if svd.method == "lowrank" else None
     s_new = restrain_singular_values(svd.S, sigma_max, alpha, mode)
     n = int((s_new != svd.S).sum())
     before = float(svd.S[0]) if svd.rank else 0.0
     if n == 0:
-        return RestraintResult(delta, None, None, 0, before, before, fro, svd.rank, svd.method)
+        return RestraintResult(delta, None, None, 0, before, before, fro, svd.rank, svd.method, basis)
     # S is sorted and the map is monotone, so the restrained components are the leading n.
     left = (svd.U[:, :n] * (s_new[:n] - svd.S[:n])).to(delta.dtype)
     right = svd.Vh[:n].to(delta.dtype)
     after = max(float(s_new.max()), float(svd.S[n]) if svd.rank > n else 0.0)
-    return RestraintResult(delta, left, right, n, before, after, fro, svd.rank, svd.method)
+    return RestraintResult(delta, left, right, n, before, after, fro, svd.rank, svd.method, basis)
 
 
 def restrain_delta(
