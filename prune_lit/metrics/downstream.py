@@ -49,8 +49,8 @@ def numbers_equal(a: str | None, b: str | None) -> bool:
         return False
 
 
-class GSM8KExactMatch(Metric):
-    """Fraction of generations whose extracted number equals the reference number (numeric compare)."""
+class _CountAccuracy(Metric):
+    """Share of correct items: states ``correct`` and ``total`` summed over updates (and processes)."""
 
     higher_is_better = True
     full_state_update = False
@@ -60,14 +60,18 @@ class GSM8KExactMatch(Metric):
         self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
+    def compute(self) -> Tensor:
+        return self.correct / self.total if self.total > 0 else torch.tensor(0.0)
+
+
+class GSM8KExactMatch(_CountAccuracy):
+    """Fraction of generations whose extracted number equals the reference number (numeric compare)."""
+
     def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
         """``preds``: generated texts; ``target``: reference numbers as strings (e.g. ``"1000"``)."""
         _check_lengths(preds, target)
         self.correct += sum(numbers_equal(extract_number(p), extract_number(t)) for p, t in zip(preds, target))
         self.total += len(preds)
-
-    def compute(self) -> Tensor:
-        return self.correct / self.total if self.total > 0 else torch.tensor(0.0)
 
 
 # ---------------------------------------------------------------- SAMSum
@@ -190,16 +194,8 @@ class QAContainsMatch(_QAMetric):
 # ---------------------------------------------------------------- RTE
 
 
-class NLIAccuracy(Metric):
+class NLIAccuracy(_CountAccuracy):
     """Accuracy of boolean entailment predictions (True = entailment)."""
-
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor | Sequence[bool], target: Tensor | Sequence[bool]) -> None:
         """``preds``, ``target``: bool [n]."""
@@ -208,9 +204,6 @@ class NLIAccuracy(Metric):
         _check_lengths(preds, target)
         self.correct += (preds == target).sum().float()
         self.total += preds.numel()
-
-    def compute(self) -> Tensor:
-        return self.correct / self.total if self.total > 0 else torch.tensor(0.0)
 
 
 def _check_lengths(preds: Sequence | Tensor, target: Sequence | Tensor) -> None:
