@@ -24,7 +24,6 @@ class LinearFlops:
         self.model = model
         self.forward = 0
         self.backward = 0
-        self.tokens_by_module: dict[str, int] = {}
         self._handles: list = []
 
     def reset(self) -> None:

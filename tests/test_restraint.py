@@ -340,3 +340,17 @@ def test_callbacks_in_a_lightning_run(tiny, tmp_path) -> None:
     assert (run / "spectral.png").stat().st_size > 1000
     assert list(run.glob("events.out.tfevents.*"))
     assert restraint.total_seconds > 0 and len(restraint.history) == 6
+
+
+def test_an_exploded_component_does_not_hide_one_just_above_sigma_max():
+    # Seen with MEND: σ_1 = 5.5e6 made σ_2 = 26.2 (> σ_max(W_0) = 25.44) fall under the relative cut-off.
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(576, 2, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(1536, 2, generator=g, dtype=torch.float64))
+    delta = (u * torch.tensor([5.5e6, 26.2], dtype=torch.float64)) @ v.T
+    sigma_max = 25.44
+    result = restrain_delta_with_stats(delta, sigma_max)  # float64: float32 cannot hold 5.5e6 - 5.5e6 + 37
+    assert result.n_restrained == 2
+    s = torch.linalg.svdvals(result.delta.double())
+    expected = [math.log(x) - math.log(sigma_max) + sigma_max for x in (5.5e6, 26.2)]
+    torch.testing.assert_close(s[:2], torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-3)

@@ -57,6 +57,11 @@ def _orth_new_block(q: torch.Tensor, y: torch.Tensor, drop_below: float) -> torc
     return basis.to(y.dtype)
 
 
+def _cutoff(relative: float, atol: float) -> float:
+    """Below this a direction is round-off: the relative cut, lowered to ``atol`` when one is given."""
+    return min(relative, atol) if atol > 0 else relative
+
+
 @torch.no_grad()
 def lowrank_svd(
     a: torch.Tensor,
@@ -65,6 +70,7 @@ def lowrank_svd(
     max_rank: int | None = None,
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
+    atol: float = 0.0,
 ) -> LowRankSVD:
     """Singular triplets of ``a [m, n]`` by an adaptive randomized range finder.
 
@@ -79,6 +85,9 @@ def lowrank_svd(
         init: ``[m, j]`` columns expected to span most of range(a), e.g. the previous edit step's ``U``
             (ΔW_t = ΔW'_{t-1} + a few rank-one edits). The loop then only has to find what is new, usually
             in one pass; the result is exact either way.
+        atol: when > 0, directions with singular value above ``atol`` are never treated as noise, even if they
+            are below ``rtol·σ_1``. Restraint needs this: one exploded edit (σ_1 ~ 1e6) must not hide a second
+            singular value just above σ_max(W_0).
 
     Returns:
         `LowRankSVD` with ``k`` = numerical rank (``method="lowrank"``), or ``min(m, n)`` (``"full"``).
@@ -105,7 +114,7 @@ def lowrank_svd(
         y_norm = float(torch.linalg.vector_norm(y))
         if y_norm == 0.0:
             return _empty(a)
-        new = _orth_new_block(q, y, drop_below=rtol * y_norm)
+        new = _orth_new_block(q, y, drop_below=_cutoff(rtol * y_norm, atol))
         if q.shape[1] + new.shape[1] > max_rank:
             return thin_svd(a)
         q = torch.cat([q, new], dim=1)
@@ -120,7 +129,7 @@ def lowrank_svd(
     evals, ub = torch.linalg.eigh(small @ small.T)
     evals, ub = evals.flip(0), ub.flip(1)
     s = evals.clamp_min(0).sqrt()
-    keep = s > s[0] * rtol if s.numel() else s.bool()
+    keep = s > _cutoff(float(s[0]) * rtol, atol) if s.numel() else s.bool()
     s, ub = s[keep], ub[:, keep]
     vh = (ub.T @ small) / s[:, None]
     return LowRankSVD(q.double() @ ub, s, vh, "lowrank")

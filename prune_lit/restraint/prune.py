@@ -76,7 +76,8 @@ def restrain_delta_with_stats(
         raise ValueError("ΔW contains NaN or Inf; refusing to restrain it")
     if fro <= sigma_max:  # σ_max(ΔW) ≤ ‖ΔW‖_F ≤ σ_max(W_0): the map is the identity
         return RestraintResult(delta, None, None, 0, None, None, fro, None, "skipped")
-    svd: LowRankSVD = lowrank_svd(delta, rtol=rtol, max_rank=max_rank, init=init_basis)
+    # atol: whatever ‖ΔW‖ is, no singular value near σ_max(W_0) may be taken for round-off.
+    svd: LowRankSVD = lowrank_svd(delta, rtol=rtol, max_rank=max_rank, init=init_basis, atol=1e-3 * sigma_max)
     basis = svd.U if svd.method == "lowrank" else None
     s_new = restrain_singular_values(svd.S, sigma_max, alpha, mode)
     n = int((s_new != svd.S).sum())

@@ -1,0 +1,70 @@
+"""Plot editing curves of several sequential-editing runs side by side.
+
+    python benchmarks/plot_curves.py logs/rome_100/version_0 logs/rome_prune_100/version_0 \
+        --labels ROME "ROME+PRUNE" --out docs/figures/rome_100.png
+
+Reads each run's results.json (edit metrics at the eval_at counts) and spectral.json (σ_max(ΔW) and
+κ(W) per edit step) and draws efficacy / generalization / locality and the spectral diagnostics
+against the number of edits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load_run(run: Path) -> tuple[dict, list[dict]]:
+    results = json.loads((run / "results.json").read_text())
+    spectral_path = run / "spectral.json"
+    spectral = json.loads(spectral_path.read_text()) if spectral_path.exists() else []
+    return results, spectral if isinstance(spectral, list) else spectral.get("records", [])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders holding results.json / spectral.json")
+    parser.add_argument("--labels", nargs="+", help="one legend label per run (default: folder names)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args()
+    labels = args.labels or [r.parent.name for r in args.runs]
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for run, label in zip(args.runs, labels):
+        results, spectral = load_run(run)
+        before = results.get("edits_before", {})
+        rows = [(0, before)] if before else []
+        rows += [(h["num_edits"], h["edits"]) for h in results["history"] if "edits" in h]
+        xs = [n for n, _ in rows]
+        for ax, key in zip(axes[:3], ("efficacy", "generalization", "locality")):
+            ax.plot(xs, [s[key] for _, s in rows], marker="o", label=label)
+            ax.set_title(key)
+        # One line per edited matrix would crowd the panel: plot the largest σ_max(ΔW) / σ_max(W_0) per step.
+        ratio: dict[int, float] = defaultdict(float)
+        for rec in spectral:
+            if rec.get("sigma_max_delta") is not None and rec.get("sigma_max_w0"):
+                ratio[rec["num_edits"]] = max(ratio[rec["num_edits"]], rec["sigma_max_delta"] / rec["sigma_max_w0"])
+        steps = sorted(ratio)
+        axes[3].plot(steps, [ratio[s] for s in steps], label=label)
+    axes[3].axhline(1.0, color="red", linestyle="--", linewidth=1, label="σ_max(W₀)")
+    axes[3].set_title("max over matrices of σ_max(ΔW) / σ_max(W₀)")
+    for ax in axes:
+        ax.set_xlabel("edits")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[3].legend()
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
