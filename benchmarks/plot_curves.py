@@ -54,7 +54,7 @@ def main() -> None:
         steps = sorted(ratio)
         axes[3].plot(steps, [ratio[s] for s in steps], label=label)
     axes[3].axhline(1.0, color="red", linestyle="--", linewidth=1, label="σ_max(W₀)")
-    axes[3].set_title("max over matrices of σ_max(ΔW) / σ_max(W₀)")
+    axes[3].set_title("σ_max(ΔW) / σ_max(W₀), largest matrix")
     for ax in axes:
         ax.set_xlabel("edits")
         ax.grid(alpha=0.3)
