@@ -168,6 +168,7 @@ def test_non_finite_update_is_rejected(tiny_checkpoint, requests):
     result = editor.edit(lm.model, lm.tokenizer, requests[:1])
     assert not result.applied
     assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    assert all(not d.any() for d in result.deltas.values())  # nothing was added
 
 
 def test_checkpoint_for_another_model_or_other_params_is_refused(tiny_checkpoint, tmp_path):

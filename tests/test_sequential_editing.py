@@ -40,7 +40,10 @@ def test_cli_runs_rome_with_prune_and_writes_results(tmp_path):
 
 
 class _FlakyEditor(Editor):
-    """Adds a fixed rank-one ΔW, except on the second step where the update is NaN."""
+    """Adds a fixed rank-one ΔW, except on step ``nan_step`` where the update is NaN."""
+
+    def __init__(self, nan_step: int | None = 2) -> None:
+        self.nan_step = nan_step
 
     def weight_names(self, model):
         return [arch_spec(model).mlp_out_name(1) + ".weight"]
@@ -50,7 +53,7 @@ class _FlakyEditor(Editor):
         name = self.weight_names(model)[0]
         w = get_weight(model, name)
         delta = torch.outer(torch.ones(w.shape[0]), torch.ones(w.shape[1])) * 0.5
-        if self.calls == 2:
+        if self.calls == self.nan_step:
             delta[0, 0] = float("nan")
         return EditResult(deltas={name: delta}, applied=apply_deltas(model, {name: delta}))
 
@@ -74,4 +77,27 @@ def test_nan_update_is_rejected_and_the_run_goes_on(tmp_path):
     step = 0.5 * math.sqrt(m * n)
     restrain = lambda s: math.log(s) - math.log(sigma0) + sigma0  # noqa: E731
     expected = restrain(restrain(step) + step)
+    assert math.isclose(torch.linalg.matrix_norm(delta, ord=2).item(), expected, rel_tol=1e-4)
+
+
+def _run_with_restraint(tmp_path, editor, restraint, num_edits):
+    module = SequentialEditingModule(editor=editor, model_name="tiny-llama", downstream=None, evaluate_before=False)
+    trainer = L.Trainer(
+        logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[restraint], inference_mode=False,
+        enable_progress_bar=False, enable_checkpointing=False,
+    )
+    trainer.test(module, datamodule=EditDataModule(num_edits=num_edits, batch_size=1))
+    return module
+
+
+def test_edits_after_the_last_multiple_of_k_are_restrained_before_the_final_evaluation(tmp_path):
+    editor = _FlakyEditor(nan_step=None)
+    module = _run_with_restraint(tmp_path, editor, SpectralRestraint(every_n_edits=3), num_edits=4)
+    name = editor.weight_names(module.model)[0]
+    delta = get_weight(module.model, name) - module.original_weights[name]
+    sigma0 = torch.linalg.matrix_norm(module.original_weights[name], ord=2).item()
+    step = 0.5 * math.sqrt(delta.shape[0] * delta.shape[1])
+    restrain = lambda s: math.log(s) - math.log(sigma0) + sigma0  # noqa: E731
+    # Restrained after edit 3, then edit 4 is restrained at the end of the run.
+    expected = restrain(restrain(3 * step) + step)
     assert math.isclose(torch.linalg.matrix_norm(delta, ord=2).item(), expected, rel_tol=1e-4)

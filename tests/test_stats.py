@@ -54,6 +54,17 @@ def test_cache_round_trip_reads_the_file_instead_of_recomputing(tmp_path, monkey
         second_moments(other.model, other.tokenizer, "tiny-llama", [module], n_tokens=512, seq_len=64, root=tmp_path)
 
 
+def test_a_corrupt_cache_file_is_recomputed_not_fatal(tmp_path):
+    lm = load_model("tiny-gpt2")
+    module = arch_spec(lm.model).mlp_out_name(1)
+    path = stats_path("tiny-gpt2", module, 256, "float32", tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a safetensors file at all")
+    C = second_moments(lm.model, lm.tokenizer, "tiny-gpt2", [module], n_tokens=256, seq_len=64, root=tmp_path)[module]
+    assert C.shape == (256, 256) and torch.isfinite(C).all()
+    assert stats_mod._read_cached(path, stats_mod.weights_fingerprint(lm.model, module)) is not None  # rewritten
+
+
 def test_token_chunks_have_the_requested_shape():
     tok = load_model("tiny-gpt2").tokenizer
     chunks = wikitext_token_chunks(tok, n_tokens=300, seq_len=128)

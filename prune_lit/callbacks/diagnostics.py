@@ -11,7 +11,6 @@ Put it *after* `SpectralRestraint` in ``trainer.callbacks`` so that it measures 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -21,19 +20,12 @@ import lightning as L
 import torch
 from matplotlib.figure import Figure
 
-from prune_lit.callbacks.log_utils import log_figure, log_scalars, run_dir
+from prune_lit.callbacks.log_utils import log_figure, log_scalars, run_dir, write_json_atomic
 from prune_lit.callbacks.restraint import edits_so_far, original_weights_of, short_name
 from prune_lit.models.arch import get_weight
 from prune_lit.restraint import lowrank_svd, singular_values
 
 log = logging.getLogger(__name__)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def spectrum_figure(spectra: dict[str, dict[str, Any]], top_k: int) -> Figure:
@@ -92,7 +84,13 @@ class SpectralDiagnostics(L.Callback):
         self._steps_seen = 0
         self._last_edits = 0
         self._last_kappa_edits = 0
-        self._sigma_max_w0: dict[str, float] = {}
+        self._w0_spectra: dict[str, torch.Tensor] = {}  # σ(W_0) per matrix, computed once
+
+    def w0_spectrum(self, name: str, w0: torch.Tensor) -> torch.Tensor:
+        """Singular values of ``name``'s W_0 (descending), computed once and cached."""
+        if name not in self._w0_spectra:
+            self._w0_spectra[name] = singular_values(w0).cpu()
+        return self._w0_spectra[name]
 
     @torch.no_grad()
     def measure(
@@ -105,8 +103,6 @@ class SpectralDiagnostics(L.Callback):
         for name, w0 in original_weights_of(pl_module).items():
             w = get_weight(pl_module.model, name).float()
             w0 = w0.to(w.device, torch.float32)
-            if name not in self._sigma_max_w0:
-                self._sigma_max_w0[name] = float(singular_values(w0)[0])
             delta = w - w0
             if not torch.isfinite(delta).all():
                 raise ValueError(f"spectral diagnostics: {name} holds NaN/Inf after {num_edits} edits")
@@ -116,7 +112,7 @@ class SpectralDiagnostics(L.Callback):
                 "step": self._steps_seen,
                 "matrix": name,
                 "final": final,
-                "sigma_max_w0": self._sigma_max_w0[name],
+                "sigma_max_w0": float(self.w0_spectrum(name, w0)[0]),
                 "sigma_max_delta": float(svd.S[0]) if svd.rank else 0.0,
                 "fro_delta": float(torch.linalg.vector_norm(delta)),
                 "rank_delta": svd.rank if svd.method != "full" else int((svd.S > svd.S[0] * 1e-6).sum()),
@@ -151,7 +147,7 @@ class SpectralDiagnostics(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.measure(pl_module, None, with_kappa=True, final=True)  # after any at-end restraint
         out = run_dir(trainer)
-        write_json_atomic(out / self.filename, {"records": self.records})
+        write_json_atomic(out / self.filename, {"records": self.records}, indent=1)
         spectra = self.final_spectra(pl_module)
         fig = spectrum_figure(spectra, self.top_k)
         png = out / (Path(self.filename).stem + ".png")
@@ -168,7 +164,7 @@ class SpectralDiagnostics(L.Callback):
         for name, w0 in list(original_weights_of(pl_module).items())[: self.max_figure_matrices]:
             w = get_weight(pl_module.model, name).float()
             w0 = w0.to(w.device, torch.float32)
-            s0 = singular_values(w0)
+            s0 = self.w0_spectrum(name, w0)
             spectra[short_name(name)] = {
                 "delta": lowrank_svd(w - w0).S[: self.top_k].tolist(),
                 "w": singular_values(w).tolist(),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
@@ -26,3 +30,11 @@ def run_dir(trainer: L.Trainer) -> Path:
     d = Path(trainer.log_dir) if trainer.log_dir else Path("logs")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def write_json_atomic(path: Path, data: Any, indent: int = 2, default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``data`` as UTF-8 JSON to ``path`` via a temporary file and a rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=indent, ensure_ascii=False, default=default) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -87,6 +87,7 @@ class SpectralRestraint(L.Callback):
         self._basis: dict[str, torch.Tensor] = {}  # [m, k] left singular vectors of the last ΔW, per matrix
         self._steps_seen = 0
         self._last_edits = 0
+        self._pending = False  # an applied edit has not been restrained yet
 
     def sigma_max_w0(self, name: str, w0: torch.Tensor) -> float:
         """σ_max(W_0) of ``name``, computed once (exact, via svdvals) and cached."""
@@ -147,12 +148,19 @@ class SpectralRestraint(L.Callback):
         last_result = getattr(pl_module, "last_result", None)
         if last_result is not None and not getattr(last_result, "applied", True):
             return  # the update was rejected: the weights are as the previous pass left them
+        self._pending = True
         num_edits = edits_so_far(pl_module, self._steps_seen)
         due = num_edits // self.every_n_edits > self._last_edits // self.every_n_edits
         if due:
             self._last_edits = num_edits
+            self._pending = False
             self.restrain(pl_module, trainer)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled and self.at_end_only:
+        if not self.enabled:
+            return
+        # With every_n_edits > 1 the edits after the last multiple would otherwise reach the final
+        # evaluation unrestrained.
+        if self.at_end_only or self._pending:
+            self._pending = False
             self.restrain(pl_module, trainer)

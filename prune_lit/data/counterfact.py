@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from prune_lit.data.edit_io import EditDataError, make_request, parse_file, require, select, str_or_list
-from prune_lit.data.paths import resolve_data_file
+from prune_lit.data.edit_io import EditDataError, load_split, make_request, require, str_or_list
 from prune_lit.data.requests import EditRequest
 
 COUNTERFACT_FILES: dict[str, str] = {
@@ -59,7 +58,4 @@ def load_counterfact(
 
     Raises `EditDataError` naming the file and record index on a malformed record.
     """
-    if split not in COUNTERFACT_FILES:
-        raise ValueError(f"unknown CounterFact split {split!r}; expected one of {sorted(COUNTERFACT_FILES)}")
-    path = resolve_data_file(COUNTERFACT_FILES[split], data_dir)
-    return select(parse_file(path, parse_counterfact_record), limit, seed, shuffle)
+    return load_split(COUNTERFACT_FILES, "CounterFact", split, parse_counterfact_record, data_dir, limit, seed, shuffle)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from prune_lit.data.paths import resolve_data_file
 from prune_lit.data.requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -89,3 +91,19 @@ def select(requests: Sequence[EditRequest], limit: int | None, seed: int, shuffl
     if shuffle:
         random.Random(seed).shuffle(items)
     return items if limit is None else items[:limit]
+
+
+def load_split(
+    files: dict[str, str],
+    dataset: str,
+    split: str,
+    parser: RecordParser,
+    data_dir: str | os.PathLike | None,
+    limit: int | None,
+    seed: int,
+    shuffle: bool,
+) -> list[EditRequest]:
+    """The requests of ``files[split]`` (a data-dir relative path) via `parse_file` and `select`."""
+    if split not in files:
+        raise ValueError(f"unknown {dataset} split {split!r}; expected one of {sorted(files)}")
+    return select(parse_file(resolve_data_file(files[split], data_dir), parser), limit, seed, shuffle)

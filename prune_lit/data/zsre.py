@@ -6,8 +6,7 @@ import logging
 import os
 from typing import Any, Literal
 
-from prune_lit.data.edit_io import EditDataError, make_request, parse_file, require, select
-from prune_lit.data.paths import resolve_data_file
+from prune_lit.data.edit_io import EditDataError, load_split, make_request, require
 from prune_lit.data.requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,4 @@ def load_zsre(
 
     Raises `EditDataError` naming the file and record index on a malformed record.
     """
-    if split not in ZSRE_FILES:
-        raise ValueError(f"unknown zsRE split {split!r}; expected one of {sorted(ZSRE_FILES)}")
-    path = resolve_data_file(ZSRE_FILES[split], data_dir)
-    return select(parse_file(path, parse_zsre_record), limit, seed, shuffle)
+    return load_split(ZSRE_FILES, "zsRE", split, parse_zsre_record, data_dir, limit, seed, shuffle)

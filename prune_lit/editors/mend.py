@@ -112,4 +112,6 @@ class MENDEditor(Editor):
             "delta_fro_norm": float(sum(d.norm() ** 2 for d in deltas.values()) ** 0.5),
             "seconds": time.perf_counter() - start,
         }
-        return EditResult(deltas=deltas, applied=applied, stats=stats)  # as ROME: applied=False says nothing was added
+        if not applied:  # as ROME / MEMIT: a rejected step reports zero ΔW (nothing was added)
+            deltas = {n: torch.zeros_like(d) for n, d in deltas.items()}
+        return EditResult(deltas=deltas, applied=applied, stats=stats)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -106,7 +106,7 @@ def _read_cached(path: Path, fingerprint: str) -> torch.Tensor | None:
                 log.warning("ignoring %s: it was computed for other weights", path)
                 return None
             return fh.get_tensor(_STAT_KEY)
-    except (OSError, ValueError, KeyError) as err:  # a corrupt file is recomputed, not fatal
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # a corrupt file is recomputed, not fatal
         log.warning("ignoring unreadable statistics file %s (%s)", path, err)
         return None
 

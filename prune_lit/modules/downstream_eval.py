@@ -7,13 +7,10 @@ and after editing) and the Lightning ``BaselineEvaluation`` module (``configs/ba
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from prune_lit.callbacks.log_utils import log_scalars, run_dir, write_json_atomic
 from prune_lit.data.downstream import DEFAULT_MAX_CONTEXT_TOKENS, TASKS, load_tasks
 from prune_lit.data.requests import TaskExample
 from prune_lit.metrics.downstream import (
@@ -242,14 +240,6 @@ class DownstreamEvaluator:
         return add_totals(results, self.tasks)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf8") as f:
-        json.dump(payload, f, indent=2, ensure_ascii=False)
-    tmp.replace(path)
-
-
 class BaselineEvaluation(L.LightningModule):
     """Scores an unedited model on the batches of ``DownstreamDataModule`` and writes ``results.json``.
 
@@ -310,8 +300,6 @@ class BaselineEvaluation(L.LightningModule):
         results = add_totals(results, tasks)
         results["total/wall_s"] = time.perf_counter() - self._wall_start
         self.results = results
-        from prune_lit.callbacks.log_utils import log_scalars, run_dir
-
         log_scalars(self.trainer, results, step=0)
         payload = {
             "model": self.model_name,

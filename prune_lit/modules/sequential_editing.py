@@ -7,10 +7,8 @@ diagnostics) run in ``on_test_batch_end`` before this module's own hook, so the 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from prune_lit.callbacks.log_utils import log_scalars, run_dir
+from prune_lit.callbacks.log_utils import log_scalars, run_dir, write_json_atomic
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
@@ -99,7 +97,7 @@ class SequentialEditingModule(L.LightningModule):
     def on_test_start(self) -> None:
         requests = self._all_requests()
         # Locality compares against what the *unedited* model predicted, so record that first.
-        self._locality_reference = record_locality_reference(self.model, self.tokenizer, requests)
+        self._locality_reference = record_locality_reference(self.model, self.tokenizer, requests, self.hparams.eval_batch_size)
         if self.hparams.evaluate_before and requests:
             scores = evaluate_edits(self.model, self.tokenizer, requests, self._locality_reference, self.hparams.eval_batch_size)
             self.results["edits_before"] = asdict(scores)
@@ -185,9 +183,7 @@ class SequentialEditingModule(L.LightningModule):
             edited_case_ids=[r.case_id for r in self.edited],
         )
         path = run_dir(self.trainer) / "results.json"
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.results, indent=2, default=float))
-        tmp.replace(path)
+        write_json_atomic(path, self.results, default=float)
         log.info("results written to %s", path)
 
     def configure_optimizers(self) -> None:  # editing needs no optimiser; editors own their inner loops
