@@ -65,7 +65,6 @@ class SequentialEditingModule(L.LightningModule):
         self.tokenizer = None
         self.original_weights: dict[str, torch.Tensor] = {}
         self.num_edits = 0
-        self.num_steps = 0
         self.num_rejected = 0
         self.last_result: EditResult | None = None
         self.edited: list[EditRequest] = []
@@ -73,6 +72,11 @@ class SequentialEditingModule(L.LightningModule):
         self.history: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
         self._locality_reference: Any = None
+
+    @property
+    def num_steps(self) -> int:
+        """Edit steps taken so far (one per test batch, applied or rejected)."""
+        return len(self.edit_seconds)
 
     # ---- set-up -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -114,7 +118,6 @@ class SequentialEditingModule(L.LightningModule):
             result = self.editor.edit(self.model, self.tokenizer, batch)
         seconds = time.perf_counter() - start
         self.last_result = result
-        self.num_steps += 1
         self.edited.extend(batch)
         self.num_edits += len(batch)
         self.edit_seconds.append(seconds)
