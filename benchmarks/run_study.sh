@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The reproduction study of docs/results.md: 200 sequential CounterFact edits of SmolLM2-135M with ROME,
+# MEMIT (10 facts per step) and MEND, each without and with PRUNE (α = e), plus MEND + PRUNE with α = 1.2.
+# Edit metrics and the four downstream tasks are measured at 10, 50, 100 and 200 edits (and before editing).
+#
+#   bash benchmarks/run_study.sh               # all seven runs, two at a time (one torch thread each)
+#   bash benchmarks/run_study.sh rome mend     # only the named runs, one after another
+#
+# Runs land in logs/study/<run>/version_<n>/ (results.json, spectral.json, TensorBoard events);
+# console output in logs/study/<run>.out; wall-clock times in logs/study/timings.tsv.
+# MEND needs checkpoints/mend/best.ckpt (python cli.py fit --config configs/mend.yaml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+N="${STUDY_EDITS:-200}"
+AT="${STUDY_EVAL_AT:-[10,50,100,200]}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # two runs share a 2-core CPU: one thread each is faster
+mkdir -p logs/study
+
+restraint() {  # $1 = alpha
+  echo "{\"class_path\":\"prune_lit.callbacks.SpectralRestraint\",\"init_args\":{\"alpha\":$1}},"
+}
+diagnostics='{"class_path":"prune_lit.callbacks.SpectralDiagnostics","init_args":{"every_n_edits":1,"kappa_every_n_edits":10}}'
+
+run() {  # $1 = run name
+  local name=$1 config callbacks rc
+  case "$name" in
+    rome)            config=rome;        callbacks="[$diagnostics]" ;;
+    rome_prune)      config=rome_prune;  callbacks="[$(restraint 2.718281828459045)$diagnostics]" ;;
+    memit)           config=memit;       callbacks="[$diagnostics]" ;;
+    memit_prune)     config=memit_prune; callbacks="[$(restraint 2.718281828459045)$diagnostics]" ;;
+    mend)            config=mend_edit;   callbacks="[$diagnostics]" ;;
+    mend_prune)      config=mend_prune;  callbacks="[$(restraint 2.718281828459045)$diagnostics]" ;;
+    mend_prune_a1.2) config=mend_prune;  callbacks="[$(restraint 1.2)$diagnostics]" ;;
+    *) echo "unknown run: $name" >&2; return 2 ;;
+  esac
+  local start=$SECONDS
+  "$PY" cli.py test --config "configs/$config.yaml" \
+    --trainer.logger.init_args.name "study/$name" \
+    --trainer.callbacks "$callbacks" \
+    --data.init_args.num_edits "$N" \
+    --model.init_args.eval_at "$AT" \
+    --model.init_args.downstream_at "$AT" \
+    >"logs/study/$name.out" 2>&1 && rc=0 || rc=$?
+  printf '%s\t%s\t%d\t%s\n' "$name" "$(date -u +%FT%TZ)" "$((SECONDS - start))" "rc=$rc" >>logs/study/timings.tsv
+  return $rc
+}
+
+lane() { for name in "$@"; do run "$name" || echo "run $name failed (see logs/study/$name.out)" >&2; done; }
+
+if [ $# -gt 0 ]; then
+  lane "$@"
+else
+  lane rome memit mend mend_prune_a1.2 &
+  lane rome_prune memit_prune mend_prune &
+  wait
+fi
