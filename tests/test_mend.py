@@ -171,6 +171,22 @@ def test_non_finite_update_is_rejected(tiny_checkpoint, requests):
     assert all(not d.any() for d in result.deltas.values())  # nothing was added
 
 
+def test_exploded_finite_update_is_rejected_by_the_norm_guard(tiny_checkpoint, requests):
+    lm = load_model("tiny-llama")
+    editor = MENDEditor(tiny_checkpoint, max_update_norm_ratio=1.0)
+    editor.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    normal, _ = editor.compute_deltas(lm.model, lm.tokenizer, requests[:1])
+    ratios = [float(d.norm() / get_weight(lm.model, n).norm()) for n, d in normal.items()]
+    assert max(ratios) < 1.0  # a trained edit passes the guard ...
+    editor.hypernet.edit_lrs.data.mul_(1e6)  # ... a finite but exploded one does not
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    result = editor.edit(lm.model, lm.tokenizer, requests[:1])
+    assert not result.applied
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    with pytest.raises(ValueError, match="max_update_norm_ratio"):
+        MENDEditor(tiny_checkpoint, max_update_norm_ratio=0.0)
+
+
 def test_checkpoint_for_another_model_or_other_params_is_refused(tiny_checkpoint, tmp_path):
     gpt = load_model("tiny-gpt2")
     with pytest.raises(MENDCheckpointError, match="trained for model 'tiny-llama', not 'tiny-gpt2'"):

@@ -63,12 +63,12 @@ def test_rome_update_writes_value_at_key_and_nothing_C_orthogonal():
         rome_update(W, C_inv, v, k)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
-def test_rome_edit_flips_top1_and_leaves_model_clean(name, stats_dir):
+@pytest.mark.parametrize(("name", "v_autocast"), [("tiny-gpt2", "float32"), ("tiny-llama", "float32"), ("tiny-llama", "bfloat16")])
+def test_rome_edit_flips_top1_and_leaves_model_clean(name, v_autocast, stats_dir):
     lm = load_model(name)
     model, tok = lm.model, lm.tokenizer
     target = pick_target(tok, top1(model, tok, TINY_PROMPT))
-    editor = ROMEEditor(stats_dir=stats_dir)
+    editor = ROMEEditor(stats_dir=stats_dir, v_autocast=v_autocast)
     editor.prepare(model, tok, name, None)
     (wname,) = editor.weight_names(model)
     assert wname.endswith(".weight") and ".1." in wname  # tiny default: layer 1
@@ -82,6 +82,7 @@ def test_rome_edit_flips_top1_and_leaves_model_clean(name, stats_dir):
     assert set(result.deltas) == {wname}
     assert result.stats["seconds"] > 0 and result.stats["delta_norm"] > 0 and result.stats["loss"] == result.stats["loss"]
     assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast never casts the weights themselves
     assert no_hooks(model)
 
 
@@ -170,6 +171,8 @@ def test_presets_load_with_the_published_layers():
         load_hparams(ROMEHParams, "rome", None, "gpt2-xl", not_a_key=1)
     with pytest.raises(ValueError, match="exactly one layer"):
         load_hparams(ROMEHParams, "rome", None, "gpt2-xl", layers=[1, 2])
+    with pytest.raises(ValueError, match="v_autocast must be one of"):
+        load_hparams(ROMEHParams, "rome", None, "gpt2-xl", v_autocast="int8")
     with pytest.raises(FileNotFoundError, match="no rome preset"):
         load_hparams(ROMEHParams, "rome", None, "no-such-model")
 

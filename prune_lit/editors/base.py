@@ -41,15 +41,26 @@ class Editor(ABC):
 
 
 @torch.no_grad()
-def apply_deltas(model: nn.Module, deltas: dict[str, torch.Tensor]) -> bool:
-    """Add every ΔW to its weight, all or nothing: a non-finite ΔW rejects the whole update.
+def apply_deltas(model: nn.Module, deltas: dict[str, torch.Tensor], max_norm_ratio: float | None = None) -> bool:
+    """Add every ΔW to its weight, all or nothing.
 
+    The whole update is rejected when any ΔW holds NaN/Inf or, with ``max_norm_ratio``, when any
+    ‖ΔW‖_F exceeds ``max_norm_ratio``·‖W‖_F (an exploded but finite update, e.g. from a hypernetwork).
     Returns True when applied. A rejected update is logged and leaves the weights exactly as they were.
     """
+    if max_norm_ratio is not None and max_norm_ratio <= 0:
+        raise ValueError(f"max_norm_ratio must be positive or None, got {max_norm_ratio}")
     bad = [name for name, d in deltas.items() if not torch.isfinite(d).all()]
     if bad:
         log.warning("rejected an update with NaN/Inf in %s; weights unchanged", ", ".join(bad))
         return False
+    if max_norm_ratio is not None:
+        ratios = {name: float(d.float().norm() / get_weight(model, name).float().norm().clamp_min(1e-12)) for name, d in deltas.items()}
+        big = {name: r for name, r in ratios.items() if r > max_norm_ratio}
+        if big:
+            shown = ", ".join(f"{name} ({r:.3g}x)" for name, r in big.items())
+            log.warning("rejected an update with ||ΔW||_F > %g ||W||_F in %s; weights unchanged", max_norm_ratio, shown)
+            return False
     for name, d in deltas.items():
         w = get_weight(model, name)
         set_weight(model, name, w.float() + d.to(w.device, torch.float32))

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import yaml
 
 HPARAMS_DIR = Path(__file__).resolve().parents[1] / "hparams"
 
 T = TypeVar("T", bound="LocateEditHParams")
+
+
+AUTOCAST_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -29,6 +33,7 @@ class LocateEditHParams:
     clamp_norm_factor: float = 4.0  # ||delta|| is clamped to clamp_norm_factor * ||v_init||
     kl_factor: float = 0.0625  # weight of the KL term on "{subject} is a" prompts (essence drift)
     early_stop_loss: float = 5e-2  # stop optimising once the total loss is below this
+    v_autocast: str = "float32"  # compute dtype of the value search's forwards/backwards (bfloat16: autocast)
     # [[length_in_tokens, how_many], ...] of model-generated prefixes ("{}" is always included)
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10]])
     context_template_seed: int = 0  # seed of the prefix sampler (deterministic templates)
@@ -55,6 +60,8 @@ class LocateEditHParams:
             raise ValueError(f"{source}: 'layers' must be a non-empty list of non-negative ints, got {self.layers}")
         if self.v_num_grad_steps < 1 or self.v_lr <= 0 or self.mom2_n_samples < 1:
             raise ValueError(f"{source}: v_num_grad_steps, v_lr and mom2_n_samples must be positive")
+        if self.v_autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"{source}: v_autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {self.v_autocast!r}")
 
     def replace(self: T, **overrides: Any) -> T:
         out = dataclasses.replace(self, **overrides)

@@ -219,13 +219,16 @@ def optimise_target(
     clamp_norm_factor: float,
     kl_factor: float,
     early_stop_loss: float = 5e-2,
+    autocast_dtype: torch.dtype = torch.float32,
 ) -> TargetResult:
     """ROME's value search: Adam on ``delta`` added to ``module_name``'s output at the subject's last token.
 
     Loss = mean NLL of ``target_new`` after every ``template.format(prompt)``
     + ``kl_factor`` · KL(next-token dist. at the subject of "{subject} is a", vs. unedited)
     + ``weight_decay`` · ‖δ‖² / ‖v_init‖²;  after each step ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖v_init‖.
-    Model weights are never touched; gradients flow only into ``delta``.
+    Model weights are never touched; gradients flow only into ``delta``. With ``autocast_dtype``
+    bfloat16/float16 the search's forwards and backwards run under autocast (the loss and δ stay
+    float32); ``v_init`` and the keys are always computed in the model's own dtype.
     """
     device = _device(model)
     pad = _pad_id(tok)
@@ -254,7 +257,8 @@ def optimise_target(
     rw_rows = torch.arange(n_rw, device=device)[:, None].expand_as(pred_pos)
     sel_rows = torch.cat([rw_rows.reshape(-1), torch.tensor([n_rw], device=device)])
     sel_cols = torch.cat([pred_pos.reshape(-1), torch.tensor([kl_pos], device=device)])
-    with torch.no_grad():  # the unedited next-token distribution of "{subject} is a" at the subject
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32)
+    with torch.no_grad(), autocast:  # the unedited next-token distribution of "{subject} is a", same precision as the search
         kl_ids_t, kl_mask = right_pad([kl_ids], pad, device)
         zero = torch.zeros(1, dtype=torch.long, device=device)
         kl_init = F.log_softmax(logits_at(model, kl_ids_t, kl_mask, zero, zero + kl_pos)[0], dim=-1)
@@ -271,7 +275,7 @@ def optimise_target(
 
     loss_v = nll_v = float("nan")
     steps = 0
-    with torch.inference_mode(False), torch.enable_grad(), hooked(module, hook):
+    with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook):
         for it in range(num_steps):
             logp = F.log_softmax(logits_at(model, ids, mask, sel_rows, sel_cols), dim=-1)  # [n_rw*T + 1, V]
             tok_logp = logp[:-1].gather(1, tgt_t.repeat(n_rw)[:, None]).view(n_rw, len(tgt))  # [n_rw, T]

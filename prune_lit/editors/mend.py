@@ -53,9 +53,20 @@ class MENDEditor(Editor):
         checkpoint: a ``.ckpt`` written by ``cli.py fit --config configs/mend.yaml``.
         max_length: token cap per prompt + target row (None = the value used in training).
         check_model_name: refuse a checkpoint trained for another ``model_name`` (shapes are always checked).
+        max_update_norm_ratio: reject an edit step whose ΔW has ‖ΔW‖_F > ratio·‖W‖_F for any inner matrix
+            (None = only NaN/Inf are rejected). A hypernetwork can emit finite but exploded updates.
     """
 
-    def __init__(self, checkpoint: str = "checkpoints/mend/best.ckpt", max_length: int | None = None, check_model_name: bool = True) -> None:
+    def __init__(
+        self,
+        checkpoint: str = "checkpoints/mend/best.ckpt",
+        max_length: int | None = None,
+        check_model_name: bool = True,
+        max_update_norm_ratio: float | None = None,
+    ) -> None:
+        if max_update_norm_ratio is not None and max_update_norm_ratio <= 0:
+            raise ValueError(f"max_update_norm_ratio must be positive or None, got {max_update_norm_ratio}")
+        self.max_update_norm_ratio = max_update_norm_ratio
         self.checkpoint = checkpoint
         self.max_length = max_length
         self.check_model_name = check_model_name
@@ -106,7 +117,7 @@ class MENDEditor(Editor):
     def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
         start = time.perf_counter()
         deltas, loss = self.compute_deltas(model, tokenizer, requests)
-        applied = apply_deltas(model, deltas)
+        applied = apply_deltas(model, deltas, self.max_update_norm_ratio)
         stats = {
             "edit_loss_pre": loss,
             "delta_fro_norm": float(sum(d.norm() ** 2 for d in deltas.values()) ** 0.5),

@@ -1,0 +1,113 @@
+"""bf16 autocast in ROME/MEMIT's value search: time per edit step and the edit metrics it reaches.
+
+For each editor and each ``v_autocast`` dtype, a fresh SmolLM2-135M is edited with the same first
+``--n-edits`` CounterFact cases, one step after another (MEMIT: ``--memit-batch`` cases per step);
+then `evaluate_edits` scores all of them on the float32 model. The two precisions must reach the
+same edit metrics for bf16 to be a safe default.
+
+    python benchmarks/bench_autocast.py --editors rome --n-edits 20 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from prune_lit.callbacks.log_utils import write_json_atomic
+from prune_lit.data.counterfact import load_counterfact
+from prune_lit.editors import MEMITEditor, ROMEEditor
+from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
+from prune_lit.models.loader import load_model
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of an n×n matmul in ``dtype`` on this CPU, now."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def run(editor_name: str, autocast: str, args: argparse.Namespace, requests: list) -> dict:
+    loaded = load_model(args.model)
+    model, tok = loaded.model, loaded.tokenizer
+    cls = {"rome": ROMEEditor, "memit": MEMITEditor}[editor_name]
+    editor = cls(v_autocast=autocast)
+    editor.prepare(model, tok, loaded.name, args.data_dir)
+    reference = record_locality_reference(model, tok, requests, 16)
+    batch = args.memit_batch if editor_name == "memit" else 1
+    seconds, nll = [], []
+    for i in range(0, len(requests), batch):
+        t = time.perf_counter()
+        result = editor.edit(model, tok, requests[i : i + batch])
+        seconds.append(time.perf_counter() - t)
+        nll.append(result.stats.get("nll", float("nan")))
+    scores = evaluate_edits(model, tok, requests, reference, 16)
+    return {
+        "editor": editor_name,
+        "v_autocast": autocast,
+        "n_edits": len(requests),
+        "steps": len(seconds),
+        "step_seconds": [round(s, 3) for s in seconds],
+        "median_step_s": round(statistics.median(seconds), 3),
+        "total_edit_s": round(sum(seconds), 2),
+        "mean_final_nll": sum(nll) / len(nll),
+        "scores": asdict(scores),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--editors", default="rome,memit")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="v_autocast values to compare")
+    p.add_argument("--n-edits", type=int, default=20)
+    p.add_argument("--memit-batch", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "autocast.json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    requests = load_counterfact("edit", data_dir=args.data_dir, limit=args.n_edits)
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "matmul_gflops_float32": round(matmul_rate(torch.float32), 1),
+        "matmul_gflops_bfloat16": round(matmul_rate(torch.bfloat16), 1),
+        "load_average_1m_start": os.getloadavg()[0],
+    }
+    print(json.dumps(meta))
+    rows = []
+    for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
+        for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+            row = run(name, dtype, args, requests)
+            rows.append(row)
+            s = row["scores"]
+            print(
+                f"{name:6s} {dtype:9s} median step {row['median_step_s']:.2f} s, total {row['total_edit_s']:.1f} s | "
+                f"efficacy {s['efficacy']:.3f} generalization {s['generalization']:.3f} locality {s['locality']:.3f} "
+                f"| mean final NLL {row['mean_final_nll']:.3f}",
+                flush=True,
+            )
+    write_json_atomic(args.out, {"meta": meta, "runs": rows})
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
