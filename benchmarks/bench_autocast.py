@@ -39,6 +39,36 @@ def matmul_rate(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
+def pass_seconds(model_name: str, repeats: int = 4) -> dict[str, float]:
+    """Seconds of one value-search-shaped pass (7 rows × 25 tokens forward, head on 21 positions, backward
+    to the input embeddings) in float32, under bf16 autocast, and with a bf16 copy of the weights."""
+    import copy
+
+    model = load_model(model_name).model
+    ids = torch.randint(100, 20000, (7, 25))
+    mask = torch.ones_like(ids)
+    rows, cols = torch.arange(7).repeat_interleave(3), torch.tensor([20, 21, 22] * 7)
+
+    def one(m: torch.nn.Module, autocast: bool) -> None:
+        emb = m.get_input_embeddings()(ids).detach().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            hidden = m.base_model(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+            logits = m.get_output_embeddings()(hidden[rows, cols]).float()
+        logits.logsumexp(-1).sum().backward()
+
+    def timed(m: torch.nn.Module, autocast: bool) -> float:
+        one(m, autocast)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            one(m, autocast)
+        return (time.perf_counter() - t) / repeats
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    out = {"float32": timed(model, False), "autocast_bfloat16": timed(model, True), "bfloat16_weights": timed(bf16, False)}
+    out["float32_again"] = timed(model, False)  # the load drifts: bracket the others
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def run(editor_name: str, autocast: str, args: argparse.Namespace, requests: list) -> dict:
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer
@@ -77,6 +107,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--passes", action="store_true", help="also time one forward+backward pass per precision")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "autocast.json")
     args = p.parse_args()
     if args.threads:
@@ -92,6 +123,8 @@ def main() -> None:
         "matmul_gflops_bfloat16": round(matmul_rate(torch.bfloat16), 1),
         "load_average_1m_start": os.getloadavg()[0],
     }
+    if args.passes:
+        meta["pass_seconds"] = pass_seconds(args.model)
     print(json.dumps(meta))
     rows = []
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:

@@ -227,10 +227,7 @@ class DownstreamEvaluator:
         try:
             for task in self.tasks:
                 scorer = TaskScorer(task)
-                # Batch prompts of similar length together: left padding to the longest row is wasted compute
-                # (30-60 % of prefill positions with unsorted batches of 8, docs/benchmarks.md). Scores are order-free.
-                ordered = sorted(examples[task], key=lambda ex: len(ex.prompt))
-                batches = [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+                batches = [examples[task][i : i + self.batch_size] for i in range(0, len(examples[task]), self.batch_size)]
                 for batch in tqdm(batches, desc=f"eval {task}", disable=not self.progress, leave=False):
                     out = run_task_batch(
                         model, tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template
