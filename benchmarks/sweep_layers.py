@@ -31,7 +31,8 @@ from prune_lit.data.counterfact import load_counterfact
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors import MEMITEditor, ROMEEditor
 from prune_lit.editors.hparams import MEMITHParams, ROMEHParams, load_hparams
-from prune_lit.editors.locate import right_pad, target_token_ids
+from prune_lit.editors.locate import target_token_ids
+from prune_lit.models.batching import pad_batch
 from prune_lit.editors.stats import second_moments
 from prune_lit.models.arch import arch_spec, get_weight, set_weight
 from prune_lit.models.loader import load_model
@@ -47,7 +48,7 @@ def mean_target_logprob(model, tok, prompts: list[str], targets: list[str]) -> t
         p_ids, t_ids = list(tok(p)["input_ids"]), target_token_ids(tok, t)
         seqs.append(p_ids + t_ids)
         spans.append((len(p_ids), t_ids))
-    ids, mask = right_pad(seqs, tok.pad_token_id or 0)
+    ids, mask = pad_batch(seqs, tok.pad_token_id or 0)
     logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
     out = []
     for i, (start, t_ids) in enumerate(spans):

@@ -55,3 +55,14 @@ def test_real_smollm2_knows_the_capital_of_france():
     out = lm.model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
     completion = lm.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
     assert "Paris" in completion
+
+
+def test_pad_batch_right_and_left():
+    from prune_lit.models.batching import pad_batch
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="side"):
+        pad_batch([[1]], 0, side="middle")

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
 from prune_lit.models.arch import get_module
+from prune_lit.models.batching import model_device, pad_batch, pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +43,6 @@ def _first(output: object) -> torch.Tensor:
 
 def _replace_first(output: object, new: torch.Tensor) -> object:
     return (new, *output[1:]) if isinstance(output, tuple) else new  # type: ignore[index]
-
-
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> ``input_ids`` ``[n, L]`` and ``attention_mask`` ``[n, L]``, padded on the right."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tok: PreTrainedTokenizerBase) -> int:
-    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def logits_at(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -109,13 +91,13 @@ def generate_context_templates(
     ``length_params`` is ``[[n_tokens, how_many], ...]``; prefixes start from MEMIT's seed words.
     """
     gen = torch.Generator().manual_seed(seed)
-    device = _device(model)
+    device = model_device(model)
     templates = ["{}"]
     for length, count in length_params:
         seeds = [_SEED_WORDS[i % len(_SEED_WORDS)] for i in range(int(count))]
         seqs = [list(tok(s)["input_ids"]) for s in seeds]
         for _ in range(int(length)):
-            ids, mask = right_pad(seqs, _pad_id(tok), device)
+            ids, mask = pad_batch(seqs, pad_token_id(tok), device=device)
             last = logits_at(model, ids, mask, torch.arange(len(seqs), device=device), mask.sum(1) - 1)
             top = last.topk(5, dim=-1)
             probs = top.values.softmax(-1).cpu()
@@ -162,7 +144,7 @@ def module_io_at(
         captured.append(x[rows, torch.as_tensor(list(positions))].detach().float())
         raise _StopForward
 
-    ids, mask = right_pad(seqs, pad_id, _device(model))
+    ids, mask = pad_batch(seqs, pad_id, device=model_device(model))
     with hooked(module, hook):
         try:
             model(input_ids=ids, attention_mask=mask)
@@ -187,7 +169,7 @@ def compute_keys(
             ids, p = subject_last_token(tok, t, r)
             seqs.append(ids)
             pos.append(p)
-    k = module_io_at(model, module_name, seqs, pos, _pad_id(tok), "input")
+    k = module_io_at(model, module_name, seqs, pos, pad_token_id(tok), "input")
     return k.view(len(requests), len(templates), -1).mean(1)
 
 
@@ -230,8 +212,8 @@ def optimise_target(
     bfloat16/float16 the search's forwards and backwards run under autocast (the loss and δ stay
     float32); ``v_init`` and the keys are always computed in the model's own dtype.
     """
-    device = _device(model)
-    pad = _pad_id(tok)
+    device = model_device(model)
+    pad = pad_token_id(tok)
     tgt = target_token_ids(tok, request.target_new)
     seqs, pos, starts = [], [], []
     for t in templates:
@@ -245,7 +227,7 @@ def optimise_target(
     seqs.append(kl_ids)
     pos.append(kl_pos)
 
-    ids, mask = right_pad(seqs, pad, device)
+    ids, mask = pad_batch(seqs, pad, device=device)
     rows = torch.arange(len(seqs), device=device)
     pos_t = torch.tensor(pos, device=device)
     # Positions whose logits predict target token j: start-1+j.
@@ -259,7 +241,7 @@ def optimise_target(
     sel_cols = torch.cat([pred_pos.reshape(-1), torch.tensor([kl_pos], device=device)])
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32)
     with torch.no_grad(), autocast:  # the unedited next-token distribution of "{subject} is a", same precision as the search
-        kl_ids_t, kl_mask = right_pad([kl_ids], pad, device)
+        kl_ids_t, kl_mask = pad_batch([kl_ids], pad, device=device)
         zero = torch.zeros(1, dtype=torch.long, device=device)
         kl_init = F.log_softmax(logits_at(model, kl_ids_t, kl_mask, zero, zero + kl_pos)[0], dim=-1)
 

@@ -13,9 +13,10 @@ from transformers import PreTrainedTokenizerBase
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import EditResult, apply_deltas
 from prune_lit.editors.hparams import AUTOCAST_DTYPES, MEMITHParams
-from prune_lit.editors.locate import _pad_id, compute_keys, module_io_at, optimise_target, subject_last_token
+from prune_lit.editors.locate import compute_keys, module_io_at, optimise_target, subject_last_token
 from prune_lit.editors.rome import LocateEditEditor
 from prune_lit.models.arch import arch_spec, get_weight, set_weight
+from prune_lit.models.batching import pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class MEMITEditor(LocateEditEditor):
             for i, layer in enumerate(hp.layers):
                 module = spec.mlp_out_name(layer)
                 K = compute_keys(model, tokenizer, module, requests, self.templates).T  # [d_in, n]
-                z_now = module_io_at(model, z_module, [p[0] for p in plain], [p[1] for p in plain], _pad_id(tokenizer), "output").T
+                z_now = module_io_at(model, z_module, [p[0] for p in plain], [p[1] for p in plain], pad_token_id(tokenizer), "output").T
                 resid = (z_target.to(z_now.device) - z_now) / (len(hp.layers) - i)  # this layer's share
                 W = get_weight(model, module + ".weight").float()
                 delta_w = memit_update(W, K.to(W.device), resid.to(W.device), self.C[layer].to(W.device), hp.mom2_update_weight)

@@ -21,6 +21,7 @@ from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult, apply_deltas
 from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, finetune_factors, lm_batch
 from prune_lit.models.arch import get_weight
+from prune_lit.models.batching import model_device
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class MENDEditor(Editor):
             hypernet.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise MENDCheckpointError(f"{where}: hypernetwork weights do not match its metadata: {err}") from err
-        device = next(model.parameters()).device
+        device = model_device(model)
         self.hypernet = hypernet.to(device).eval().requires_grad_(False)
         self.meta = meta
         log.info("loaded MEND hypernetwork from %s (%d inner params)", self.checkpoint, len(shapes))
@@ -108,7 +109,7 @@ class MENDEditor(Editor):
             raise RuntimeError("MENDEditor.prepare must run before edit")
         max_len = self.max_length or int(self.meta.get("max_length", 64))
         batch = lm_batch(tokenizer, [r.prompt for r in requests], [r.target_new for r in requests], max_len)
-        device = next(model.parameters()).device
+        device = model_device(model)
         loss, factors, _ = finetune_factors(model, batch.to(device), self.meta["inner_params"])
         with torch.no_grad():
             deltas = {n: d.float() for n, d in self.hypernet(factors).items()}

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.models.arch import arch_spec, num_layers
+from prune_lit.models.batching import pad_batch, pad_token_id
 
 CHECKPOINT_FORMAT = 1  # version of the checkpoint layout; bump when the hypernetwork changes shape
 
@@ -106,15 +107,8 @@ def lm_batch(
         p = p[-max(1, max_length - len(c)) :]
         rows.append(p + c)
         labels.append([-100] * len(p) + c)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    lab = torch.full((len(rows), width), -100, dtype=torch.long)
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, l) in enumerate(zip(rows, labels)):
-        ids[i, : len(r)] = torch.tensor(r)
-        lab[i, : len(l)] = torch.tensor(l)
-        att[i, : len(r)] = 1
+    ids, att = pad_batch(rows, pad_token_id(tokenizer))
+    lab, _ = pad_batch(labels, -100)  # padded positions carry no loss
     return LMBatch(ids, att, lab)
 
 

@@ -16,6 +16,7 @@ from prune_lit.editors.hparams import AUTOCAST_DTYPES, LocateEditHParams, ROMEHP
 from prune_lit.editors.locate import compute_keys, generate_context_templates, optimise_target
 from prune_lit.editors.stats import second_moments
 from prune_lit.models.arch import arch_spec, get_weight, num_layers, set_weight
+from prune_lit.models.batching import model_device
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class ROMEEditor(LocateEditEditor):
         self.C_inv: dict[int, torch.Tensor] = {}
 
     def _set_statistics(self, model: nn.Module, moments: dict[int, torch.Tensor | None]) -> None:
-        device = next(model.parameters()).device
+        device = model_device(model)
         for layer, C in moments.items():
             d_in = get_weight(model, arch_spec(model).mlp_out_name(layer) + ".weight").shape[1]
             if C is None:

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.paths import resolve_data_file
 from prune_lit.models.arch import get_module
+from prune_lit.models.batching import model_device
 from prune_lit.models.loader import cache_dir
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def collect_second_moments(
 
     One pass for all modules; each forward stops after the last of them has run.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     sums: dict[str, torch.Tensor] = {}
     remaining: set[str] = set()
     count = 0

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from prune_lit.models.batching import model_device, pad_batch, pad_token_id
+
 
 @dataclass
 class TargetScores:
@@ -67,16 +69,6 @@ def _encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: lis
     return p_ids, t_ids
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    L = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for r, x in enumerate(seqs):
-        ids[r, L - len(x) :] = torch.tensor(x)
-        mask[r, L - len(x) :] = 1
-    return ids, mask
-
-
 def _continue(
     model: nn.Module, cache, cache_arg: str, mask: Tensor, targets: list[list[int]], rows: list[int], pad_id: int, device: torch.device
 ) -> Tensor:
@@ -85,11 +77,7 @@ def _continue(
     sel = torch.tensor(rows)
     cache.reorder_cache(sel.to(device))
     C = max(len(t) - 1 for t in targets)
-    cont = torch.full((len(rows), C), pad_id, dtype=torch.long)
-    cmask = torch.zeros((len(rows), C), dtype=torch.long)
-    for k, t in enumerate(targets):
-        cont[k, : len(t) - 1] = torch.tensor(t[:-1])
-        cmask[k, : len(t) - 1] = 1
+    cont, cmask = pad_batch([t[:-1] for t in targets], pad_id)  # right-padded: row k continues its own prompt
     full_mask = torch.cat([mask[sel], cmask], dim=1)
     pos = mask[sel].sum(-1, keepdim=True) + torch.arange(C)[None, :]  # continue each row's own count
     out = model(input_ids=cont.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), use_cache=True, **{cache_arg: cache})
@@ -114,8 +102,8 @@ def score_targets(
     if not prompts and not targets:
         return TargetScores([], [], [])
     p_ids, t_ids = _encode(tokenizer, prompts, targets)
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model_device(model)
+    pad_id = pad_token_id(tokenizer)
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(p, []).append(i)
@@ -125,7 +113,7 @@ def score_targets(
     starts = range(0, len(uniq), batch_size)
     for s in tqdm(starts, desc="scoring", disable=not progress or len(starts) < 2, leave=False):
         batch = uniq[s : s + batch_size]
-        ids, mask = _left_pad([p_ids[groups[p][0]] for p in batch], pad_id)
+        ids, mask = pad_batch([p_ids[groups[p][0]] for p in batch], pad_id, side="left")
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's real tokens start at position 0
         keep_ok, cache_arg = _forward_args(type(model))
         kw = {"logits_to_keep": 1} if keep_ok else {}

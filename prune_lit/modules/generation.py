@@ -15,6 +15,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from prune_lit.models.batching import model_device, pad_token_id
+
 log = logging.getLogger(__name__)
 
 
@@ -99,7 +101,7 @@ def generate_texts(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not prompts:
         return GenerationResult([], 0)
-    device = next(model.parameters()).device
+    device = model_device(model)
     order = _length_order(tokenizer, prompts)
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = {e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
@@ -163,7 +165,7 @@ def choice_logprobs(
     n = len(prompts)
     if n == 0:
         return torch.empty(0, len(choices))
-    device = next(model.parameters()).device
+    device = model_device(model)
     choice_ids = [tokenizer(c, add_special_tokens=False).input_ids for c in choices]
     if any(len(c) == 0 for c in choice_ids):
         raise ValueError(f"a choice tokenizes to nothing: {choices}")
@@ -199,7 +201,7 @@ def _sequence_logprob(
     prompt_ids = tokenizer(list(prompts)).input_ids
     seqs = [p + cont for p in prompt_ids]
     width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
     logp = _forward(model, ids, mask).logits.float().log_softmax(-1)

@@ -32,6 +32,7 @@ from prune_lit.editors.mend_net import (
     sequence_logprob,
 )
 from prune_lit.models.arch import arch_spec, get_weight
+from prune_lit.models.batching import pad_token_id
 from prune_lit.models.loader import load_model
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def edit_inputs(tokenizer, requests: list[EditRequest], max_length: int, with_tr
     rows = lm_batch(tokenizer, prompts, [r.target_new for r in requests], max_length)
     loc_prompts = [p for r in requests for p in r.locality_prompts]
     loc_answers = [a for r in requests for a in r.locality_answers]
-    pad = tokenizer.pad_token_id or 0
+    pad = pad_token_id(tokenizer)
     if loc_prompts:
         rows = cat_batches(rows, lm_batch(tokenizer, loc_prompts, loc_answers, max_length), pad)
     if with_truth:
