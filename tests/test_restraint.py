@@ -354,3 +354,24 @@ def test_an_exploded_component_does_not_hide_one_just_above_sigma_max():
     s = torch.linalg.svdvals(result.delta.double())
     expected = [math.log(x) - math.log(sigma_max) + sigma_max for x in (5.5e6, 26.2)]
     torch.testing.assert_close(s[:2], torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_an_exploded_edit_inside_the_warm_basis_is_restrained_exactly(warm):
+    # Seen with MEND + PRUNE (α = 1.2): an edit of σ ≈ 1.25e4 along a direction the previous step's basis
+    # already held left σ_max(ΔW') = 595 instead of 51.6, because the new range-finder block was orthogonalised
+    # against the warm basis in float32 and the basis lost orthogonality (‖QᵀQ − I‖ = 0.07).
+    g = torch.Generator().manual_seed(0)
+    m, n, sigma_max, alpha = 576, 1536, 14.49, 1.2
+    U = torch.linalg.qr(torch.randn(m, 80, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(n, 80, generator=g, dtype=torch.float64))[0]
+    s = torch.cat([torch.tensor([18312.0], dtype=torch.float64), torch.linspace(14.0, 1.0, 79, dtype=torch.float64)])
+    first = restrain_delta_with_stats(((U * s) @ V.T).float(), sigma_max, alpha)
+    u2 = U[:, 0] + 0.05 * U[:, 1] + 0.02 * torch.randn(m, generator=g, dtype=torch.float64) / math.sqrt(m)
+    v2 = V[:, 0] + 0.05 * V[:, 2]
+    delta = (first.delta.double() + 12500 * torch.outer(u2 / u2.norm(), v2 / v2.norm())).float()
+    result = restrain_delta_with_stats(delta, sigma_max, alpha, init_basis=first.basis if warm else None)
+    U2, S2, Vh2 = torch.linalg.svd(delta.double(), full_matrices=False)
+    exact = (U2 * restrain_singular_values(S2, sigma_max, alpha)) @ Vh2
+    assert float((result.delta.double() - exact).norm() / exact.norm()) < 1e-4
+    assert float(torch.linalg.svdvals(result.delta.double())[0]) == pytest.approx(float(restrain_singular_values(S2, sigma_max, alpha)[0]), rel=1e-4)

@@ -57,12 +57,16 @@ def thin_svd(a: torch.Tensor) -> LowRankSVD:
 
 def _orth_new_block(q: torch.Tensor, y: torch.Tensor, drop_below: float) -> torch.Tensor:
     """Orthonormal basis ``[m, j]`` of the part of ``y [m, b]`` outside span(q), numerically-zero directions dropped."""
-    for _ in range(2):  # classical Gram-Schmidt twice keeps float32 orthogonality at ~1e-7
-        if q.shape[1]:
-            y = y - q @ (q.T @ y)
+    # Classical Gram-Schmidt twice, in float64: what is left of y can be ~1e-7·‖y‖ (y mostly inside span(q),
+    # e.g. an exploded edit along a direction the warm basis already holds); float32 projections would leave
+    # round-off of that same size along q, and normalising it would yield "new" columns that overlap q.
+    y64 = y.double()
+    if q.shape[1]:
+        q64 = q.double()
+        for _ in range(2):
+            y64 = y64 - q64 @ (q64.T @ y64)
     # Rank-revealing step on the b×b Gram matrix in float64 (LAPACK's SVD of a tall, rank-deficient
     # [m, b] block is oddly slow); eigenvalues are σ², so the cut-off is squared too.
-    y64 = y.double()
     evals, evecs = torch.linalg.eigh(y64.T @ y64)
     keep = evals > drop_below**2
     if not bool(keep.any()):
@@ -137,6 +141,9 @@ def lowrank_svd(
         if new.shape[1] < b:
             break
         b = min(2 * b, max(1, max_rank - q.shape[1]))
+    # One QR of the whole basis in float64: blocks found one by one are orthogonal only to round-off,
+    # and the core's SVD is exact only for an orthonormal Q.
+    q = torch.linalg.qr(q.double())[0].to(work.dtype)
     small = (q.T @ work).double()  # [k, n]
     # SVD of the wide [k, n] core through its k×k Gram matrix (several times faster than gesdd for k ~ 100).
     # Squaring costs relative accuracy only far below rtol·σ_1, where float32 round-off of ΔW already sits and
