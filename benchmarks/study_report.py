@@ -60,7 +60,8 @@ def load_runs(logs: Path) -> dict[str, dict]:
         results = json.loads((folder / "results.json").read_text())
         spectral_path = folder / "spectral.json"
         spectral = json.loads(spectral_path.read_text())["records"] if spectral_path.exists() else []
-        runs[name] = {"folder": str(folder), "results": results, "spectral": spectral}
+        shown = Path(*folder.parts[-4:]) if len(folder.parts) >= 4 else folder  # e.g. logs/study/rome/version_0
+        runs[name] = {"folder": str(shown), "results": results, "spectral": spectral}
     return runs
 
 
