@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: setup demo baseline test test-fast bench clean
+.PHONY: setup demo baseline test test-fast bench study clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_restraint.py
+
+# The reproduction study of docs/results.md (~2.5 h on a 2-core CPU; MEND needs checkpoints/mend/best.ckpt).
+study: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/run_study.sh
+	$(BIN)/python benchmarks/study_report.py --out benchmarks/results/study.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
