@@ -20,23 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from flop_count import matmul_gflops  # benchmarks/ is on sys.path when run as a script
 
 from prune_lit.callbacks.log_utils import write_json_atomic
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.editors import MEMITEditor, ROMEEditor
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.models.loader import load_model
-
-
-def matmul_rate(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
-    """GFLOP/s of an n×n matmul in ``dtype`` on this CPU, now."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
 def pass_seconds(model_name: str, repeats: int = 4) -> dict[str, float]:
@@ -119,8 +109,8 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "matmul_gflops_float32": round(matmul_rate(torch.float32), 1),
-        "matmul_gflops_bfloat16": round(matmul_rate(torch.bfloat16), 1),
+        "matmul_gflops_float32": round(matmul_gflops(dtype=torch.float32), 1),
+        "matmul_gflops_bfloat16": round(matmul_gflops(dtype=torch.bfloat16), 1),
         "load_average_1m_start": os.getloadavg()[0],
     }
     if args.passes:

@@ -63,6 +63,18 @@ class LocateEditHParams:
         if self.v_autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"{source}: v_autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {self.v_autocast!r}")
 
+    def target_search_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `prune_lit.editors.locate.optimise_target` these settings stand for."""
+        return dict(
+            num_steps=self.v_num_grad_steps,
+            lr=self.v_lr,
+            weight_decay=self.v_weight_decay,
+            clamp_norm_factor=self.clamp_norm_factor,
+            kl_factor=self.kl_factor,
+            early_stop_loss=self.early_stop_loss,
+            autocast_dtype=AUTOCAST_DTYPES[self.v_autocast],
+        )
+
     def replace(self: T, **overrides: Any) -> T:
         out = dataclasses.replace(self, **overrides)
         out.validate("overrides")

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import EditResult, apply_deltas
-from prune_lit.editors.hparams import AUTOCAST_DTYPES, MEMITHParams
+from prune_lit.editors.hparams import MEMITHParams
 from prune_lit.editors.locate import compute_keys, module_io_at, optimise_target, subject_last_token
 from prune_lit.editors.rome import LocateEditEditor
 from prune_lit.models.arch import arch_spec, get_weight, set_weight
@@ -64,12 +64,7 @@ class MEMITEditor(LocateEditEditor):
         z_layer = hp.layers[-1]
         z_module = spec.layer(z_layer)
         results = [
-            optimise_target(
-                model, tokenizer, z_module, r, self.templates,
-                num_steps=hp.v_num_grad_steps, lr=hp.v_lr, weight_decay=hp.v_weight_decay,
-                clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, early_stop_loss=hp.early_stop_loss,
-                autocast_dtype=AUTOCAST_DTYPES[hp.v_autocast],
-            )
+            optimise_target(model, tokenizer, z_module, r, self.templates, **hp.target_search_kwargs())
             for r in requests
         ]
         z_target = torch.stack([r.target for r in results], dim=1)  # [d_model, n]

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult, apply_deltas
-from prune_lit.editors.hparams import AUTOCAST_DTYPES, LocateEditHParams, ROMEHParams, load_hparams
+from prune_lit.editors.hparams import LocateEditHParams, ROMEHParams, load_hparams
 from prune_lit.editors.locate import compute_keys, generate_context_templates, optimise_target
 from prune_lit.editors.stats import second_moments
 from prune_lit.models.arch import arch_spec, get_weight, num_layers, set_weight
@@ -116,12 +116,7 @@ class ROMEEditor(LocateEditEditor):
         layer = hp.layers[0]
         module = arch_spec(model).mlp_out_name(layer)
         k_star = compute_keys(model, tokenizer, module, [request], self.templates)[0]
-        res = optimise_target(
-            model, tokenizer, module, request, self.templates,
-            num_steps=hp.v_num_grad_steps, lr=hp.v_lr, weight_decay=hp.v_weight_decay,
-            clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, early_stop_loss=hp.early_stop_loss,
-            autocast_dtype=AUTOCAST_DTYPES[hp.v_autocast],
-        )
+        res = optimise_target(model, tokenizer, module, request, self.templates, **hp.target_search_kwargs())
         W = get_weight(model, module + ".weight").float()
         # The optimised shift δ should appear at the (template-averaged) key: v* = W k* + δ.
         v_star = W @ k_star + res.delta.to(W.device)

@@ -12,13 +12,13 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from prune_lit.callbacks.log_utils import write_json_atomic
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.models.loader import load_model
@@ -71,13 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args.model, args.dataset, args.n, args.batch_size, args.repeats, args.data_dir)
-    text = json.dumps(result, indent=2)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as f:
-            f.write(text + "\n")
-        os.replace(f.name, args.out)
-    sys.stdout.write(text + "\n")
+        write_json_atomic(args.out, result)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -76,8 +76,8 @@ def _continue(
     ``cache`` (consumed); position j predicts target token j + 1. ``mask`` is the prompts' ``[B, L]`` mask."""
     sel = torch.tensor(rows)
     cache.reorder_cache(sel.to(device))
-    C = max(len(t) - 1 for t in targets)
     cont, cmask = pad_batch([t[:-1] for t in targets], pad_id)  # right-padded: row k continues its own prompt
+    C = cont.shape[1]
     full_mask = torch.cat([mask[sel], cmask], dim=1)
     pos = mask[sel].sum(-1, keepdim=True) + torch.arange(C)[None, :]  # continue each row's own count
     out = model(input_ids=cont.to(device), attention_mask=full_mask.to(device), position_ids=pos.to(device), use_cache=True, **{cache_arg: cache})

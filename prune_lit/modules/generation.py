@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from prune_lit.models.batching import model_device, pad_token_id
+from prune_lit.models.batching import model_device, pad_batch, pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,8 @@ def _sequence_logprob(
     """Sum of log p(cont tokens) after each prompt: [len(prompts)]."""
     prompt_ids = tokenizer(list(prompts)).input_ids
     seqs = [p + cont for p in prompt_ids]
-    width = max(len(s) for s in seqs)
-    pad = pad_token_id(tokenizer)
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    ids, mask = pad_batch(seqs, pad_token_id(tokenizer), side="left", device=device)
+    width = ids.shape[1]
     logp = _forward(model, ids, mask).logits.float().log_softmax(-1)
     k = len(cont)
     # positions width-k-1 .. width-2 predict the k continuation tokens
