@@ -1,11 +1,14 @@
-"""bf16 autocast in ROME/MEMIT's value search: time per edit step and the edit metrics it reaches.
+"""Value-search settings of ROME/MEMIT (bf16 autocast, cached lower layers): time per edit step and edit metrics.
 
-For each editor and each ``v_autocast`` dtype, a fresh SmolLM2-135M is edited with the same first
-``--n-edits`` CounterFact cases, one step after another (MEMIT: ``--memit-batch`` cases per step);
-then `evaluate_edits` scores all of them on the float32 model. The two precisions must reach the
-same edit metrics for bf16 to be a safe default.
+For each editor and each variant, a fresh SmolLM2-135M is edited with the same first ``--n-edits``
+CounterFact cases, one step after another (MEMIT: ``--memit-batch`` cases per step); then
+`evaluate_edits` scores all of them on the float32 model. A speed-up is only safe as a default when
+it reaches the same edit metrics. Variants are ``v_autocast`` dtypes (``--dtypes``) or, with
+``--variants``, sets of hyperparameter overrides separated by ``;`` (``key=value,key=value``).
 
     python benchmarks/bench_autocast.py --editors rome --n-edits 20 --threads 1
+    python benchmarks/bench_autocast.py --editors rome,memit --n-edits 20 --threads 1 \
+        --variants "v_cache_lower_layers=false;v_cache_lower_layers=true" --out benchmarks/results/layer_cache.json
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import yaml
 from flop_count import matmul_gflops  # benchmarks/ is on sys.path when run as a script
 
 from prune_lit.callbacks.log_utils import write_json_atomic
@@ -59,11 +63,22 @@ def pass_seconds(model_name: str, repeats: int = 4) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def run(editor_name: str, autocast: str, args: argparse.Namespace, requests: list) -> dict:
+def parse_variant(text: str) -> dict[str, object]:
+    """``"v_autocast=bfloat16,v_cache_lower_layers=false"`` -> hyperparameter overrides (YAML-typed values)."""
+    out: dict[str, object] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"bad variant item {item!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(editor_name: str, overrides: dict[str, object], args: argparse.Namespace, requests: list) -> dict:
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer
     cls = {"rome": ROMEEditor, "memit": MEMITEditor}[editor_name]
-    editor = cls(v_autocast=autocast)
+    editor = cls(**overrides)
     editor.prepare(model, tok, loaded.name, args.data_dir)
     reference = record_locality_reference(model, tok, requests, 16)
     batch = args.memit_batch if editor_name == "memit" else 1
@@ -76,7 +91,8 @@ def run(editor_name: str, autocast: str, args: argparse.Namespace, requests: lis
     scores = evaluate_edits(model, tok, requests, reference, 16)
     return {
         "editor": editor_name,
-        "v_autocast": autocast,
+        "overrides": overrides,
+        "v_autocast": overrides.get("v_autocast", "float32"),
         "n_edits": len(requests),
         "steps": len(seconds),
         "step_seconds": [round(s, 3) for s in seconds],
@@ -92,6 +108,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--editors", default="rome,memit")
     p.add_argument("--dtypes", default="float32,bfloat16", help="v_autocast values to compare")
+    p.add_argument("--variants", default=None, help="';'-separated override sets to compare instead of --dtypes")
     p.add_argument("--n-edits", type=int, default=20)
     p.add_argument("--memit-batch", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
@@ -117,13 +134,18 @@ def main() -> None:
         meta["pass_seconds"] = pass_seconds(args.model)
     print(json.dumps(meta))
     rows = []
+    if args.variants:
+        variants = [parse_variant(v) for v in args.variants.split(";") if v.strip()]
+    else:
+        variants = [{"v_autocast": d.strip()} for d in args.dtypes.split(",") if d.strip()]
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
-        for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
-            row = run(name, dtype, args, requests)
+        for overrides in variants:
+            row = run(name, overrides, args, requests)
             rows.append(row)
             s = row["scores"]
+            label = ",".join(f"{k}={v}" for k, v in overrides.items())
             print(
-                f"{name:6s} {dtype:9s} median step {row['median_step_s']:.2f} s, total {row['total_edit_s']:.1f} s | "
+                f"{name:6s} {label} median step {row['median_step_s']:.2f} s, total {row['total_edit_s']:.1f} s | "
                 f"efficacy {s['efficacy']:.3f} generalization {s['generalization']:.3f} locality {s['locality']:.3f} "
                 f"| mean final NLL {row['mean_final_nll']:.3f}",
                 flush=True,

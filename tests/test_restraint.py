@@ -137,8 +137,33 @@ def test_warm_start_from_previous_basis_is_exact() -> None:
     stale = restrain_delta_with_stats(nxt, sigma_max, init_basis=orthonormal(m, 10, 7).float())
     assert stale.rank == 21
     assert float((stale.delta.double() - ref).norm() / ref.norm()) < 1e-4
+    # so does a float64 init that is not orthonormal (it is detected and orthonormalised, not trusted)
+    skewed = first.basis @ torch.triu(torch.ones(20, 20, dtype=torch.float64))
+    assert restrain_delta_with_stats(nxt, sigma_max, init_basis=skewed).rank == 21
+    assert float((restrain_delta_with_stats(nxt, sigma_max, init_basis=skewed).delta.double() - ref).norm() / ref.norm()) < 1e-4
     with pytest.raises(ValueError, match="init basis"):
         lowrank_svd(nxt, init=torch.zeros(m + 1, 3))
+
+
+def test_range_finder_basis_stays_orthonormal_over_many_blocks() -> None:
+    # rank 90 from blocks of 8, 16, 32, 64: no QR of the whole basis is taken, so each block must keep it orthonormal
+    sizes = torch.logspace(2, -1, 90, dtype=torch.float64)  # 3 decades, as an exploded edit over small ones
+    a = ((orthonormal(400, 90, 1) * sizes) @ orthonormal(900, 90, 2).T).float()
+    svd = lowrank_svd(a, atol=1e-2)
+    assert svd.method == "lowrank" and svd.rank == 90
+    assert float((svd.U.T @ svd.U - torch.eye(90, dtype=torch.float64)).abs().max()) < 1e-12
+    torch.testing.assert_close(svd.S, torch.linalg.svdvals(a.double())[:90], rtol=1e-5, atol=0)
+
+
+def test_apply_in_place_equals_apply_to() -> None:
+    g = torch.Generator().manual_seed(9)
+    delta = torch.randn(40, 4, generator=g) @ torch.randn(4, 60, generator=g)
+    res = restrain_delta_with_stats(delta, 1.0)
+    w = torch.randn(40, 60, generator=g)
+    expected = res.apply_to(w)
+    out = res.apply_(w)
+    assert out is w and res.n_restrained > 0
+    torch.testing.assert_close(w, expected)
 
 
 def test_full_rank_input_falls_back_to_thin_svd() -> None:

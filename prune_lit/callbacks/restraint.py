@@ -123,12 +123,15 @@ class SpectralRestraint(L.Callback):
             counts[name] = res.n_restrained
             # ΔW only grows by the next edit's few directions: start the next SVD from this one's basis.
             if res.basis is not None:
-                self._basis[name] = res.basis.to(torch.float32)
+                self._basis[name] = res.basis  # float64 and orthonormal: reused as is, without a QR
             elif res.method != "skipped":
                 self._basis.pop(name, None)
             if res.n_restrained:
                 # W + U_r (s' − s) V_rᵀ rather than W_0 + ΔW': what is not restrained keeps its exact bits.
-                set_weight(model, name, res.apply_to(w.float()))
+                if w.dtype == torch.float32:
+                    res.apply_(w)  # `w` is a view of the parameter: no m×n temporary
+                else:
+                    set_weight(model, name, res.apply_to(w.float()))
         seconds = time.perf_counter() - start
         self.total_seconds += seconds
         num_edits = edits_so_far(pl_module, self._steps_seen)

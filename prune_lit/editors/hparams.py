@@ -34,6 +34,7 @@ class LocateEditHParams:
     kl_factor: float = 0.0625  # weight of the KL term on "{subject} is a" prompts (essence drift)
     early_stop_loss: float = 5e-2  # stop optimising once the total loss is below this
     v_autocast: str = "float32"  # compute dtype of the value search's forwards/backwards (bfloat16: autocast)
+    v_cache_lower_layers: bool = True  # run the blocks below the edited one once per value search, not every step
     # [[length_in_tokens, how_many], ...] of model-generated prefixes ("{}" is always included)
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10]])
     context_template_seed: int = 0  # seed of the prefix sampler (deterministic templates)
@@ -73,6 +74,7 @@ class LocateEditHParams:
             kl_factor=self.kl_factor,
             early_stop_loss=self.early_stop_loss,
             autocast_dtype=AUTOCAST_DTYPES[self.v_autocast],
+            cache_lower_layers=self.v_cache_lower_layers,
         )
 
     def replace(self: T, **overrides: Any) -> T:

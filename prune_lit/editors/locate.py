@@ -27,14 +27,11 @@ from transformers import PreTrainedTokenizerBase
 from prune_lit.data.requests import EditRequest
 from prune_lit.models.arch import get_module
 from prune_lit.models.batching import model_device, pad_batch, pad_token_id
+from prune_lit.models.layer_skip import StopForward, hidden_into_layer, layer_of, skip_layers_below
 
 log = logging.getLogger(__name__)
 
 _SEED_WORDS = ("The", "Therefore", "Because", "I", "You")  # MEMIT's prefix seeds
-
-
-class _StopForward(Exception):
-    """Raised by a hook once everything needed was captured, to skip the rest of the forward."""
 
 
 def _first(output: object) -> torch.Tensor:
@@ -142,13 +139,13 @@ def module_io_at(
     def hook(_mod: nn.Module, inputs: tuple, output: object) -> None:
         x = inputs[0] if which == "input" else _first(output)
         captured.append(x[rows, torch.as_tensor(list(positions))].detach().float())
-        raise _StopForward
+        raise StopForward
 
     ids, mask = pad_batch(seqs, pad_id, device=model_device(model))
     with hooked(module, hook):
         try:
             model(input_ids=ids, attention_mask=mask)
-        except _StopForward:
+        except StopForward:
             pass
     if not captured:
         raise RuntimeError(f"module {module_name} did not run during the forward")
@@ -202,6 +199,7 @@ def optimise_target(
     kl_factor: float,
     early_stop_loss: float = 5e-2,
     autocast_dtype: torch.dtype = torch.float32,
+    cache_lower_layers: bool = True,
 ) -> TargetResult:
     """ROME's value search: Adam on ``delta`` added to ``module_name``'s output at the subject's last token.
 
@@ -210,7 +208,8 @@ def optimise_target(
     + ``weight_decay`` · ‖δ‖² / ‖v_init‖²;  after each step ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖v_init‖.
     Model weights are never touched; gradients flow only into ``delta``. With ``autocast_dtype``
     bfloat16/float16 the search's forwards and backwards run under autocast (the loss and δ stay
-    float32); ``v_init`` and the keys are always computed in the model's own dtype.
+    float32); ``v_init`` and the keys are always computed in the model's own dtype. With ``cache_lower_layers``
+    the blocks below ``module_name``'s run once and the search's passes start at its block (same numbers).
     """
     device = model_device(model)
     pad = pad_token_id(tok)
@@ -245,6 +244,14 @@ def optimise_target(
         zero = torch.zeros(1, dtype=torch.long, device=device)
         kl_init = F.log_softmax(logits_at(model, kl_ids_t, kl_mask, zero, zero + kl_pos)[0], dim=-1)
 
+    layer = layer_of(model, module_name) if cache_lower_layers else None
+    if layer:
+        with autocast:  # the blocks below see the same batch at every step: run them once
+            lower = hidden_into_layer(model, layer, ids, mask)
+        skip_lower: contextlib.AbstractContextManager = skip_layers_below(model, layer, lower)
+    else:
+        skip_lower = contextlib.nullcontext()
+
     delta = torch.zeros_like(v_init, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     max_norm = clamp_norm_factor * v_init.norm()
@@ -257,7 +264,7 @@ def optimise_target(
 
     loss_v = nll_v = float("nan")
     steps = 0
-    with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook):
+    with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook), skip_lower:
         for it in range(num_steps):
             logp = F.log_softmax(logits_at(model, ids, mask, sel_rows, sel_cols), dim=-1)  # [n_rw*T + 1, V]
             tok_logp = logp[:-1].gather(1, tgt_t.repeat(n_rw)[:, None]).view(n_rw, len(tgt))  # [n_rw, T]

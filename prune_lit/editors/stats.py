@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from prune_lit.data.paths import resolve_data_file
 from prune_lit.models.arch import get_module
 from prune_lit.models.batching import model_device
+from prune_lit.models.layer_skip import StopForward
 from prune_lit.models.loader import cache_dir
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 WIKI_FILES = ("corpus/wiki.test.raw", "corpus/wiki.valid.raw")
 _HEADING = re.compile(r"^\s*=+ .* =+\s*$")
 _STAT_KEY = "mom2"
-
-
-class _StopForward(Exception):
-    pass
 
 
 def clean_wikitext(raw: str) -> str:
@@ -144,7 +141,7 @@ def collect_second_moments(
             sums[name] = sums[name] + kk if name in sums else kk
             remaining.discard(name)
             if not remaining:
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -155,7 +152,7 @@ def collect_second_moments(
             remaining.update(module_names)
             try:
                 model(input_ids=batch.to(device))
-            except _StopForward:
+            except StopForward:
                 pass
             count += batch.numel()
     finally:

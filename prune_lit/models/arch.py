@@ -24,7 +24,8 @@ class ArchSpec:
     mlp_in: tuple[str, ...]  # the MLP input projection(s)
     final_norm: str
     lm_head: str
-    embed: str
+    embed: str  # the token embedding
+    pos_embed: str | None  # a learned absolute position embedding added to it (None: rotary, inside attention)
     n_layer_attr: str
     transposed: bool  # True when weights are stored [in, out] (GPT-2 Conv1D)
 
@@ -47,6 +48,7 @@ GPT2 = ArchSpec(
     final_norm="transformer.ln_f",
     lm_head="lm_head",
     embed="transformer.wte",
+    pos_embed="transformer.wpe",
     n_layer_attr="n_layer",
     transposed=True,
 )
@@ -59,6 +61,7 @@ LLAMA = ArchSpec(
     final_norm="model.norm",
     lm_head="lm_head",
     embed="model.embed_tokens",
+    pos_embed=None,
     n_layer_attr="num_hidden_layers",
     transposed=False,
 )

@@ -42,6 +42,12 @@ class RestraintResult:
             return x
         return torch.addmm(x, self.left.to(x.dtype), self.right.to(x.dtype))
 
+    def apply_(self, x: torch.Tensor) -> torch.Tensor:
+        """In-place `apply_to` (``x += left @ right``, no new m×n buffer); returns ``x``."""
+        if self.left is not None and self.right is not None:
+            x.addmm_(self.left.to(x.dtype), self.right.to(x.dtype))
+        return x
+
     @property
     def delta(self) -> torch.Tensor:
         """``[m, n]`` restrained ΔW' (the input tensor itself when nothing was restrained)."""
