@@ -101,3 +101,35 @@ def test_edits_after_the_last_multiple_of_k_are_restrained_before_the_final_eval
     # Restrained after edit 3, then edit 4 is restrained at the end of the run.
     expected = restrain(restrain(3 * step) + step)
     assert math.isclose(torch.linalg.matrix_norm(delta, ord=2).item(), expected, rel_tol=1e-4)
+
+
+class _FullRankEditor(Editor):
+    """Adds a fresh full-rank random ΔW (σ_max several times σ_max(W_0)) at every step, as MEND's edits add up."""
+
+    def weight_names(self, model):
+        return [arch_spec(model).mlp_out_name(1) + ".weight"]
+
+    def edit(self, model, tokenizer, requests):
+        self.calls = getattr(self, "calls", 0) + 1
+        name = self.weight_names(model)[0]
+        w = get_weight(model, name)
+        g = torch.Generator().manual_seed(self.calls)
+        delta = torch.randn(w.shape, generator=g) * 0.3
+        return EditResult(deltas={name: delta}, applied=apply_deltas(model, {name: delta}))
+
+
+def test_full_rank_delta_is_restrained_exactly_and_remembered_as_full_rank(tmp_path):
+    editor, restraint = _FullRankEditor(), SpectralRestraint()
+    module = _run_with_restraint(tmp_path, editor, restraint, num_edits=3)
+    name = editor.weight_names(module.model)[0]
+    w0 = module.original_weights[name].double()
+    sigma0 = float(torch.linalg.matrix_norm(w0, ord=2))
+    expected = torch.zeros_like(w0)
+    for call in (1, 2, 3):  # the same three edits, each followed by a plain float64 SVD restraint
+        expected += torch.randn(w0.shape, generator=torch.Generator().manual_seed(call)) * 0.3
+        u, s, vh = torch.linalg.svd(expected, full_matrices=False)
+        s = torch.where(s > sigma0, torch.log(s) - math.log(sigma0) + sigma0, s)
+        expected = (u * s) @ vh
+    got = get_weight(module.model, name).double() - w0
+    assert name in restraint._full_rank  # the 2nd and 3rd passes went straight to the thin SVD
+    assert float((got - expected).norm() / expected.norm()) < 1e-4

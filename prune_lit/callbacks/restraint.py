@@ -85,6 +85,7 @@ class SpectralRestraint(L.Callback):
         self.history: list[dict[str, Any]] = []
         self._sigma_max: dict[str, float] = {}
         self._basis: dict[str, torch.Tensor] = {}  # [m, k] left singular vectors of the last ΔW, per matrix
+        self._full_rank: set[str] = set()  # matrices whose ΔW outgrew the low-rank SVD (its rank never drops again)
         self._steps_seen = 0
         self._last_edits = 0
         self._pending = False  # an applied edit has not been restrained yet
@@ -116,7 +117,12 @@ class SpectralRestraint(L.Callback):
             delta = w.float() - w0
             try:
                 res = restrain_delta_with_stats(
-                    delta, self.sigma_max_w0(name, w0), self.alpha, self.mode, init_basis=self._basis.get(name)
+                    delta,
+                    self.sigma_max_w0(name, w0),
+                    self.alpha,
+                    self.mode,
+                    init_basis=self._basis.get(name),
+                    max_rank=0 if name in self._full_rank else None,
                 )
             except ValueError as err:
                 raise ValueError(f"restraint of {name}: {err}") from err
@@ -126,6 +132,8 @@ class SpectralRestraint(L.Callback):
                 self._basis[name] = res.basis  # float64 and orthonormal: reused as is, without a QR
             elif res.method != "skipped":
                 self._basis.pop(name, None)
+                if res.method == "full":
+                    self._full_rank.add(name)
             if res.n_restrained:
                 # W + U_r (s' − s) V_rᵀ rather than W_0 + ΔW': what is not restrained keeps its exact bits.
                 if w.dtype == torch.float32:

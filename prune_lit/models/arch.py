@@ -89,10 +89,11 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def _param(model: nn.Module, name: str) -> nn.Parameter:
-    params = dict(model.named_parameters())
-    if name not in params:
-        raise KeyError(f"model has no parameter {name!r}")
-    return params[name]
+    # get_parameter walks the dotted path; building dict(named_parameters()) cost ~5 ms a call on a 30-layer model
+    try:
+        return model.get_parameter(name)
+    except AttributeError as err:
+        raise KeyError(f"model has no parameter {name!r}") from err
 
 
 def get_weight(model: nn.Module, name: str) -> torch.Tensor:

@@ -16,22 +16,50 @@ import torch
 
 @dataclass
 class LowRankSVD:
-    """``a ≈ U diag(S) Vh`` with ``U [m, k]``, ``S [k]`` (descending), ``Vh [k, n]``, all float64."""
+    """``a ≈ U diag(S) Vh`` with ``U [m, k]``, ``S [k]`` (descending), ``Vh [k, n]``, all float64.
 
-    U: torch.Tensor
+    Only ``S`` is computed up front. The singular vectors come from a ``[p, k]`` rotation of the eigenvectors
+    of the Gram matrix the SVD was taken through; `left` / `right` build only the leading ``j`` of them, which
+    is all restraint needs (the few above σ_max(W_0)) and saves up to two ``m·n·k`` products on a full-rank ΔW.
+    """
+
     S: torch.Tensor
-    Vh: torch.Tensor
     method: str  # "lowrank", "full" (thin SVD fallback) or "zero"
+    rot: torch.Tensor  # [p, k]
+    u_src: torch.Tensor | None  # U = u_src @ rot (then ÷ S if u_scaled); None: U = rot
+    v_src: torch.Tensor | None  # Vh = (rot ÷ S)ᵀ @ v_src; None: Vh = rotᵀ
+    u_scaled: bool = False
 
     @property
     def rank(self) -> int:
         return int(self.S.numel())
 
+    def left(self, j: int) -> torch.Tensor:
+        """The leading ``j`` left singular vectors ``[m, j]``."""
+        r = self.rot[:, :j]
+        if self.u_src is None:
+            return r
+        u = self.u_src @ r
+        return u / self.S[:j] if self.u_scaled else u
+
+    def right(self, j: int) -> torch.Tensor:
+        """The leading ``j`` right singular vectors as rows ``[j, n]``."""
+        r = self.rot[:, :j]
+        return r.T if self.v_src is None else (r / self.S[:j]).T @ self.v_src
+
+    @property
+    def U(self) -> torch.Tensor:
+        return self.left(self.rank)
+
+    @property
+    def Vh(self) -> torch.Tensor:
+        return self.right(self.rank)
+
 
 def _empty(a: torch.Tensor) -> LowRankSVD:
     m, n = a.shape
     z = dict(dtype=torch.float64, device=a.device)
-    return LowRankSVD(torch.zeros(m, 0, **z), torch.zeros(0, **z), torch.zeros(0, n, **z), "zero")
+    return LowRankSVD(torch.zeros(0, **z), "zero", torch.zeros(m, 0, **z), None, torch.zeros(1, 1, **z).expand(m, n))
 
 
 def thin_svd(a: torch.Tensor) -> LowRankSVD:
@@ -39,7 +67,8 @@ def thin_svd(a: torch.Tensor) -> LowRankSVD:
 
     ``eigh`` of the ``min(m, n)``-square Gram matrix is ~5× faster than LAPACK's SVD of a 576×1536 ΔW (the
     MEND case, whose ΔW is not low rank). Squaring costs accuracy only for σ below ~1e-7·σ_1, which are
-    dropped (r ≤ min(m, n)); no restraint threshold is that small relative to the edit.
+    dropped (r ≤ min(m, n)); no restraint threshold is that small relative to the edit. The vectors of the
+    longer side are built on demand (`LowRankSVD.left` / `right`).
     """
     a64 = a.double()
     wide = a64.shape[0] <= a64.shape[1]
@@ -50,9 +79,9 @@ def thin_svd(a: torch.Tensor) -> LowRankSVD:
         return _empty(a)
     keep = s > s[0] * 1e-7
     s, vecs = s[keep], vecs[:, keep]
-    if wide:
-        return LowRankSVD(vecs, s, (vecs.T @ a64) / s[:, None], "full")
-    return LowRankSVD((a64 @ vecs) / s, s, vecs.T, "full")
+    if wide:  # eigenvectors of a aᵀ are U; Vh = diag(1/s) Uᵀ a
+        return LowRankSVD(s, "full", vecs, None, a64)
+    return LowRankSVD(s, "full", vecs, a64, None, u_scaled=True)  # eigenvectors of aᵀa are V; U = a V diag(1/s)
 
 
 def _cholesky_qr(b: torch.Tensor) -> torch.Tensor:
@@ -130,7 +159,8 @@ def lowrank_svd(
         block: first block size (default 16, or 8 with a warm ``init``, which leaves only a few new directions);
             blocks double, so a rank-r matrix needs ~log2(r / block) + 2 passes.
         max_rank: give up and take `thin_svd` once the captured rank would exceed this
-            (default ``min(m, n) // 4``, where the two cost about the same).
+            (default ``min(m, n) // 4``, where the two cost about the same); 0 takes `thin_svd` at once
+            (a caller that knows ΔW is no longer low rank).
         generator: source of Ω; default a fresh generator seeded 0 (results are reproducible).
         init: ``[m, j]`` columns expected to span most of range(a), e.g. the previous edit step's ``U``
             (ΔW_t = ΔW'_{t-1} + a few rank-one edits). The loop then only has to find what is new, usually
@@ -147,6 +177,8 @@ def lowrank_svd(
     m, n = a.shape
     if max_rank is None:
         max_rank = max(1, min(m, n) // 4)
+    if max_rank == 0:
+        return thin_svd(a)
     if generator is None:
         generator = torch.Generator(device=a.device).manual_seed(0)
     work = a if a.dtype in (torch.float32, torch.float64) else a.float()
@@ -181,5 +213,4 @@ def lowrank_svd(
     s = evals.clamp_min(0).sqrt()
     keep = s > _cutoff(float(s[0]) * rtol, atol) if s.numel() else s.bool()
     s, ub = s[keep], ub[:, keep]
-    vh = (ub / s).T @ small
-    return LowRankSVD(q @ ub, s, vh, "lowrank")
+    return LowRankSVD(s, "lowrank", ub, q, small)  # U = Q·ub, Vh = diag(1/s)·ubᵀ·(QᵀΔW)

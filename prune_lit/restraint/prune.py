@@ -91,8 +91,9 @@ def restrain_delta_with_stats(
     if n == 0:
         return RestraintResult(delta, None, None, 0, before, before, fro, svd.rank, svd.method, basis)
     # S is sorted and the map is monotone, so the restrained components are the leading n.
-    left = (svd.U[:, :n] * (s_new[:n] - svd.S[:n])).to(delta.dtype)
-    right = svd.Vh[:n].to(delta.dtype)
+    u_n = basis[:, :n] if basis is not None else svd.left(n)
+    left = (u_n * (s_new[:n] - svd.S[:n])).to(delta.dtype)
+    right = svd.right(n).to(delta.dtype)
     after = max(float(s_new.max()), float(svd.S[n]) if svd.rank > n else 0.0)
     return RestraintResult(delta, left, right, n, before, after, fro, svd.rank, svd.method, basis)
 
