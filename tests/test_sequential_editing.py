@@ -40,10 +40,15 @@ def test_cli_runs_rome_with_prune_and_writes_results(tmp_path):
 
 
 class _FlakyEditor(Editor):
-    """Adds a fixed rank-one ΔW, except on step ``nan_step`` where the update is NaN."""
+    """Adds a fixed rank-one ΔW, except on step ``nan_step`` where the update is NaN.
 
-    def __init__(self, nan_step: int | None = 2) -> None:
+    With ``full_rank`` it adds a fresh random full-rank ΔW (σ_max several times σ_max(W_0)) instead, seeded by
+    the step number, as MEND's edits add up.
+    """
+
+    def __init__(self, nan_step: int | None = 2, full_rank: bool = False) -> None:
         self.nan_step = nan_step
+        self.full_rank = full_rank
 
     def weight_names(self, model):
         return [arch_spec(model).mlp_out_name(1) + ".weight"]
@@ -53,6 +58,8 @@ class _FlakyEditor(Editor):
         name = self.weight_names(model)[0]
         w = get_weight(model, name)
         delta = torch.outer(torch.ones(w.shape[0]), torch.ones(w.shape[1])) * 0.5
+        if self.full_rank:
+            delta = torch.randn(w.shape, generator=torch.Generator().manual_seed(self.calls)) * 0.3
         if self.calls == self.nan_step:
             delta[0, 0] = float("nan")
         return EditResult(deltas={name: delta}, applied=apply_deltas(model, {name: delta}))
@@ -103,23 +110,8 @@ def test_edits_after_the_last_multiple_of_k_are_restrained_before_the_final_eval
     assert math.isclose(torch.linalg.matrix_norm(delta, ord=2).item(), expected, rel_tol=1e-4)
 
 
-class _FullRankEditor(Editor):
-    """Adds a fresh full-rank random ΔW (σ_max several times σ_max(W_0)) at every step, as MEND's edits add up."""
-
-    def weight_names(self, model):
-        return [arch_spec(model).mlp_out_name(1) + ".weight"]
-
-    def edit(self, model, tokenizer, requests):
-        self.calls = getattr(self, "calls", 0) + 1
-        name = self.weight_names(model)[0]
-        w = get_weight(model, name)
-        g = torch.Generator().manual_seed(self.calls)
-        delta = torch.randn(w.shape, generator=g) * 0.3
-        return EditResult(deltas={name: delta}, applied=apply_deltas(model, {name: delta}))
-
-
 def test_full_rank_delta_is_restrained_exactly_and_remembered_as_full_rank(tmp_path):
-    editor, restraint = _FullRankEditor(), SpectralRestraint()
+    editor, restraint = _FlakyEditor(nan_step=None, full_rank=True), SpectralRestraint()
     module = _run_with_restraint(tmp_path, editor, restraint, num_edits=3)
     name = editor.weight_names(module.model)[0]
     w0 = module.original_weights[name].double()
