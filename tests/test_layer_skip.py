@@ -65,3 +65,25 @@ def test_value_search_with_cached_lower_layers_is_unchanged(name):
     assert cached.nll == pytest.approx(plain.nll, rel=1e-5)
     assert plain.nll < optimise_target(model, tok, spec.mlp_out_name(2), req, templates, **{**kw, "num_steps": 1}).nll
     assert no_hooks(model)
+
+
+def test_per_layer_attention_types_follow_the_cut():
+    # Qwen2 picks each block's mask (full or sliding window) by its position in the loop, from config.layer_types.
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, use_sliding_window=True, sliding_window=3, max_window_layers=2,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    assert config.layer_types == ["full_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    ids = torch.randint(0, 100, (2, 9))
+    mask = torch.ones_like(ids)
+    rows, cols = torch.tensor([0, 1]), torch.tensor([8, 8])
+    with torch.no_grad():
+        full = logits_at(model, ids, mask, rows, cols)
+        with skip_layers_below(model, 1, hidden_into_layer(model, 1, ids, mask)):
+            skipped = logits_at(model, ids, mask, rows, cols)
+    torch.testing.assert_close(skipped, full, rtol=0, atol=1e-5)
+    assert len(config.layer_types) == 4 and no_hooks(model)

@@ -48,7 +48,7 @@ def logits_at(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: tor
     Runs the trunk (``model.base_model``, final norm included) and applies the output head to the
     selected positions: with a 49k vocabulary the head over every position would dominate the cost.
     """
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     return model.get_output_embeddings()(hidden[rows, cols]).float()
 
 

@@ -55,7 +55,7 @@ def hidden_into_layer(model: nn.Module, layer: int, ids: torch.Tensor, mask: tor
 
     handle = blocks[layer].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        model.base_model(input_ids=ids, attention_mask=mask)
+        model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
     except StopForward:
         pass
     finally:
@@ -87,10 +87,17 @@ def skip_layers_below(model: nn.Module, layer: int, hidden: torch.Tensor) -> Ite
     handles = [get_module(model, spec.embed).register_forward_hook(cached)]
     if spec.pos_embed is not None:
         handles.append(get_module(model, spec.pos_embed).register_forward_hook(lambda _m, _i, out: torch.zeros_like(out)))
+    # Per-layer settings the model indexes by position in the loop (Qwen2's sliding/full attention) move with the cut.
+    config = model.config
+    layer_types = getattr(config, "layer_types", None)
     setattr(parent, attr, nn.ModuleList(list(blocks)[layer:]))
+    if isinstance(layer_types, list) and len(layer_types) == len(blocks):
+        config.layer_types = layer_types[layer:]
     try:
         yield
     finally:
         setattr(parent, attr, blocks)
+        if isinstance(layer_types, list):
+            config.layer_types = layer_types
         for h in handles:
             h.remove()
