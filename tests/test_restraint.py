@@ -172,6 +172,11 @@ def test_full_rank_input_falls_back_to_thin_svd() -> None:
     sigma_max = 0.5 * float(torch.linalg.svdvals(delta)[0])
     res = restrain_delta_with_stats(delta, sigma_max, alpha=1.5)
     assert res.method == "full" and res.n_restrained > 0
+    values_only = lowrank_svd(delta, vectors=False)  # what diagnostics ask for: σ's without the eigenvectors
+    assert values_only.method == "full"
+    torch.testing.assert_close(values_only.S, torch.linalg.svdvals(delta.double()), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="vectors=False"):
+        values_only.left(1)
     ref = reference_restrain(delta, sigma_max, alpha=1.5)
     assert float((res.delta.double() - ref).norm() / ref.norm()) < 1e-4
 

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from prune_lit.callbacks import SpectralRestraint
+from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.cli_main import main
 from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.editors.base import EditResult, Editor, apply_deltas
@@ -90,7 +90,8 @@ def test_nan_update_is_rejected_and_the_run_goes_on(tmp_path):
 def _run_with_restraint(tmp_path, editor, restraint, num_edits):
     module = SequentialEditingModule(editor=editor, model_name="tiny-llama", downstream=None, evaluate_before=False)
     trainer = L.Trainer(
-        logger=TensorBoardLogger(tmp_path, name="run"), callbacks=[restraint], inference_mode=False,
+        logger=TensorBoardLogger(tmp_path, name="run"), callbacks=restraint if isinstance(restraint, list) else [restraint],
+        inference_mode=False,
         enable_progress_bar=False, enable_checkpointing=False,
     )
     trainer.test(module, datamodule=EditDataModule(num_edits=num_edits, batch_size=1))
@@ -111,8 +112,8 @@ def test_edits_after_the_last_multiple_of_k_are_restrained_before_the_final_eval
 
 
 def test_full_rank_delta_is_restrained_exactly_and_remembered_as_full_rank(tmp_path):
-    editor, restraint = _FlakyEditor(nan_step=None, full_rank=True), SpectralRestraint()
-    module = _run_with_restraint(tmp_path, editor, restraint, num_edits=3)
+    editor, restraint, diagnostics = _FlakyEditor(nan_step=None, full_rank=True), SpectralRestraint(), SpectralDiagnostics()
+    module = _run_with_restraint(tmp_path, editor, [restraint, diagnostics], num_edits=3)
     name = editor.weight_names(module.model)[0]
     w0 = module.original_weights[name].double()
     sigma0 = float(torch.linalg.matrix_norm(w0, ord=2))
@@ -123,5 +124,9 @@ def test_full_rank_delta_is_restrained_exactly_and_remembered_as_full_rank(tmp_p
         s = torch.where(s > sigma0, torch.log(s) - math.log(sigma0) + sigma0, s)
         expected = (u * s) @ vh
     got = get_weight(module.model, name).double() - w0
-    assert name in restraint._full_rank  # the 2nd and 3rd passes went straight to the thin SVD
+    assert name in restraint.warm.full_rank  # the 2nd and 3rd passes went straight to the thin SVD
     assert float((got - expected).norm() / expected.norm()) < 1e-4
+    # the diagnostics, warm-started the same way, still report the exact σ_max(ΔW) of the restrained weights
+    assert name in diagnostics.warm.full_rank
+    last = [r for r in diagnostics.records if r["matrix"] == name][-1]
+    assert math.isclose(last["sigma_max_delta"], float(torch.linalg.matrix_norm(got, ord=2)), rel_tol=1e-5)

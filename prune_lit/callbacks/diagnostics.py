@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from prune_lit.callbacks.log_utils import log_figure, log_scalars, run_dir, write_json_atomic
 from prune_lit.callbacks.restraint import edits_so_far, original_weights_of, short_name
 from prune_lit.models.arch import get_weight
-from prune_lit.restraint import lowrank_svd, singular_values
+from prune_lit.restraint import WarmStarts, lowrank_svd, singular_values
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class SpectralDiagnostics(L.Callback):
         self._last_edits = 0
         self._last_kappa_edits = 0
         self._w0_spectra: dict[str, torch.Tensor] = {}  # σ(W_0) per matrix, computed once
+        self.warm = WarmStarts()  # ΔW grows step by step: each SVD starts from the last one
 
     def w0_spectrum(self, name: str, w0: torch.Tensor) -> torch.Tensor:
         """Singular values of ``name``'s W_0 (descending), computed once and cached."""
@@ -106,7 +107,8 @@ class SpectralDiagnostics(L.Callback):
             delta = w - w0
             if not torch.isfinite(delta).all():
                 raise ValueError(f"spectral diagnostics: {name} holds NaN/Inf after {num_edits} edits")
-            svd = lowrank_svd(delta)
+            svd = lowrank_svd(delta, vectors=False, **self.warm.kwargs(name))
+            self.warm.update(name, svd.method, svd.U if svd.method == "lowrank" else None)
             rec: dict[str, Any] = {
                 "num_edits": num_edits,
                 "step": self._steps_seen,
@@ -166,7 +168,7 @@ class SpectralDiagnostics(L.Callback):
             w0 = w0.to(w.device, torch.float32)
             s0 = self.w0_spectrum(name, w0)
             spectra[short_name(name)] = {
-                "delta": lowrank_svd(w - w0).S[: self.top_k].tolist(),
+                "delta": lowrank_svd(w - w0, vectors=False).S[: self.top_k].tolist(),
                 "w": singular_values(w).tolist(),
                 "w0": s0.tolist(),
                 "sigma_max_w0": float(s0[0]),

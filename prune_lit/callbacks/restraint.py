@@ -17,7 +17,7 @@ import torch
 
 from prune_lit.callbacks.log_utils import log_scalars
 from prune_lit.models.arch import get_weight, set_weight
-from prune_lit.restraint import is_contraction, restrain_delta_with_stats, spectral_norm
+from prune_lit.restraint import WarmStarts, is_contraction, restrain_delta_with_stats, spectral_norm
 from prune_lit.restraint.spectrum import check_restraint_args
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ class SpectralRestraint(L.Callback):
         self.total_seconds = 0.0
         self.history: list[dict[str, Any]] = []
         self._sigma_max: dict[str, float] = {}
-        self._basis: dict[str, torch.Tensor] = {}  # [m, k] left singular vectors of the last ΔW, per matrix
-        self._full_rank: set[str] = set()  # matrices whose ΔW outgrew the low-rank SVD (its rank never drops again)
+        self.warm = WarmStarts()  # what each matrix's last SVD tells the next one
         self._steps_seen = 0
         self._last_edits = 0
         self._pending = False  # an applied edit has not been restrained yet
@@ -115,25 +114,16 @@ class SpectralRestraint(L.Callback):
             w = get_weight(model, name)
             w0 = w0.to(w.device, torch.float32)
             delta = w.float() - w0
+            warm = self.warm.kwargs(name)
             try:
                 res = restrain_delta_with_stats(
-                    delta,
-                    self.sigma_max_w0(name, w0),
-                    self.alpha,
-                    self.mode,
-                    init_basis=self._basis.get(name),
-                    max_rank=0 if name in self._full_rank else None,
+                    delta, self.sigma_max_w0(name, w0), self.alpha, self.mode, init_basis=warm["init"], max_rank=warm["max_rank"]
                 )
             except ValueError as err:
                 raise ValueError(f"restraint of {name}: {err}") from err
             counts[name] = res.n_restrained
             # ΔW only grows by the next edit's few directions: start the next SVD from this one's basis.
-            if res.basis is not None:
-                self._basis[name] = res.basis  # float64 and orthonormal: reused as is, without a QR
-            elif res.method != "skipped":
-                self._basis.pop(name, None)
-                if res.method == "full":
-                    self._full_rank.add(name)
+            self.warm.update(name, res.method, res.basis)
             if res.n_restrained:
                 # W + U_r (s' − s) V_rᵀ rather than W_0 + ΔW': what is not restrained keeps its exact bits.
                 if w.dtype == torch.float32:

@@ -1,6 +1,6 @@
 """PRUNE spectral restraint: pure functions on tensors (no Lightning here)."""
 
-from prune_lit.restraint.lowrank import LowRankSVD, lowrank_svd, thin_svd
+from prune_lit.restraint.lowrank import LowRankSVD, WarmStarts, lowrank_svd, thin_svd
 from prune_lit.restraint.norms import condition_number, singular_values, spectral_norm
 from prune_lit.restraint.prune import RestraintResult, restrain_delta, restrain_delta_with_stats
 from prune_lit.restraint.spectrum import MODES, RestraintMode, is_contraction, restrain_singular_values
@@ -19,4 +19,5 @@ __all__ = [
     "singular_values",
     "spectral_norm",
     "thin_svd",
+    "WarmStarts",
 ]

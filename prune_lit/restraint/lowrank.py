@@ -9,7 +9,8 @@ When the rank is not small the range finder gives up and a thin SVD is taken ins
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ class LowRankSVD:
 
     S: torch.Tensor
     method: str  # "lowrank", "full" (thin SVD fallback) or "zero"
-    rot: torch.Tensor  # [p, k]
+    rot: torch.Tensor | None  # [p, k]; None when taken with ``vectors=False`` (singular values only)
     u_src: torch.Tensor | None  # U = u_src @ rot (then ÷ S if u_scaled); None: U = rot
     v_src: torch.Tensor | None  # Vh = (rot ÷ S)ᵀ @ v_src; None: Vh = rotᵀ
     u_scaled: bool = False
@@ -34,9 +35,14 @@ class LowRankSVD:
     def rank(self) -> int:
         return int(self.S.numel())
 
+    def _rot(self, j: int) -> torch.Tensor:
+        if self.rot is None:
+            raise ValueError("this SVD was taken with vectors=False: singular values only")
+        return self.rot[:, :j]
+
     def left(self, j: int) -> torch.Tensor:
         """The leading ``j`` left singular vectors ``[m, j]``."""
-        r = self.rot[:, :j]
+        r = self._rot(j)
         if self.u_src is None:
             return r
         u = self.u_src @ r
@@ -44,7 +50,7 @@ class LowRankSVD:
 
     def right(self, j: int) -> torch.Tensor:
         """The leading ``j`` right singular vectors as rows ``[j, n]``."""
-        r = self.rot[:, :j]
+        r = self._rot(j)
         return r.T if self.v_src is None else (r / self.S[:j]).T @ self.v_src
 
     @property
@@ -62,23 +68,28 @@ def _empty(a: torch.Tensor) -> LowRankSVD:
     return LowRankSVD(torch.zeros(0, **z), "zero", torch.zeros(m, 0, **z), None, torch.zeros(1, 1, **z).expand(m, n))
 
 
-def thin_svd(a: torch.Tensor) -> LowRankSVD:
+def thin_svd(a: torch.Tensor, vectors: bool = True) -> LowRankSVD:
     """Thin SVD in float64 through the Gram matrix of the shorter side: ``[m, n]`` -> ``U [m, r]``, ``S [r]``, ``Vh [r, n]``.
 
     ``eigh`` of the ``min(m, n)``-square Gram matrix is ~5× faster than LAPACK's SVD of a 576×1536 ΔW (the
     MEND case, whose ΔW is not low rank). Squaring costs accuracy only for σ below ~1e-7·σ_1, which are
     dropped (r ≤ min(m, n)); no restraint threshold is that small relative to the edit. The vectors of the
-    longer side are built on demand (`LowRankSVD.left` / `right`).
+    longer side are built on demand (`LowRankSVD.left` / `right`); ``vectors=False`` skips the eigenvectors
+    altogether (half the cost at 576×576: singular values only, e.g. for diagnostics).
     """
     a64 = a.double()
     wide = a64.shape[0] <= a64.shape[1]
-    evals, vecs = torch.linalg.eigh(a64 @ a64.T if wide else a64.T @ a64)
-    evals, vecs = evals.flip(0), vecs.flip(1)
+    gram = a64 @ a64.T if wide else a64.T @ a64
+    evals, vecs = torch.linalg.eigh(gram) if vectors else (torch.linalg.eigvalsh(gram), None)
+    evals = evals.flip(0)
     s = evals.clamp_min(0).sqrt()
     if not s.numel() or float(s[0]) == 0.0:
         return _empty(a)
     keep = s > s[0] * 1e-7
-    s, vecs = s[keep], vecs[:, keep]
+    s = s[keep]
+    if vecs is None:
+        return LowRankSVD(s, "full", None, None, None)
+    vecs = vecs.flip(1)[:, keep]
     if wide:  # eigenvectors of a aᵀ are U; Vh = diag(1/s) Uᵀ a
         return LowRankSVD(s, "full", vecs, None, a64)
     return LowRankSVD(s, "full", vecs, a64, None, u_scaled=True)  # eigenvectors of aᵀa are V; U = a V diag(1/s)
@@ -149,6 +160,7 @@ def lowrank_svd(
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
     atol: float = 0.0,
+    vectors: bool = True,
 ) -> LowRankSVD:
     """Singular triplets of ``a [m, n]`` by an adaptive randomized range finder.
 
@@ -168,6 +180,8 @@ def lowrank_svd(
         atol: when > 0, directions with singular value above ``atol`` are never treated as noise, even if they
             are below ``rtol·σ_1``. Restraint needs this: one exploded edit (σ_1 ~ 1e6) must not hide a second
             singular value just above σ_max(W_0).
+        vectors: False when only ``S`` is wanted: the `thin_svd` fallback then skips its eigenvectors (the
+            low-rank path needs them anyway and keeps them).
 
     Returns:
         `LowRankSVD` with ``k`` = numerical rank (``method="lowrank"``), or ``min(m, n)`` (``"full"``).
@@ -178,7 +192,7 @@ def lowrank_svd(
     if max_rank is None:
         max_rank = max(1, min(m, n) // 4)
     if max_rank == 0:
-        return thin_svd(a)
+        return thin_svd(a, vectors)
     if generator is None:
         generator = torch.Generator(device=a.device).manual_seed(0)
     work = a if a.dtype in (torch.float32, torch.float64) else a.float()
@@ -187,7 +201,7 @@ def lowrank_svd(
         if init.dim() != 2 or init.shape[0] != m:
             raise ValueError(f"init basis must be [{m}, j], got {tuple(init.shape)}")
         if init.shape[1] > max_rank:
-            return thin_svd(a)
+            return thin_svd(a, vectors)
         q = _orthonormal(init.to(work.device))
     b = max(1, block if block is not None else (8 if q.shape[1] else 16))
     while True:
@@ -198,7 +212,7 @@ def lowrank_svd(
             return _empty(a)
         new = _orth_new_block(q, y, drop_below=_cutoff(rtol * y_norm, atol))
         if q.shape[1] + new.shape[1] > max_rank:
-            return thin_svd(a)
+            return thin_svd(a, vectors)
         q = torch.cat([q, new], dim=1)
         # A block of rank < b means the residual has rank < b, so this block captured all of it.
         if new.shape[1] < b:
@@ -214,3 +228,29 @@ def lowrank_svd(
     keep = s > _cutoff(float(s[0]) * rtol, atol) if s.numel() else s.bool()
     s, ub = s[keep], ub[:, keep]
     return LowRankSVD(s, "lowrank", ub, q, small)  # U = Q·ub, Vh = diag(1/s)·ubᵀ·(QᵀΔW)
+
+
+@dataclass
+class WarmStarts:
+    """What one sequential SVD of each matrix's growing ΔW tells the next one.
+
+    ``basis``: the last low-rank ``U`` per matrix (float64, orthonormal: reused without a QR). ``full_rank``:
+    matrices whose ΔW outgrew the low-rank SVD; their rank never drops again (edits add directions, restraint keeps
+    every σ ≥ σ_max), so later SVDs skip the range finder.
+    """
+
+    basis: dict[str, torch.Tensor] = field(default_factory=dict)
+    full_rank: set[str] = field(default_factory=set)
+
+    def kwargs(self, name: str) -> dict[str, Any]:
+        """``init`` / ``max_rank`` for `lowrank_svd` on matrix ``name``."""
+        return {"init": self.basis.get(name), "max_rank": 0 if name in self.full_rank else None}
+
+    def update(self, name: str, method: str, basis: torch.Tensor | None) -> None:
+        """Record an SVD of matrix ``name`` (``method`` as in `LowRankSVD`; "skipped" changes nothing)."""
+        if basis is not None:
+            self.basis[name] = basis
+        elif method != "skipped":
+            self.basis.pop(name, None)
+            if method == "full":
+                self.full_rank.add(name)
