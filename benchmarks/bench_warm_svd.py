@@ -23,18 +23,15 @@ import torch
 
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.callbacks.log_utils import write_json_atomic
+from prune_lit.editors.mend_net import default_inner_params
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.loader import load_model
 from prune_lit.restraint import WarmStarts, spectral_norm
 
 
-def mend_matrices(model: torch.nn.Module, layers: list[int]) -> list[str]:
-    return [f"model.layers.{i}.mlp.{p}.weight" for i in layers for p in ("gate_proj", "up_proj", "down_proj")]
-
-
 def run(variant: str, args: argparse.Namespace) -> dict:
     model = load_model(args.model).model
-    names = mend_matrices(model, args.layers)
+    names = default_inner_params(model, args.layers)  # the matrices MEND edits
     w0 = {n: get_weight(model, n).clone().float() for n in names}
     sigma0 = {n: spectral_norm(w) for n, w in w0.items()}
     module = SimpleNamespace(model=model, original_weights=w0, num_edits=0)

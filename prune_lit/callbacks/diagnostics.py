@@ -108,7 +108,7 @@ class SpectralDiagnostics(L.Callback):
             if not torch.isfinite(delta).all():
                 raise ValueError(f"spectral diagnostics: {name} holds NaN/Inf after {num_edits} edits")
             svd = lowrank_svd(delta, vectors=False, **self.warm.kwargs(name))
-            self.warm.update(name, svd.method, svd.U if svd.method == "lowrank" else None)
+            self.warm.update(name, svd.method, svd.warm_basis)
             rec: dict[str, Any] = {
                 "num_edits": num_edits,
                 "step": self._steps_seen,

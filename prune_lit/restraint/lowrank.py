@@ -58,6 +58,11 @@ class LowRankSVD:
         return self.left(self.rank)
 
     @property
+    def warm_basis(self) -> torch.Tensor | None:
+        """``U`` when it came from the range finder (a cheap, orthonormal start for the next SVD), else None."""
+        return self.U if self.method == "lowrank" else None
+
+    @property
     def Vh(self) -> torch.Tensor:
         return self.right(self.rank)
 

@@ -84,7 +84,7 @@ def restrain_delta_with_stats(
         return RestraintResult(delta, None, None, 0, None, None, fro, None, "skipped")
     # atol: whatever ‖ΔW‖ is, no singular value near σ_max(W_0) may be taken for round-off.
     svd: LowRankSVD = lowrank_svd(delta, rtol=rtol, max_rank=max_rank, init=init_basis, atol=1e-3 * sigma_max)
-    basis = svd.U if svd.method == "lowrank" else None
+    basis = svd.warm_basis
     s_new = restrain_singular_values(svd.S, sigma_max, alpha, mode)
     n = int((s_new != svd.S).sum())
     before = float(svd.S[0]) if svd.rank else 0.0
