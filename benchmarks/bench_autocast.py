@@ -26,7 +26,7 @@ import torch
 import yaml
 from flop_count import matmul_gflops  # benchmarks/ is on sys.path when run as a script
 
-from prune_lit.callbacks.log_utils import write_json_atomic
+from prune_lit.reporting import write_json_atomic
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.editors import MEMITEditor, ROMEEditor
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
@@ -87,7 +87,7 @@ def run(editor_name: str, overrides: dict[str, object], args: argparse.Namespace
         t = time.perf_counter()
         result = editor.edit(model, tok, requests[i : i + batch])
         seconds.append(time.perf_counter() - t)
-        nll.append(result.stats.get("nll", float("nan")))
+        nll.append(result.stats.nll)
     scores = evaluate_edits(model, tok, requests, reference, 16)
     return {
         "editor": editor_name,

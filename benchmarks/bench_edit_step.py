@@ -280,8 +280,8 @@ def run_editor(name: str, args: argparse.Namespace, requests: list, rate32: floa
                     "restraint_share": rs / (step_s + rs),
                     "n_restrained": n_restr,
                     "restraint_per_matrix": probe.calls,
-                    "value_search_steps": result.stats.get("steps"),
-                    "edit_stats": {k: float(v) for k, v in result.stats.items()},
+                    "value_search_steps": result.stats.steps,
+                    "edit_stats": result.stats.scalars(),
                 }
                 rows.append(row)
                 comp_txt = ", ".join(f"{k} {v:.2f}s" for k, v in comps.seconds.items())

@@ -60,7 +60,7 @@ from prune_lit.metrics.editing_eval import _Pairs  # noqa: E402
 from prune_lit.metrics.scoring import _encode  # noqa: E402
 from prune_lit.models.loader import load_model  # noqa: E402
 from prune_lit.modules.downstream_eval import NLI_CHOICES, DownstreamEvaluator  # noqa: E402
-from prune_lit.modules.generation import _forward, _length_order, _tokenize  # noqa: E402
+from prune_lit.models.generation import _forward, _length_order, _tokenize  # noqa: E402
 
 if ARGS.threads > 0:
     torch.set_num_threads(ARGS.threads)

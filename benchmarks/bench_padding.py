@@ -15,10 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from prune_lit.callbacks.log_utils import write_json_atomic
+from prune_lit.reporting import write_json_atomic
 from prune_lit.models.loader import load_model
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
-from prune_lit.modules.generation import apply_chat_template
+from prune_lit.models.generation import apply_chat_template
 
 
 def padded_positions(lengths: list[int], batch_size: int) -> int:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
-from prune_lit.callbacks.log_utils import write_json_atomic
+from prune_lit.reporting import write_json_atomic
 from prune_lit.editors.mend_net import default_inner_params
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.loader import load_model

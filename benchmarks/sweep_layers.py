@@ -128,13 +128,13 @@ def main() -> None:
         for r, base in zip(cases, baseline):
             with torch.no_grad():
                 result = editor.edit(model, tok, [r])
-            seconds.append(result.stats["seconds"])
+            seconds.append(result.stats.seconds)
             s = score_case(model, tok, r)
             if "loc_logp" in s:
                 s["loc_drift"] = abs(s.pop("loc_logp") - base["loc_logp"])
             s["applied"] = float(result.applied)
             per_case.append(s)
-            log.info("layers %s case %s: %s, %.1f s, loss %.3f", w, r.case_id, s, result.stats["seconds"], result.stats["loss"])
+            log.info("layers %s case %s: %s, %.1f s, loss %.3f", w, r.case_id, s, result.stats.seconds, result.stats.loss)
             for n, v in saved.items():
                 set_weight(model, n, v)
         agg = {k: sum(c[k] for c in per_case if k in c) / max(1, sum(k in c for c in per_case)) for k in per_case[0]}

@@ -57,7 +57,7 @@ def test_memit_edits_a_batch_of_three_and_each_flips(tmp_path):
     before = {n: get_weight(model, n).clone() for n in names}
     with torch.no_grad():
         result = editor.edit(model, tok, requests)
-    assert result.applied and result.stats["n_requests"] == 3
+    assert result.applied and result.stats.n_requests == 3
     for r in requests:
         assert top1(r.prompt) == target_token_ids(tok, r.target_new)[0], r.prompt
     for n in names:  # every layer got its share, and the returned deltas are what was added

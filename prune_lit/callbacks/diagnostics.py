@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from matplotlib.figure import Figure
 
-from prune_lit.callbacks.log_utils import log_figure, log_scalars, run_dir, write_json_atomic
+from prune_lit.reporting import log_figure, log_scalars, run_dir, write_json_atomic
 from prune_lit.callbacks.restraint import edits_so_far, original_weights_of, short_name
 from prune_lit.models.arch import get_weight
 from prune_lit.restraint import WarmStarts, lowrank_svd, singular_values

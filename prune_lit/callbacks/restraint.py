@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from prune_lit.callbacks.log_utils import log_scalars
+from prune_lit.reporting import log_scalars
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.restraint import WarmStarts, is_contraction, restrain_delta_with_stats, spectral_norm
 from prune_lit.restraint.spectrum import check_restraint_args

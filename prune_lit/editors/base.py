@@ -1,10 +1,19 @@
-"""The contract every editor (ROME, MEMIT, MEND) fulfils, and the one safe way to write its update."""
+"""The contract every editor (ROME, MEMIT, MEND, AlphaEdit) fulfils, and the one safe way to write its update.
+
+An editor computes ``{param_name: ΔW}`` for a step's requests on the current weights without changing them
+(`Editor.compute_deltas`); `Editor.edit` then applies them all-or-nothing. One rule for a rejected step, in
+`apply_deltas`: a ΔW with NaN/Inf (or above ``max_norm_ratio``·‖W‖_F) rejects the whole step, the weights
+stay bit-identical, and the result reports ``applied=False``, zero deltas and ``delta_norm = 0``.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,16 +26,53 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class EditStats:
+    """What every editor reports about one step (NaN where a field does not apply to the method).
+
+    ``loss``/``nll``: the editor's own objective and the target NLL at the end of its search (mean over
+    requests); ``steps``: inner optimisation steps (mean over requests); ``delta_norm``: ‖ΔW‖_F over all
+    matrices (0 for a rejected step); ``extras``: method-specific scalars (e.g. MEND's pre-edit loss).
+    """
+
+    loss: float = math.nan
+    nll: float = math.nan
+    delta_norm: float = 0.0
+    n_requests: int = 0
+    steps: float = math.nan
+    seconds: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        """The finite values as a flat ``{name: float}`` (extras under their own names), for loggers."""
+        out = {k: float(getattr(self, k)) for k in ("loss", "nll", "delta_norm", "n_requests", "steps", "seconds")}
+        out.update({k: float(v) for k, v in self.extras.items()})
+        return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+@dataclass
 class EditResult:
-    """What one edit step did. ``deltas`` maps parameter name -> the ΔW added (``[out, in]``)."""
+    """What one edit step did. ``deltas`` maps parameter name -> the ΔW added (``[out, in]``; zeros if rejected)."""
 
     deltas: dict[str, torch.Tensor]
-    applied: bool = True  # False when the update was rejected (non-finite) and the weights are untouched
-    stats: dict[str, float] = field(default_factory=dict)  # e.g. final loss, seconds
+    applied: bool = True
+    stats: EditStats = field(default_factory=EditStats)
+
+
+def deltas_norm(deltas: dict[str, torch.Tensor]) -> float:
+    """‖ΔW‖_F over all matrices of a step."""
+    return float(sum(float(d.float().norm()) ** 2 for d in deltas.values()) ** 0.5)
 
 
 class Editor(ABC):
-    """Edits a model in place. ``edit`` is called once per edit step with 1 (ROME) or more requests."""
+    """Edits a model in place, one step (1 request for ROME, a batch for MEMIT/AlphaEdit/MEND) at a time.
+
+    Subclasses implement `weight_names` and `compute_deltas`; `prepare` loads what they need once. State
+    that later steps depend on and that is not in the weights (AlphaEdit's K_pK_pᵀ) goes through
+    `state_dict` / `load_state_dict`, so a resumed run continues exactly.
+    """
+
+    #: with a value, a step whose ‖ΔW‖_F exceeds this multiple of ‖W‖_F is rejected (see `apply_deltas`)
+    max_update_norm_ratio: float | None = None
 
     def prepare(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, data_dir: str | None) -> None:
         """Once, before the first edit: load hyperparameters for ``model_name``, key statistics, checkpoints."""
@@ -36,8 +82,37 @@ class Editor(ABC):
         """Parameter names this editor may change; snapshotted as W_0 before the first edit."""
 
     @abstractmethod
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
+        """``({param_name: ΔW [out, in]}, stats)`` for ``requests`` on the current weights; the model is left as it was."""
+
+    def after_applied(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest], deltas: dict[str, torch.Tensor]) -> None:
+        """Hook after a step was applied (e.g. to accumulate the keys of edits made so far). Default: nothing."""
+
     def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
-        """Compute the update for ``requests`` on the current model and apply it (via `apply_deltas`)."""
+        """Compute the step's update on the current model and apply it, all or nothing."""
+        if not requests:
+            raise ValueError(f"{type(self).__name__}: an edit step needs at least one request")
+        start = time.perf_counter()
+        deltas, stats = self.compute_deltas(model, tokenizer, requests)
+        applied = apply_deltas(model, deltas, self.max_update_norm_ratio)
+        if applied:
+            self.after_applied(model, tokenizer, requests, deltas)
+            stats.delta_norm = deltas_norm(deltas)
+        else:
+            deltas = {n: torch.zeros_like(d) for n, d in deltas.items()}
+            stats.delta_norm = 0.0
+        stats.n_requests = len(requests)
+        stats.seconds = time.perf_counter() - start
+        return EditResult(deltas=deltas, applied=applied, stats=stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Run state that is not in the weights and must survive a resume (tensors and plain values)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned; an editor without state accepts only an empty dict."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no run state, but the checkpoint has {sorted(state)}")
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
@@ -11,10 +10,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
-from prune_lit.editors.base import EditResult, apply_deltas
+from prune_lit.editors.base import EditStats
 from prune_lit.editors.hparams import MEMITHParams
 from prune_lit.editors.locate import compute_keys, module_io_at, optimise_target, subject_last_token
-from prune_lit.editors.rome import LocateEditEditor
+from prune_lit.editors.locate_edit import LocateEditEditor
 from prune_lit.models.arch import arch_spec, get_weight, set_weight
 from prune_lit.models.batching import pad_token_id
 
@@ -57,7 +56,7 @@ class MEMITEditor(LocateEditEditor):
             d_in = get_weight(model, arch_spec(model).mlp_out_name(layer) + ".weight").shape[1]
             self.C[layer] = torch.eye(d_in, dtype=torch.float64) if C is None else C.double()
 
-    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
         """ΔW per edited layer for the whole batch, on the current weights; the model is left as it was."""
         hp = self._require_prepared()
         spec = arch_spec(model)
@@ -88,26 +87,9 @@ class MEMITEditor(LocateEditEditor):
         finally:
             for n, w in originals.items():
                 set_weight(model, n, w)
-        stats = {
-            "loss": float(sum(r.loss for r in results) / len(results)),
-            "nll": float(sum(r.nll for r in results) / len(results)),
-            "steps": float(sum(r.steps for r in results) / len(results)),
-        }
-        return deltas, stats
-
-    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
-        """One MEMIT update for the whole batch, applied all-or-nothing."""
-        self._require_prepared()
-        if not requests:
-            raise ValueError("MEMIT edit step got no requests")
-        t0 = time.perf_counter()
-        deltas, stats = self.compute_deltas(model, tokenizer, requests)
-        applied = apply_deltas(model, deltas)
-        if not applied:
-            deltas = {n: torch.zeros_like(d) for n, d in deltas.items()}
-        stats.update(
-            seconds=time.perf_counter() - t0,
-            delta_norm=float(sum(d.float().norm() ** 2 for d in deltas.values()) ** 0.5) if applied else float("nan"),
-            n_requests=float(len(requests)),
+        stats = EditStats(
+            loss=sum(r.loss for r in results) / len(results),
+            nll=sum(r.nll for r in results) / len(results),
+            steps=sum(r.steps for r in results) / len(results),
         )
-        return EditResult(deltas=deltas, applied=applied, stats=stats)
+        return deltas, stats

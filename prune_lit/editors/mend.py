@@ -9,7 +9,6 @@ hypernetwork and adds ``ΔW = −lr·∇̃W`` to the inner MLP matrices with `ap
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
-from prune_lit.editors.base import Editor, EditResult, apply_deltas
+from prune_lit.editors.base import Editor, EditStats
 from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, finetune_factors, lm_batch
 from prune_lit.models.arch import get_weight
 from prune_lit.models.batching import model_device
@@ -103,8 +102,8 @@ class MENDEditor(Editor):
             raise RuntimeError("MENDEditor.prepare must run before weight_names (it reads the checkpoint)")
         return list(self.meta["inner_params"])
 
-    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], float]:
-        """``({name: ΔW [out, in]}, fine-tuning NLL before the edit)`` for ``requests`` on the current model."""
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
+        """``({name: ΔW [out, in]}, stats)`` for ``requests`` on the current model (``nll``: the fine-tuning NLL before the edit)."""
         if self.hypernet is None:
             raise RuntimeError("MENDEditor.prepare must run before edit")
         max_len = self.max_length or int(self.meta.get("max_length", 64))
@@ -113,17 +112,4 @@ class MENDEditor(Editor):
         loss, factors, _ = finetune_factors(model, batch.to(device), self.meta["inner_params"])
         with torch.no_grad():
             deltas = {n: d.float() for n, d in self.hypernet(factors).items()}
-        return deltas, float(loss)
-
-    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
-        start = time.perf_counter()
-        deltas, loss = self.compute_deltas(model, tokenizer, requests)
-        applied = apply_deltas(model, deltas, self.max_update_norm_ratio)
-        stats = {
-            "edit_loss_pre": loss,
-            "delta_fro_norm": float(sum(d.norm() ** 2 for d in deltas.values()) ** 0.5),
-            "seconds": time.perf_counter() - start,
-        }
-        if not applied:  # as ROME / MEMIT: a rejected step reports zero ΔW (nothing was added)
-            deltas = {n: torch.zeros_like(d) for n, d in deltas.items()}
-        return EditResult(deltas=deltas, applied=applied, stats=stats)
+        return deltas, EditStats(nll=float(loss))

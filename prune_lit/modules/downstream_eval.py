@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prune_lit.callbacks.log_utils import log_scalars, run_dir, write_json_atomic
+from prune_lit.reporting import log_scalars, run_dir, write_json_atomic
 from prune_lit.data.downstream import DEFAULT_MAX_CONTEXT_TOKENS, TASKS, load_tasks
 from prune_lit.data.requests import TaskExample
 from prune_lit.metrics.downstream import (
@@ -30,7 +30,7 @@ from prune_lit.metrics.downstream import (
     QATokenF1,
     SummarizationRouge,
 )
-from prune_lit.modules.generation import apply_chat_template, choice_logprobs, generate_texts
+from prune_lit.models.generation import apply_chat_template, choice_logprobs, generate_texts
 
 log = logging.getLogger(__name__)
 

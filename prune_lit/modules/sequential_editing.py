@@ -8,7 +8,6 @@ diagnostics) run in ``on_test_batch_end`` before this module's own hook, so the 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from prune_lit.callbacks.log_utils import log_scalars, run_dir, write_json_atomic
+from prune_lit.reporting import log_scalars, run_dir, write_json_atomic
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
@@ -124,7 +123,7 @@ class SequentialEditingModule(L.LightningModule):
         if not result.applied:
             self.num_rejected += 1
             log.warning("edit step %d (cases %s) was rejected", self.num_steps, [r.case_id for r in batch])
-        stats = {f"edit/{k}": v for k, v in result.stats.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        stats = {f"edit/{k}": v for k, v in result.stats.scalars().items()}
         stats.update({"edit/seconds": seconds, "edit/applied": float(result.applied)})
         log_scalars(self.trainer, stats, self.num_edits)
 

@@ -1,6 +1,6 @@
 """Time `record_locality_reference` + `evaluate_edits` on real edit cases (unedited model).
 
-    python -m prune_lit.metrics.editing_bench --dataset counterfact --n 100 --threads 1 --out /tmp/bench.json
+    python -m benchmarks.bench_edit_eval --dataset counterfact --n 100 --threads 1 --out /tmp/bench.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from prune_lit.callbacks.log_utils import write_json_atomic
+from prune_lit.reporting import write_json_atomic
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.models.loader import load_model
