@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.cli_main import main
 from prune_lit.data.edit_datamodule import EditDataModule
-from prune_lit.editors.base import EditResult, Editor, apply_deltas
+from prune_lit.editors.base import Editor, EditStats
 from prune_lit.models import arch_spec, get_weight
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 
@@ -53,7 +53,7 @@ class _FlakyEditor(Editor):
     def weight_names(self, model):
         return [arch_spec(model).mlp_out_name(1) + ".weight"]
 
-    def edit(self, model, tokenizer, requests):
+    def compute_deltas(self, model, tokenizer, requests):
         self.calls = getattr(self, "calls", 0) + 1
         name = self.weight_names(model)[0]
         w = get_weight(model, name)
@@ -62,7 +62,7 @@ class _FlakyEditor(Editor):
             delta = torch.randn(w.shape, generator=torch.Generator().manual_seed(self.calls)) * 0.3
         if self.calls == self.nan_step:
             delta[0, 0] = float("nan")
-        return EditResult(deltas={name: delta}, applied=apply_deltas(model, {name: delta}))
+        return {name: delta}, EditStats()
 
 
 def test_nan_update_is_rejected_and_the_run_goes_on(tmp_path):
