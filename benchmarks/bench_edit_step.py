@@ -3,7 +3,7 @@
 What is timed: ``editor.edit(model, tokenizer, requests)`` on CounterFact edit cases (file order), one step after
 another on the same model (sequential editing), after ``editor.prepare`` (context templates, cached key
 statistics, MEND checkpoint; timed separately, not part of a step). After every step the accumulated
-ΔW = W − W_0 of each edited matrix is restrained with `SpectralRestraint.restrain` (a fake module holding the
+ΔW = W − W_0 of each edited matrix is restrained with `SpectralRestraint.restrain` (an `EditState` holding the
 model and the W_0 snapshot; warm SVD bases across steps, as in a run); σ_max(W_0) is computed once per matrix
 beforehand and reported separately. Restraint share = restraint seconds / (edit seconds + restraint seconds).
 
@@ -48,7 +48,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +73,7 @@ if ARGS.threads > 0:  # before torch loads its BLAS
 import torch  # noqa: E402
 
 from flop_count import LinearFlops, matmul_rate  # noqa: E402
+from prune_lit.modules.edit_state import EditState, crossed  # noqa: E402
 from prune_lit.callbacks import restraint as restraint_mod  # noqa: E402
 from prune_lit.callbacks.restraint import SpectralRestraint  # noqa: E402
 from prune_lit.data import load_counterfact  # noqa: E402
@@ -230,7 +230,7 @@ def run_editor(name: str, args: argparse.Namespace, requests: list, rate32: floa
     names = editor.weight_names(model)
     w0 = {n: get_weight(model, n).detach().float().clone() for n in names}
     restraint = SpectralRestraint(alpha=args.alpha)
-    fake = SimpleNamespace(model=model, original_weights=w0, num_edits=0)
+    fake = EditState(model=model, tokenizer=tok, original_weights=w0)
     t = time.perf_counter()
     sigma = {n: restraint.sigma_max_w0(n, w) for n, w in w0.items()}
     sigma_s = time.perf_counter() - t
@@ -254,10 +254,10 @@ def run_editor(name: str, args: argparse.Namespace, requests: list, rate32: floa
                 passes_s = (fwd + bwd) / (rate32 * 1e9)
                 floor_s = passes_s + (extra - solve) / (rate32 * 1e9) + solve / (rate64 * 1e9)
                 floor2_s = floor_s + bwd / (rate32 * 1e9)
-                previous = fake.num_edits
-                fake.num_edits += len(reqs)
+                previous = fake.requests_seen
+                fake.requests_seen += len(reqs)
                 hist_before = len(restraint.history)
-                due = fake.num_edits // args.restrain_every > previous // args.restrain_every
+                due = crossed(previous, fake.requests_seen, args.restrain_every)
                 with RestraintProbe() as probe:
                     if due:
                         restraint.restrain(fake)

@@ -17,10 +17,10 @@ import os
 import platform
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
+from prune_lit.modules.edit_state import EditState
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.reporting import write_json_atomic
 from prune_lit.editors.mend_net import default_inner_params
@@ -34,7 +34,7 @@ def run(variant: str, args: argparse.Namespace) -> dict:
     names = default_inner_params(model, args.layers)  # the matrices MEND edits
     w0 = {n: get_weight(model, n).clone().float() for n in names}
     sigma0 = {n: spectral_norm(w) for n, w in w0.items()}
-    module = SimpleNamespace(model=model, original_weights=w0, num_edits=0)
+    module = EditState(model=model, tokenizer=None, original_weights=w0)
     restraint, diagnostics = SpectralRestraint(), SpectralDiagnostics()
     for n in names:  # one-off σ(W_0), outside the per-step times
         restraint.sigma_max_w0(n, w0[n])
@@ -49,7 +49,7 @@ def run(variant: str, args: argparse.Namespace) -> dict:
             b = torch.linalg.qr(torch.randn(k, args.rank_per_step, generator=gen))[0]
             sizes = torch.linspace(args.scale, 0.1 * args.scale, args.rank_per_step) * sigma0[n]
             set_weight(model, n, w + (a * sizes) @ b.T)
-        module.num_edits = step
+        module.requests_seen = step
         if variant == "cold":
             restraint.warm, diagnostics.warm = WarmStarts(), WarmStarts()
         t = time.perf_counter()

@@ -26,8 +26,13 @@ def log_figure(trainer: L.Trainer, tag: str, figure, step: int) -> None:
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The folder of this run's logs (``logs/<name>/version_<n>``); results files go there."""
-    d = Path(trainer.log_dir) if trainer.log_dir else Path("logs")
+    """The folder of this run's logs (``logs/<name>/version_<n>``); results files go there.
+
+    Read from the logger itself: ``trainer.log_dir`` is a collective under DDP, and files are written by rank 0 alone.
+    """
+    logger = trainer.logger
+    where = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) if logger is not None else None
+    d = Path(where) if where else Path(trainer.default_root_dir)
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -1,2 +1,3 @@
-from prune_lit.callbacks.diagnostics import SpectralDiagnostics
-from prune_lit.callbacks.restraint import SpectralRestraint
+from prune_lit.callbacks.base import EditStepCallback, Phase, edit_step_callbacks  # noqa: F401
+from prune_lit.callbacks.diagnostics import SpectralDiagnostics  # noqa: F401
+from prune_lit.callbacks.restraint import SpectralRestraint  # noqa: F401

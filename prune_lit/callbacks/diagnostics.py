@@ -6,7 +6,8 @@ Per edit step (every ``every_n_edits``) and per edited matrix it logs, under ``s
 At the end it writes every record to ``<run_dir>/spectral.json`` and a figure of the spectra
 (``spectral.png``; also sent to TensorBoard).
 
-Put it *after* `SpectralRestraint` in ``trainer.callbacks`` so that it measures the restrained weights.
+It is an `EditStepCallback` of phase ``MEASURE``: the editing module runs it after any restraint of the same
+step, so it always measures the weights the evaluations see, wherever it sits in ``trainer.callbacks``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import lightning as L
 import torch
 from matplotlib.figure import Figure
 
+from prune_lit.callbacks.base import EditStepCallback, Phase
+from prune_lit.callbacks.restraint import short_name
+from prune_lit.modules.edit_state import EditState, crossed
 from prune_lit.reporting import log_figure, log_scalars, run_dir, write_json_atomic
-from prune_lit.callbacks.restraint import edits_so_far, original_weights_of, short_name
 from prune_lit.models.arch import get_weight
 from prune_lit.restraint import WarmStarts, lowrank_svd, singular_values
 
@@ -50,7 +53,7 @@ def spectrum_figure(spectra: dict[str, dict[str, Any]], top_k: int) -> Figure:
     return fig
 
 
-class SpectralDiagnostics(L.Callback):
+class SpectralDiagnostics(EditStepCallback):
     """Track σ_max(ΔW), ‖ΔW‖_F, σ_max(W) and κ(W) of every edited matrix during sequential editing.
 
     Args:
@@ -63,6 +66,8 @@ class SpectralDiagnostics(L.Callback):
     Attributes:
         records: one dict per (measurement, matrix); ``final`` is True for the one taken at test end.
     """
+
+    phase = Phase.MEASURE
 
     def __init__(
         self,
@@ -81,9 +86,6 @@ class SpectralDiagnostics(L.Callback):
         self.max_figure_matrices = int(max_figure_matrices)
         self.filename = filename
         self.records: list[dict[str, Any]] = []
-        self._steps_seen = 0
-        self._last_edits = 0
-        self._last_kappa_edits = 0
         self._w0_spectra: dict[str, torch.Tensor] = {}  # σ(W_0) per matrix, computed once
         self.warm = WarmStarts()  # ΔW grows step by step: each SVD starts from the last one
 
@@ -94,15 +96,13 @@ class SpectralDiagnostics(L.Callback):
         return self._w0_spectra[name]
 
     @torch.no_grad()
-    def measure(
-        self, pl_module: L.LightningModule, trainer: L.Trainer | None, with_kappa: bool, final: bool = False
-    ) -> list[dict[str, Any]]:
+    def measure(self, state: EditState, trainer: L.Trainer | None, with_kappa: bool, final: bool = False) -> list[dict[str, Any]]:
         """Measure every edited matrix now; log, store and return the records."""
-        num_edits = edits_so_far(pl_module, self._steps_seen)
+        num_edits = state.requests_seen
         new: list[dict[str, Any]] = []
         metrics: dict[str, float] = {}
-        for name, w0 in original_weights_of(pl_module).items():
-            w = get_weight(pl_module.model, name).float()
+        for name, w0 in state.original_weights.items():
+            w = get_weight(state.model, name).float()
             w0 = w0.to(w.device, torch.float32)
             delta = w - w0
             if not torch.isfinite(delta).all():
@@ -111,7 +111,7 @@ class SpectralDiagnostics(L.Callback):
             self.warm.update(name, svd.method, svd.warm_basis)
             rec: dict[str, Any] = {
                 "num_edits": num_edits,
-                "step": self._steps_seen,
+                "step": state.steps,
                 "matrix": name,
                 "final": final,
                 "sigma_max_w0": float(self.w0_spectrum(name, w0)[0]),
@@ -133,38 +133,38 @@ class SpectralDiagnostics(L.Callback):
         self.records.extend(new)
         return new
 
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._steps_seen += 1
-        num_edits = edits_so_far(pl_module, self._steps_seen)
-        if num_edits // self.every_n_edits <= self._last_edits // self.every_n_edits:
-            return
-        self._last_edits = num_edits
-        with_kappa = num_edits // self.kappa_every_n_edits > self._last_kappa_edits // self.kappa_every_n_edits
-        if with_kappa:
-            self._last_kappa_edits = num_edits
-        self.measure(pl_module, trainer, with_kappa)
+    def on_edit_step(self, trainer: L.Trainer, state: EditState) -> None:
+        previous, now = state.previous_requests_seen, state.requests_seen
+        if crossed(previous, now, self.every_n_edits):
+            self.measure(state, trainer, with_kappa=crossed(previous, now, self.kappa_every_n_edits))
 
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.measure(pl_module, None, with_kappa=True, final=True)  # after any at-end restraint
+    def on_edits_end(self, trainer: L.Trainer, state: EditState) -> None:
+        self.measure(state, None, with_kappa=True, final=True)  # after any at-end restraint
+        if not trainer.is_global_zero:
+            return
         out = run_dir(trainer)
         write_json_atomic(out / self.filename, {"records": self.records}, indent=1)
-        spectra = self.final_spectra(pl_module)
+        spectra = self.final_spectra(state)
         fig = spectrum_figure(spectra, self.top_k)
         png = out / (Path(self.filename).stem + ".png")
         tmp = png.with_name(f".{png.name}.tmp{os.getpid()}.png")
         fig.savefig(tmp, dpi=100)
         tmp.replace(png)
-        log_figure(trainer, "spectral/spectrum", fig, step=edits_so_far(pl_module, self._steps_seen))
+        log_figure(trainer, "spectral/spectrum", fig, step=state.requests_seen)
         log.info("spectral diagnostics written to %s and %s", out / self.filename, png)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records}  # warm bases and σ(W_0) are recomputed after a resume
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = list(state_dict.get("records", []))
+
     @torch.no_grad()
-    def final_spectra(self, pl_module: L.LightningModule) -> dict[str, dict[str, Any]]:
+    def final_spectra(self, state: EditState) -> dict[str, dict[str, Any]]:
         """``{short_name: {"delta": top-k σ(ΔW), "w": σ(W), "w0": σ(W_0), "sigma_max_w0"}}`` for the figure."""
         spectra: dict[str, dict[str, Any]] = {}
-        for name, w0 in list(original_weights_of(pl_module).items())[: self.max_figure_matrices]:
-            w = get_weight(pl_module.model, name).float()
+        for name, w0 in list(state.original_weights.items())[: self.max_figure_matrices]:
+            w = get_weight(state.model, name).float()
             w0 = w0.to(w.device, torch.float32)
             s0 = self.w0_spectrum(name, w0)
             spectra[short_name(name)] = {

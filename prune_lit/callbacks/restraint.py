@@ -1,22 +1,25 @@
 """PRUNE as a Lightning callback: after edit steps, restrain every edited matrix's accumulated ΔW.
 
-Place it *before* `SpectralDiagnostics` (and any evaluation callback) in ``trainer.callbacks``: callbacks'
-``on_test_batch_end`` run in list order and before the module's own, so everything after it sees the
-restrained weights.
+It is an `EditStepCallback` of phase ``RESTRAIN``: the editing module runs it right after each edit, before
+diagnostics and evaluations, wherever it sits in ``trainer.callbacks``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
 
-from prune_lit.reporting import log_scalars
+from prune_lit.callbacks.base import EditStepCallback, Phase
 from prune_lit.models.arch import get_weight, set_weight
+from prune_lit.modules.edit_state import EditState, crossed
+from prune_lit.reporting import log_scalars
 from prune_lit.restraint import WarmStarts, is_contraction, restrain_delta_with_stats, spectral_norm
 from prune_lit.restraint.spectrum import check_restraint_args
 
@@ -32,31 +35,18 @@ def short_name(param_name: str) -> str:
     return name
 
 
-def original_weights_of(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-    """The W_0 snapshot the module took before the first edit (``{param_name: [out, in] float32}``)."""
-    weights = getattr(pl_module, "original_weights", None)
-    if not isinstance(weights, dict) or not weights:
-        raise RuntimeError(
-            f"{type(pl_module).__name__} has no `original_weights` snapshot; the spectral callbacks need the "
-            "module to store W_0 (dict param_name -> tensor) in setup, before the first edit"
-        )
-    return weights
-
-
-def edits_so_far(pl_module: L.LightningModule, steps_seen: int) -> int:
-    """Cumulative edits applied (``pl_module.num_edits``), or the number of edit steps when the module lacks it."""
-    return int(getattr(pl_module, "num_edits", steps_seen))
-
-
-class SpectralRestraint(L.Callback):
+class SpectralRestraint(EditStepCallback):
     """Replace each edited W by W_0 + restrain(W − W_0) (PRUNE).
 
     Args:
         alpha: log base α: e (default), 1.2, 1.5 or 2 in the paper; ignored in linear mode.
         mode: ``"log"`` (PRUNE) or ``"linear"`` (the paper's ablation, σ/2 + σ_max/2).
-        every_n_edits: restrain whenever the cumulative edit count crosses a multiple of this.
-        at_end_only: restrain once, at the end of the test epoch, instead of during editing. This is what the
+        every_n_edits: restrain whenever the stream position (requests seen) crosses a multiple of this.
+        at_end_only: restrain once, after the last edit, instead of during editing. This is what the
             reference code does (it restrains the saved weights after all N edits, then evaluates).
+        evaluate_at_end_curve: with ``at_end_only``, also evaluate every evaluation point on a restrained copy
+            of the edited matrices (the weights are restored bit-exactly afterwards), so one unrestrained run
+            yields both the "no restraint" curve and the "restrained once at N" curve for every N.
         enabled: False turns the callback into a no-op (for configs that toggle PRUNE).
 
     Attributes:
@@ -64,12 +54,15 @@ class SpectralRestraint(L.Callback):
         history: one dict per restraint pass: ``num_edits``, ``seconds``, ``n_restrained`` per matrix.
     """
 
+    phase = Phase.RESTRAIN
+
     def __init__(
         self,
         alpha: float = math.e,
         mode: str = "log",
         every_n_edits: int = 1,
         at_end_only: bool = False,
+        evaluate_at_end_curve: bool = False,
         enabled: bool = True,
     ) -> None:
         super().__init__()
@@ -80,13 +73,14 @@ class SpectralRestraint(L.Callback):
         self.mode = mode
         self.every_n_edits = int(every_n_edits)
         self.at_end_only = bool(at_end_only)
+        if evaluate_at_end_curve and not at_end_only:
+            raise ValueError("evaluate_at_end_curve needs at_end_only: true (per-edit restraint already evaluates restrained weights)")
+        self.evaluate_at_end_curve = bool(evaluate_at_end_curve)
         self.enabled = bool(enabled)
         self.total_seconds = 0.0
         self.history: list[dict[str, Any]] = []
         self._sigma_max: dict[str, float] = {}
         self.warm = WarmStarts()  # what each matrix's last SVD tells the next one
-        self._steps_seen = 0
-        self._last_edits = 0
         self._pending = False  # an applied edit has not been restrained yet
 
     def sigma_max_w0(self, name: str, w0: torch.Tensor) -> float:
@@ -105,25 +99,30 @@ class SpectralRestraint(L.Callback):
         return self._sigma_max[name]
 
     @torch.no_grad()
-    def restrain(self, pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> dict[str, int]:
-        """One restraint pass over every matrix in ``pl_module.original_weights``; returns n_restrained per matrix."""
+    def restrain(self, state: EditState, trainer: L.Trainer | None = None, warm: WarmStarts | None = None, record: bool = True) -> dict[str, int]:
+        """One restraint pass over every matrix in ``state.original_weights``; returns n_restrained per matrix.
+
+        ``warm``: the warm-start memory to use (default: this callback's); ``record=False`` leaves the timing,
+        history and logs untouched (the restrained-copy evaluations of `restrained_copy`).
+        """
         start = time.perf_counter()
-        model = pl_module.model
+        model = state.model
+        warm_starts = self.warm if warm is None else warm
         counts: dict[str, int] = {}
-        for name, w0 in original_weights_of(pl_module).items():
+        for name, w0 in state.original_weights.items():
             w = get_weight(model, name)
             w0 = w0.to(w.device, torch.float32)
             delta = w.float() - w0
-            warm = self.warm.kwargs(name)
+            warm_kw = warm_starts.kwargs(name)
             try:
                 res = restrain_delta_with_stats(
-                    delta, self.sigma_max_w0(name, w0), self.alpha, self.mode, init_basis=warm["init"], max_rank=warm["max_rank"]
+                    delta, self.sigma_max_w0(name, w0), self.alpha, self.mode, init_basis=warm_kw["init"], max_rank=warm_kw["max_rank"]
                 )
             except ValueError as err:
                 raise ValueError(f"restraint of {name}: {err}") from err
             counts[name] = res.n_restrained
             # ΔW only grows by the next edit's few directions: start the next SVD from this one's basis.
-            self.warm.update(name, res.method, res.basis)
+            warm_starts.update(name, res.method, res.basis)
             if res.n_restrained:
                 # W + U_r (s' − s) V_rᵀ rather than W_0 + ΔW': what is not restrained keeps its exact bits.
                 if w.dtype == torch.float32:
@@ -131,8 +130,10 @@ class SpectralRestraint(L.Callback):
                 else:
                     set_weight(model, name, res.apply_to(w.float()))
         seconds = time.perf_counter() - start
+        if not record:
+            return counts
         self.total_seconds += seconds
-        num_edits = edits_so_far(pl_module, self._steps_seen)
+        num_edits = state.requests_seen
         self.history.append({"num_edits": num_edits, "seconds": seconds, "n_restrained": counts})
         if trainer is not None:
             metrics = {f"restraint/{short_name(k)}/n_restrained": float(v) for k, v in counts.items()}
@@ -140,28 +141,37 @@ class SpectralRestraint(L.Callback):
             log_scalars(trainer, metrics, step=num_edits)
         return counts
 
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._steps_seen += 1
-        if not self.enabled or self.at_end_only:
-            return
-        last_result = getattr(pl_module, "last_result", None)
-        if last_result is not None and not getattr(last_result, "applied", True):
-            return  # the update was rejected: the weights are as the previous pass left them
+    def on_edit_step(self, trainer: L.Trainer, state: EditState) -> None:
+        if not self.enabled or self.at_end_only or not state.last_step_applied:
+            return  # a rejected update left the weights as the previous pass did
         self._pending = True
-        num_edits = edits_so_far(pl_module, self._steps_seen)
-        due = num_edits // self.every_n_edits > self._last_edits // self.every_n_edits
-        if due:
-            self._last_edits = num_edits
+        if crossed(state.previous_requests_seen, state.requests_seen, self.every_n_edits):
             self._pending = False
-            self.restrain(pl_module, trainer)
+            self.restrain(state, trainer)
 
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
-            return
+    def on_edits_end(self, trainer: L.Trainer, state: EditState) -> None:
         # With every_n_edits > 1 the edits after the last multiple would otherwise reach the final
         # evaluation unrestrained.
-        if self.at_end_only or self._pending:
+        if self.enabled and (self.at_end_only or self._pending):
             self._pending = False
-            self.restrain(pl_module, trainer)
+            self.restrain(state, trainer)
+
+    @contextlib.contextmanager
+    def restrained_copy(self, state: EditState) -> Iterator[None]:
+        """Within the block the edited matrices are restrained as if the run ended now; restored exactly after."""
+        saved = {name: get_weight(state.model, name).detach().clone() for name in state.original_weights}
+        try:
+            self.restrain(state, None, warm=WarmStarts(), record=False)
+            yield
+        finally:
+            for name, w in saved.items():
+                set_weight(state.model, name, w)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Warm bases are dropped (recomputed cold after a resume: same result within float tolerance).
+        return {"total_seconds": self.total_seconds, "history": self.history, "pending": self._pending}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.total_seconds = float(state_dict.get("total_seconds", 0.0))
+        self.history = list(state_dict.get("history", []))
+        self._pending = bool(state_dict.get("pending", False))

@@ -6,7 +6,7 @@ import logging
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.data.requests import EditRequest
@@ -22,6 +22,24 @@ ZSRE_VAL_FRACTION = 0.1
 def collate_requests(batch: list[EditRequest]) -> list[EditRequest]:
     """Keep a batch as the list of requests it is (editors tokenize themselves)."""
     return list(batch)
+
+
+class EditStream(IterableDataset):
+    """The edit steps in order, each a ``list[EditRequest]`` of ``batch_size`` requests (the last may be shorter).
+
+    An iterable dataset on purpose: Lightning never shards one over devices, so with DDP every rank sees the
+    whole stream (sequential edits must not be split; the module splits the evaluation instead).
+    """
+
+    def __init__(self, requests: list[EditRequest], batch_size: int) -> None:
+        self.requests, self.batch_size = requests, batch_size
+
+    def __iter__(self):  # noqa: ANN204
+        for i in range(0, len(self.requests), self.batch_size):
+            yield self.requests[i : i + self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-len(self.requests) // self.batch_size)
 
 
 def load_edit_requests(
@@ -96,7 +114,7 @@ class EditDataModule(L.LightningDataModule):
         return batch
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.all_requests, batch_size=self.batch_size, shuffle=False, num_workers=0, collate_fn=collate_requests)  # type: ignore[arg-type]
+        return DataLoader(EditStream(self.all_requests, self.batch_size), batch_size=None, num_workers=0)
 
     def _train_val(self) -> tuple[list[EditRequest], list[EditRequest]]:
         train = load_edit_requests(self.dataset, "train", self.data_dir)

@@ -56,11 +56,11 @@ def _forward_args(model_cls: type) -> tuple[bool, str]:
     return "logits_to_keep" in params, "cache" if "cache" in params else "past_key_values"
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+def _encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str], target_prefix: str = " ") -> tuple[list[list[int]], list[list[int]]]:
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    t_ids = tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer([target_prefix + t for t in targets], add_special_tokens=False)["input_ids"]
     for i, (p, t) in enumerate(zip(p_ids, t_ids)):
         if not p:
             raise ValueError(f"prompt {i} ({prompts[i]!r}) tokenizes to nothing; a target needs a prompt to follow")
@@ -92,8 +92,9 @@ def score_targets(
     targets: list[str],
     batch_size: int = 16,
     progress: bool = False,
+    target_prefix: str = " ",
 ) -> TargetScores:
-    """Teacher-forced scores of ``" " + targets[i]`` after ``prompts[i]`` for all i, in the input order.
+    """Teacher-forced scores of ``target_prefix + targets[i]`` after ``prompts[i]`` for all i, in the input order.
 
     Each distinct prompt runs once (``batch_size`` prompts per forward pass, left-padded); its last position
     scores the first token of all its targets, and only the remaining target tokens of multi-token targets
@@ -101,7 +102,7 @@ def score_targets(
     """
     if not prompts and not targets:
         return TargetScores([], [], [])
-    p_ids, t_ids = _encode(tokenizer, prompts, targets)
+    p_ids, t_ids = _encode(tokenizer, prompts, targets, target_prefix)
     device = model_device(model)
     pad_id = pad_token_id(tokenizer)
     groups: dict[str, list[int]] = {}

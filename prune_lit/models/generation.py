@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from prune_lit.models.batching import model_device, pad_batch, pad_token_id
+from prune_lit.models.batching import model_device
 
 log = logging.getLogger(__name__)
 
@@ -157,34 +157,20 @@ def choice_logprobs(
 ) -> Tensor:
     """log p(choice | prompt), summed over the choice's tokens: float32 [n_prompts, n_choices].
 
-    Choices are tokenized on their own (no special tokens) and appended to the prompt's ids; with SmolLM2's
-    tokenizer " True" and " False" are single tokens (3635, 4178), so one forward pass per batch suffices.
+    Choices are tokenized on their own (no special tokens) and appended to the prompt's ids, and scored by
+    `prune_lit.metrics.scoring.score_targets` (one forward per batch of prompts; single-token choices such as
+    SmolLM2's " True" / " False" need nothing more).
     """
+    from prune_lit.metrics.scoring import score_targets  # metrics build on models, not the other way round
+
     if not choices:
         raise ValueError("choices must not be empty")
-    n = len(prompts)
-    if n == 0:
+    if not prompts:
         return torch.empty(0, len(choices))
-    device = model_device(model)
-    choice_ids = [tokenizer(c, add_special_tokens=False).input_ids for c in choices]
-    if any(len(c) == 0 for c in choice_ids):
-        raise ValueError(f"a choice tokenizes to nothing: {choices}")
-    single = all(len(c) == 1 for c in choice_ids)
-    out = torch.empty(n, len(choices))
-    order = _length_order(tokenizer, prompts)
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    for idx in tqdm(batches, desc="score choices", disable=not progress or len(batches) < 2, leave=False):
-        batch_prompts = [prompts[i] for i in idx]
-        if single:
-            enc = _tokenize(tokenizer, batch_prompts, device)
-            # left padding: the last column is each prompt's real last token; only its logits are needed
-            logits = _forward(model, enc["input_ids"], enc["attention_mask"], last_only=True).logits[:, -1].float()
-            logp = logits.log_softmax(-1)[:, [c[0] for c in choice_ids]]
-            out[idx] = logp.cpu()
-            continue
-        for j, cids in enumerate(choice_ids):
-            out[idx, j] = _sequence_logprob(model, tokenizer, batch_prompts, cids, device)
-    return out
+    pairs_p = [p for p in prompts for _ in choices]
+    pairs_c = [c for _ in prompts for c in choices]
+    scores = score_targets(model, tokenizer, pairs_p, pairs_c, batch_size, progress, target_prefix="")
+    return scores.logprob("sum").view(len(prompts), len(choices)).float()
 
 
 def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, last_only: bool = False):
@@ -192,19 +178,3 @@ def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, 
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if last_only else {}  # skips the vocab projection of all other positions
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra)
-
-
-def _sequence_logprob(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], cont: list[int], device: torch.device
-) -> Tensor:
-    """Sum of log p(cont tokens) after each prompt: [len(prompts)]."""
-    prompt_ids = tokenizer(list(prompts)).input_ids
-    seqs = [p + cont for p in prompt_ids]
-    ids, mask = pad_batch(seqs, pad_token_id(tokenizer), side="left", device=device)
-    width = ids.shape[1]
-    logp = _forward(model, ids, mask).logits.float().log_softmax(-1)
-    k = len(cont)
-    # positions width-k-1 .. width-2 predict the k continuation tokens
-    pred = logp[:, width - k - 1 : width - 1]
-    target = torch.tensor(cont, device=device).expand(len(seqs), k)
-    return pred.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu()

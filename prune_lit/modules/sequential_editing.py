@@ -1,27 +1,48 @@
 """The sequential-editing experiment as a LightningModule: one test batch = one edit step.
 
-Edit i is applied to the model that edits 1..i-1 produced. Callbacks (PRUNE restraint, spectral
-diagnostics) run in ``on_test_batch_end`` before this module's own hook, so the evaluations at
-``eval_at`` edit counts and at the end always see the restrained weights.
+Edit i is applied to the model that edits 1..i-1 produced. One step, in this order (docs/architecture.md):
+
+1. the editor computes and applies the step's update (rank 0; broadcast to the other ranks);
+2. ``RESTRAIN``-phase callbacks (PRUNE) may rewrite the edited matrices;
+3. ``MEASURE``-phase callbacks (spectral diagnostics) read them;
+4. at ``eval_at`` / ``downstream_at`` counts the module evaluates (sharded over ranks);
+5. every ``checkpoint_every`` requests the run state is checkpointed (rank 0), so a killed run resumes.
+
+Only the editor (1) and restraint callbacks (2) write weights. The callbacks' place in ``trainer.callbacks``
+does not matter: the module calls them itself, in phase order.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
-from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from prune_lit.reporting import log_scalars, run_dir, write_json_atomic
+from prune_lit.callbacks.base import edit_step_callbacks
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
-from prune_lit.models.arch import get_weight
+from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.loader import load_model
+from prune_lit.modules.distributed import broadcast_object, broadcast_step, shard, world
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
+from prune_lit.modules.edit_state import EditState, crossed, crossed_any
+from prune_lit.modules.run_checkpoint import (
+    RunCheckpoint,
+    RunCheckpointError,
+    check_fingerprint,
+    latest_checkpoint,
+    load_run_checkpoint,
+    restore_rng,
+    save_run_checkpoint,
+)
+from prune_lit.reporting import log_scalars, run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +51,7 @@ class SequentialEditingModule(L.LightningModule):
     """Applies ``editor`` to the batches of the test dataloader, one after another, and evaluates.
 
     Args:
-        editor: the editing method (ROME, MEMIT, MEND), built from the config's ``class_path``.
+        editor: the editing method (ROME, MEMIT, MEND, AlphaEdit), built from the config's ``class_path``.
         model_name: a preset of `prune_lit.models.load_model` or a local Hugging Face directory.
         dtype: weights dtype of the edited model.
         data_dir: data folder for the editor's statistics corpus (None = the usual resolution).
@@ -40,6 +61,11 @@ class SequentialEditingModule(L.LightningModule):
         downstream_at: extra edit counts at which the downstream tasks are also evaluated.
         eval_batch_size: prompts per forward pass when scoring edits.
         evaluate_before: also score the edit cases on the unedited model (the 'before' column).
+        checkpoint_dir: resumable checkpoints go to ``<checkpoint_dir>/<run_name>/`` (None: no checkpoints).
+        checkpoint_every: write one every this many edit requests (and at the end); 0 = only at the end.
+        resume: continue from the run's latest checkpoint (an error if there is none, or if it is from another
+            model, editor setting or edit stream); False starts over and replaces the run's checkpoints.
+        run_name: the checkpoint folder's name (None: the logger's name, e.g. ``rome_prune``).
     """
 
     def __init__(
@@ -53,42 +79,50 @@ class SequentialEditingModule(L.LightningModule):
         downstream_at: list[int] | None = None,
         eval_batch_size: int = 16,
         evaluate_before: bool = True,
+        checkpoint_dir: str | None = "checkpoints",
+        checkpoint_every: int = 100,
+        resume: bool = False,
+        run_name: str | None = None,
     ) -> None:
         super().__init__()
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
         self.save_hyperparameters(ignore=["editor", "downstream"])
         self.editor = editor
         self.downstream = downstream
         self.eval_at = sorted(set(eval_at or []))
         self.downstream_at = sorted(set(downstream_at or []))
         self.model: torch.nn.Module | None = None
-        self.tokenizer = None
-        self.original_weights: dict[str, torch.Tensor] = {}
-        self.num_edits = 0
-        self.num_rejected = 0
-        self.last_result: EditResult | None = None
-        self.edited: list[EditRequest] = []
-        self.edit_seconds: list[float] = []
-        self.history: list[dict[str, Any]] = []
+        self.state: EditState | None = None
         self.results: dict[str, Any] = {}
         self._locality_reference: Any = None
-
-    @property
-    def num_steps(self) -> int:
-        """Edit steps taken so far (one per test batch, applied or rejected)."""
-        return len(self.edit_seconds)
+        self._resumed_steps = 0  # test batches already edited by the run this one resumes
 
     # ---- set-up -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self.model is not None:
+        if self.state is not None:
             return
         hp = self.hparams
         loaded = load_model(hp.model_name, dtype=hp.dtype)
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.editor.prepare(self.model, self.tokenizer, hp.model_name, hp.data_dir)
+        self.editor.prepare(loaded.model, loaded.tokenizer, hp.model_name, hp.data_dir)
         # W_0 of every matrix the editor may touch: PRUNE and the diagnostics measure ΔW against it.
-        self.original_weights = {
-            name: get_weight(self.model, name).float().clone() for name in self.editor.weight_names(self.model)
-        }
+        w0 = {name: get_weight(loaded.model, name).float().clone() for name in self.editor.weight_names(loaded.model)}
+        # A submodule, so that Lightning moves it to the run's device; the state refers to the same object.
+        self.model = loaded.model
+        self.state = EditState(model=loaded.model, tokenizer=loaded.tokenizer, original_weights=w0)
+
+    @property
+    def tokenizer(self) -> Any:
+        return None if self.state is None else self.state.tokenizer
+
+    @property
+    def original_weights(self) -> dict[str, torch.Tensor]:
+        return {} if self.state is None else self.state.original_weights
+
+    def _state(self) -> EditState:
+        if self.state is None:
+            raise RuntimeError("SequentialEditingModule.setup has not run")
+        return self.state
 
     def _all_requests(self) -> list[EditRequest]:
         dm = getattr(self.trainer, "datamodule", None)
@@ -98,95 +132,247 @@ class SequentialEditingModule(L.LightningModule):
         return list(requests)
 
     def on_test_start(self) -> None:
+        state = self._state()
+        state.original_weights = {n: w.to(self.device) for n, w in state.original_weights.items()}
         requests = self._all_requests()
-        # Locality compares against what the *unedited* model predicted, so record that first.
-        self._locality_reference = record_locality_reference(self.model, self.tokenizer, requests, self.hparams.eval_batch_size)
+        ckpt = self._checkpoint_to_resume(requests)
+        # Locality compares against what the *unedited* model predicted, so record that first (this rank's share).
+        self._locality_reference = record_locality_reference(state.model, state.tokenizer, shard(requests, self.trainer), self.hparams.eval_batch_size)
+        if ckpt is not None:
+            self._restore(ckpt, requests)
+            return
         if self.hparams.evaluate_before and requests:
-            scores = evaluate_edits(self.model, self.tokenizer, requests, self._locality_reference, self.hparams.eval_batch_size)
-            self.results["edits_before"] = asdict(scores)
-            log_scalars(self.trainer, {f"edits_before/{k}": v for k, v in asdict(scores).items() if k != "n"}, 0)
+            scores = self._score_edits(requests)
+            self.results["edits_before"] = scores
+            log_scalars(self.trainer, {f"edits_before/{k}": v for k, v in scores.items() if k != "n"}, 0)
         if self.downstream is not None:
             self.results["downstream_before"] = self._downstream(step=0, tag="downstream_before")
 
     # ---- one edit step ------------------------------------------------------------------------
     def test_step(self, batch: list[EditRequest], batch_idx: int) -> None:
+        if batch_idx < self._resumed_steps:
+            return  # edited before the resume
+        state = self._state()
         start = time.perf_counter()
-        # The evaluation loop runs under no_grad; ROME's value optimisation and MEND's fine-tuning
-        # gradient need autograd.
-        with torch.enable_grad():
-            result = self.editor.edit(self.model, self.tokenizer, batch)
-        seconds = time.perf_counter() - start
-        self.last_result = result
-        self.edited.extend(batch)
-        self.num_edits += len(batch)
-        self.edit_seconds.append(seconds)
+        result: EditResult | None = None
+        if world(self.trainer)[0] == 0:
+            # The evaluation loop runs under no_grad; ROME's value optimisation and MEND's fine-tuning gradient
+            # need autograd.
+            with torch.enable_grad():
+                result = self.editor.edit(state.model, state.tokenizer, batch)
+        result = broadcast_step(self.trainer, state.model, result)
+        state.record_step(batch, result, time.perf_counter() - start)
         if not result.applied:
-            self.num_rejected += 1
-            log.warning("edit step %d (cases %s) was rejected", self.num_steps, [r.case_id for r in batch])
+            log.warning("edit step %d (cases %s) was rejected", state.steps, [r.case_id for r in batch])
         stats = {f"edit/{k}": v for k, v in result.stats.scalars().items()}
-        stats.update({"edit/seconds": seconds, "edit/applied": float(result.applied)})
-        log_scalars(self.trainer, stats, self.num_edits)
+        stats.update({"edit/seconds": state.step_seconds[-1], "edit/applied": float(result.applied)})
+        log_scalars(self.trainer, stats, state.requests_seen)
 
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        # Evaluate when this step crossed one of the requested edit counts (a MEMIT batch may jump past it).
-        previous = self.num_edits - len(batch)
-        if any(previous < n <= self.num_edits for n in self.eval_at):
-            self._evaluate_edited(tag="edits")
-        if any(previous < n <= self.num_edits for n in self.downstream_at) and self.downstream is not None:
-            row = self._downstream(step=self.num_edits, tag="downstream")
-            self._row(self.num_edits)["downstream"] = row
+        for cb in edit_step_callbacks(self.trainer):
+            cb.on_edit_step(self.trainer, state)
+
+        previous, now = state.previous_requests_seen, state.requests_seen
+        if crossed_any(previous, now, self.eval_at):
+            self._evaluate_point(with_downstream=crossed_any(previous, now, self.downstream_at))
+        elif crossed_any(previous, now, self.downstream_at):
+            self._evaluate_point(with_edits=False)
+        every = self.hparams.checkpoint_every
+        if every and crossed(previous, now, every):
+            self._save_checkpoint()
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def _row(self, n: int) -> dict[str, Any]:
-        if not self.history or self.history[-1]["num_edits"] != n:
-            self.history.append({"num_edits": n})
-        return self.history[-1]
+    def _score_edits(self, requests: list[EditRequest]) -> dict[str, float]:
+        """Edit metrics over ``requests``; each rank scores its share and the metrics reduce across ranks."""
+        state = self._state()
+        scores = evaluate_edits(state.model, state.tokenizer, shard(requests, self.trainer), self._locality_reference, self.hparams.eval_batch_size)
+        out = dataclasses.asdict(scores)
+        out["n"] = len(requests)
+        return out
+
+    def _evaluate_point(self, with_edits: bool = True, with_downstream: bool = False) -> None:
+        """Evaluate now (and, for at-end restraint with ``evaluate_at_end_curve``, on a restrained copy too)."""
+        state = self._state()
+        row = state.row()
+        if with_edits:
+            row["edits"] = self._evaluate_edited("edits")
+        if with_downstream and self.downstream is not None:
+            row["downstream"] = self._downstream(state.requests_seen, "downstream")
+        for cb in edit_step_callbacks(self.trainer):
+            if getattr(cb, "evaluate_at_end_curve", False) and getattr(cb, "enabled", True):
+                with cb.restrained_copy(state):
+                    if with_edits:
+                        row["edits_restrained"] = self._evaluate_edited("edits_restrained")
+                    if with_downstream and self.downstream is not None:
+                        row["downstream_restrained"] = self._downstream(state.requests_seen, "downstream_restrained")
 
     def _evaluate_edited(self, tag: str) -> dict[str, float]:
-        scores = asdict(evaluate_edits(self.model, self.tokenizer, self.edited, self._locality_reference, self.hparams.eval_batch_size))
-        log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scores.items() if k != "n"}, self.num_edits)
-        self._row(self.num_edits)["edits"] = scores
-        log.info("after %d edits: %s", self.num_edits, _fmt(scores))
+        state = self._state()
+        scores = self._score_edits(state.edited)
+        log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scores.items() if k != "n"}, state.requests_seen)
+        log.info("%s after %d edits: %s", tag, state.requests_seen, _fmt(scores))
         return scores
 
     def _downstream(self, step: int, tag: str) -> dict[str, float]:
         assert self.downstream is not None
-        scores = self.downstream.evaluate(self.model, self.tokenizer)
+        state = self._state()
+        scores = self.downstream.evaluate(state.model, state.tokenizer) if world(self.trainer)[0] == 0 else None
+        scores = broadcast_object(self.trainer, scores)
         log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scores.items() if isinstance(v, (int, float))}, step)
         log.info("%s at %d edits: %s", tag, step, _fmt(scores))
         return scores
 
     def on_test_epoch_end(self) -> None:
-        if not self.history or self.history[-1]["num_edits"] != self.num_edits or "edits" not in self.history[-1]:
-            self._evaluate_edited(tag="edits")
-        final = self.history[-1]
+        state = self._state()
+        before_end = {n: get_weight(state.model, n).clone() for n in state.original_weights}
+        for cb in edit_step_callbacks(self.trainer):
+            cb.on_edits_end(self.trainer, state)
+        changed = any(not torch.equal(w, get_weight(state.model, n)) for n, w in before_end.items())
+        final = state.row()
+        if changed and "edits" in final:  # an at-end restraint ran after this point's evaluation
+            final["edits_before_end_restraint"] = final.pop("edits")
+            final.pop("downstream", None)
+        if "edits" not in final:
+            final["edits"] = self._evaluate_edited("edits")
         self.results["edits_after"] = final["edits"]
         if self.downstream is not None:
             if "downstream" not in final:
-                final["downstream"] = self._downstream(step=self.num_edits, tag="downstream")
+                final["downstream"] = self._downstream(step=state.requests_seen, tag="downstream")
             self.results["downstream_after"] = final["downstream"]
-        self._write_results()
+        self._save_checkpoint()
+        if self.trainer.is_global_zero:
+            self._write_results()
 
     def _write_results(self) -> None:
-        restraint_seconds = sum(getattr(cb, "total_seconds", 0.0) for cb in self.trainer.callbacks if hasattr(cb, "total_seconds"))
-        edit_total = float(sum(self.edit_seconds))
+        state = self._state()
+        restrainers = [cb for cb in edit_step_callbacks(self.trainer) if hasattr(cb, "total_seconds")]
+        restraint_seconds = sum(float(cb.total_seconds) for cb in restrainers)
+        edit_total = float(sum(state.step_seconds))
         self.results.update(
             model=self.hparams.model_name,
             editor=type(self.editor).__name__,
             callbacks=[type(cb).__name__ for cb in self.trainer.callbacks],
-            num_edits=self.num_edits,
-            num_steps=self.num_steps,
-            num_rejected_steps=self.num_rejected,
+            num_edits=state.requests_seen,
+            edits_applied=state.edits_applied,
+            num_steps=state.steps,
+            num_rejected_steps=state.rejected_steps,
+            world_size=world(self.trainer)[1],
             seconds_editing=edit_total,
-            seconds_per_edit=edit_total / max(self.num_edits, 1),
+            seconds_per_edit=edit_total / max(state.requests_seen, 1),
             seconds_restraint=restraint_seconds,
             restraint_share_of_step=restraint_seconds / max(edit_total + restraint_seconds, 1e-12),
-            history=self.history,
-            edited_case_ids=[r.case_id for r in self.edited],
+            history=state.history,
+            edited_case_ids=[r.case_id for r in state.edited],
         )
         path = run_dir(self.trainer) / "results.json"
         write_json_atomic(path, self.results, default=float)
         log.info("results written to %s", path)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint_folder(self) -> Path | None:
+        if self.hparams.checkpoint_dir is None:
+            return None
+        name = self.hparams.run_name or getattr(self.trainer.logger, "name", None) or "edit_run"
+        return Path(self.hparams.checkpoint_dir) / str(name)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What must match for a checkpoint to continue this run (the edit count may grow)."""
+        state = self._state()
+        editor: dict[str, Any] = {"class": f"{type(self.editor).__module__}.{type(self.editor).__qualname__}"}
+        hp = getattr(self.editor, "hp", None)
+        if dataclasses.is_dataclass(hp):
+            editor["hparams"] = dataclasses.asdict(hp)
+        if hasattr(self.editor, "checkpoint"):
+            editor["checkpoint"] = str(self.editor.checkpoint)
+        restraint = [
+            {k: getattr(cb, k) for k in ("alpha", "mode", "every_n_edits", "at_end_only", "enabled") if hasattr(cb, k)}
+            for cb in edit_step_callbacks(self.trainer)
+            if hasattr(cb, "restrain")
+        ]
+        fp = {
+            "model_name": self.hparams.model_name,
+            "dtype": self.hparams.dtype,
+            "editor": editor,
+            "weights": {n: list(w.shape) for n, w in state.original_weights.items()},
+            "w0_abs_sum": {n: float(w.double().abs().sum()) for n, w in state.original_weights.items()},
+            "batch_size": getattr(getattr(self.trainer, "datamodule", None), "batch_size", None),
+            "restraint": restraint,
+        }
+        return json.loads(json.dumps(fp, default=str))  # as it reads back from state.json
+
+    def _checkpoint_to_resume(self, requests: list[EditRequest]) -> RunCheckpoint | None:
+        folder = self._checkpoint_folder()
+        if not self.hparams.resume:
+            if folder is not None and latest_checkpoint(folder) is not None:
+                log.warning("starting over: the checkpoints in %s will be replaced (resume: true continues them)", folder)
+            return None
+        if folder is None:
+            raise RunCheckpointError("resume: true needs checkpoint_dir")
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            raise RunCheckpointError(f"resume: true, but {folder} holds no checkpoint (no {folder / 'latest'})")
+        ckpt = load_run_checkpoint(latest)
+        check_fingerprint(ckpt, self._fingerprint())
+        ids = ckpt.state.get("edited_case_ids", [])
+        stream = [r.case_id for r in requests[: len(ids)]]
+        if json.loads(json.dumps(stream, default=str)) != ids:
+            raise RunCheckpointError(
+                f"{latest / 'state.json'}: its {len(ids)} edited cases are not the first {len(ids)} of this run's edit stream "
+                f"(another dataset, split, seed or order?)"
+            )
+        return ckpt
+
+    def _restore(self, ckpt: RunCheckpoint, requests: list[EditRequest]) -> None:
+        state = self._state()
+        missing = sorted(set(state.original_weights) ^ set(ckpt.weights))
+        if missing:
+            raise RunCheckpointError(f"{ckpt.path / 'weights.safetensors'}: edited matrices differ from this editor's: {missing}")
+        for name, w in ckpt.weights.items():
+            target = get_weight(state.model, name)
+            set_weight(state.model, name, w.to(target.device, target.dtype))
+        c = ckpt.state["counters"]
+        state.requests_seen, state.edits_applied = int(c["requests_seen"]), int(c["edits_applied"])
+        state.steps, state.rejected_steps = int(c["steps"]), int(c["rejected_steps"])
+        state.edited = list(requests[: state.requests_seen])
+        state.step_seconds = [float(s) for s in ckpt.state.get("step_seconds", [])]
+        state.history = list(ckpt.state.get("history", []))
+        self.results = dict(ckpt.state.get("results", {}))
+        self.editor.load_state_dict({**ckpt.state.get("editor_state", {}), **ckpt.editor_tensors})
+        saved_cbs = ckpt.state.get("callbacks", {})
+        for key, cb in self._callback_keys().items():
+            if key in saved_cbs:
+                cb.load_state_dict(saved_cbs[key])
+        restore_rng(ckpt)
+        self._resumed_steps = state.steps
+        log.info("resumed from %s: %d requests seen in %d steps", ckpt.path, state.requests_seen, state.steps)
+
+    def _callback_keys(self) -> dict[str, Any]:
+        keys: dict[str, Any] = {}
+        for cb in edit_step_callbacks(self.trainer):
+            base = type(cb).__qualname__
+            key, i = base, 1
+            while key in keys:
+                i += 1
+                key = f"{base}#{i}"
+            keys[key] = cb
+        return keys
+
+    def _save_checkpoint(self) -> None:
+        folder = self._checkpoint_folder()
+        if folder is None or not self.trainer.is_global_zero:
+            return
+        state = self._state()
+        doc = {
+            "fingerprint": self._fingerprint(),
+            "counters": state.counters(),
+            "edited_case_ids": [r.case_id for r in state.edited],
+            "step_seconds": state.step_seconds,
+            "history": state.history,
+            "results": self.results,
+            "callbacks": {k: cb.state_dict() for k, cb in self._callback_keys().items()},
+        }
+        weights = {n: get_weight(state.model, n) for n in state.original_weights}
+        path = save_run_checkpoint(folder, weights, doc, self.editor.state_dict())
+        log.info("checkpoint after %d edits: %s", state.requests_seen, path)
 
     def configure_optimizers(self) -> None:  # editing needs no optimiser; editors own their inner loops
         return None
