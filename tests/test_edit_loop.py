@@ -198,7 +198,7 @@ def _cli(tmp_path, *args):
 @pytest.mark.parametrize("devices", [1, 2])
 def test_ddp_applies_every_edit_on_every_rank_and_matches_one_process(tmp_path, devices):
     common = ["test", "--config", "configs/rome_prune.yaml", "--model.init_args.model_name", "tiny-llama",
-              "--model.init_args.downstream", "null", "--model.init_args.eval_at", "[2, 4]", "--data.init_args.num_edits", "5",
+              "--model.init_args.downstream", "null", "--model.init_args.eval_at", "[1, 4]", "--data.init_args.num_edits", "5",
               "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt"), "--trainer.accelerator", "cpu"]
     one = _cli(tmp_path / "one", *common)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
@@ -157,4 +159,10 @@ def evaluate_edits(
 
 
 def _value(metric: EditEfficacy | EditNeighborhood | EditLocality | EditTokenAccuracy) -> float:
+    # Under a process group every rank must reach compute() (it sums the states across ranks), even one whose
+    # share of the cases had nothing to update.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "compute called before update" on an empty share
+            return float(metric.compute())
     return float(metric.compute()) if metric.update_count else math.nan
