@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from prune_lit.data.wikitext import load_wikitext, token_windows, wikitext_windows
-from prune_lit.metrics.probes import GeneralAbilityProbe, PerplexityKL, kl_from_logits, next_token_nll
+from prune_lit.metrics.probes import GeneralAbilityProbe, PerplexityKL, kl_from_logits, next_token_nll, nll_and_kl
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.loader import load_model
 
@@ -60,6 +60,19 @@ def test_next_token_nll_and_kl_on_hand_values():
     expected = float((p * (p / q).log()).sum())
     assert kl_from_logits(p.log(), q.log()).item() == pytest.approx(expected)
     assert kl_from_logits(p.log() + 3.0, p.log()).item() == pytest.approx(0.0, abs=1e-7)  # logits are shift-invariant
+
+
+def test_fused_nll_and_kl_equal_the_definitions():
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(2, 9, 50, generator=g)
+    ref = logits[:, :-1] + 0.3 * torch.randn(2, 8, 50, generator=g)
+    ids = torch.randint(0, 50, (2, 9), generator=g)
+    ref_before = ref.clone()
+    nll, kl = nll_and_kl(ref, logits[:, :-1], ids[:, 1:], chunk=5)  # chunks straddle the windows
+    torch.testing.assert_close(nll, next_token_nll(logits, ids))
+    torch.testing.assert_close(kl, kl_from_logits(ref, logits[:, :-1]))
+    assert torch.equal(ref, ref_before)  # inputs are not modified
+    assert (kl > 0).all()
 
 
 def test_perplexity_kl_metric_accumulates_sums():
