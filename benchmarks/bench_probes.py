@@ -41,9 +41,11 @@ if ARGS.threads > 0:
         os.environ[var] = str(ARGS.threads)
 
 import copy  # noqa: E402
+import math  # noqa: E402
 
 import torch  # noqa: E402
 
+from prune_lit.metrics.intervals import bootstrap_interval, paired_bootstrap  # noqa: E402
 from prune_lit.metrics.probes import GeneralAbilityProbe, kl_from_logits  # noqa: E402
 from prune_lit.models.arch import arch_spec, get_weight, num_layers, set_weight  # noqa: E402
 from prune_lit.models.loader import load_model  # noqa: E402
@@ -70,6 +72,10 @@ def main() -> None:
                "probe_s": r.seconds, "probe_tokens_per_s": r.tokens_per_s, "probe_over_record": r.seconds / record_s, "perplexity": r.perplexity, "nll": r.nll,
                "kl_from_unedited": r.kl_from_unedited, "max_window_kl": max(abs(k) for k in r.window_kl),
                "reference_mb": probe.reference_hidden.numel() * 4 / 2**20}
+        # How precisely this many tokens pin down the perplexity on their own (windows resampled); comparisons of
+        # two models on the same windows are paired and tighter.
+        ci = bootstrap_interval(r.window_nll, seed=0)
+        row.update(perplexity_low=math.exp(ci.low), perplexity_high=math.exp(ci.high), window_nll_sd=float(torch.tensor(r.window_nll).std()))
         out["runs"].append(row)
         print(json.dumps(row), flush=True)
     if ARGS.check_tokens:
@@ -80,12 +86,14 @@ def main() -> None:
         # Noise of the weights' own scale on one middle MLP matrix: a clearly edited model, not a broken one.
         set_weight(model, name, w0 + w0.std() * torch.randn(w0.shape, generator=torch.Generator().manual_seed(0)))
         r = probe.probe(model)
+        paired = paired_bootstrap(probe.probe(unedited).window_nll, r.window_nll, seed=0)
         with torch.inference_mode():
             direct = torch.cat([kl_from_logits(unedited(input_ids=w[None]).logits[:, :-1], model(input_ids=w[None]).logits[:, :-1])
                                 for w in probe.windows]).mean().item()
         set_weight(model, name, w0)
         out["reference_check"] = {"matrix": name, "num_tokens": ARGS.check_tokens, "perturbed_perplexity": r.perplexity,
                                   "probe_kl": r.kl_from_unedited, "direct_kl": direct,
+                                  "nll_difference_paired": paired.as_dict(),
                                   "relative_error": abs(r.kl_from_unedited - direct) / max(abs(direct), 1e-12)}
         print(json.dumps(out["reference_check"]), flush=True)
     out["finished"] = now()

@@ -138,7 +138,8 @@ def paired_bootstrap(
 
     Interval: percentiles of the resampled differences. p-value (two-sided, for "no difference"): the share of
     resampled differences, centred on the observed one, at least as far from 0 as the observed one
-    (the shift method), with +1 in numerator and denominator so it is never 0.
+    (the shift method), with +1 in numerator and denominator so it is never 0. Like any bootstrap it needs a
+    few dozen examples: with a handful whose differences share a sign it reports p ≈ 1/(n_resamples + 1).
     """
     xa, xb = _paired(a, b)
     d = xb - xa

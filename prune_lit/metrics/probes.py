@@ -186,7 +186,7 @@ class GeneralAbilityProbe:
         cls,
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        num_tokens: int = 8192,
+        num_tokens: int = 5000,
         window: int = 256,
         split: str = "test",
         data_dir: str | os.PathLike | None = None,
