@@ -13,6 +13,7 @@ from prune_lit.metrics.intervals import (
     compare_paired,
     mcnemar_exact,
     paired_bootstrap,
+    per_example_intervals,
     score_interval,
     wilson_interval,
 )
@@ -117,3 +118,9 @@ def test_dispatch_by_score_kind():
     assert score_interval([0.2, 0.9]).method == "bootstrap"
     assert compare_paired([1, 0, 1], [1, 1, 1]).method == "mcnemar_exact"
     assert compare_paired([0.1, 0.5, 1.0], [0.2, 0.5, 1.0]).method == "paired_bootstrap"
+
+
+def test_per_example_intervals_for_results_json():
+    out = per_example_intervals({"reasoning": [1, 0, 0, 1], "summarization": [0.2, 0.4]}, n_resamples=200)
+    assert out["reasoning"]["method"] == "wilson" and out["reasoning"]["estimate"] == 0.5 and out["reasoning"]["n"] == 4
+    assert out["summarization"]["method"] == "bootstrap" and 0.2 <= out["summarization"]["low"] <= out["summarization"]["high"] <= 0.4

@@ -90,9 +90,12 @@ def test_perplexity_kl_metric_accumulates_sums():
 
 
 def test_perplexity_equals_a_direct_computation(tiny):
+    tiny.model.train()  # record and probe switch dropout off themselves and restore the mode
     probe = GeneralAbilityProbe.record(tiny.model, tiny.tokenizer, NUM_TOKENS, WINDOW, batch_size=3)
     assert probe.windows.shape == (NUM_TOKENS // WINDOW, WINDOW)
     result = probe.probe(tiny.model)
+    assert tiny.model.training
+    tiny.model.eval()
     with torch.inference_mode():  # one plain forward over all windows, the loss HF computes from labels
         loss = tiny.model(input_ids=probe.windows, labels=probe.windows).loss
     assert result.n_tokens == probe.windows.shape[0] * (WINDOW - 1)
@@ -128,6 +131,17 @@ def test_batch_size_does_not_change_the_result(tiny, edited):
     b = GeneralAbilityProbe.record(unedited, tiny.tokenizer, NUM_TOKENS, WINDOW, batch_size=4).probe(model)
     assert a.perplexity == pytest.approx(b.perplexity, rel=1e-5)
     assert a.kl_from_unedited == pytest.approx(b.kl_from_unedited, rel=1e-4)
+
+
+def test_state_dict_round_trip_reproduces_the_probe(tiny, edited, tmp_path):
+    """A resumed run cannot re-record from an edited model: the saved probe must give the same numbers."""
+    model, unedited = edited
+    probe = GeneralAbilityProbe.record(unedited, tiny.tokenizer, 96, 32)
+    torch.save(probe.state_dict(), tmp_path / "probe.pt")
+    loaded = GeneralAbilityProbe.from_state_dict(torch.load(tmp_path / "probe.pt"))
+    a, b = probe.probe(model), loaded.probe(model)
+    assert (a.perplexity, a.kl_from_unedited, a.n_tokens) == (b.perplexity, b.kl_from_unedited, b.n_tokens)
+    assert a.kl_from_unedited > 0
 
 
 def test_an_edited_output_layer_is_refused(tiny):

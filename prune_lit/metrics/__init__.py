@@ -21,6 +21,7 @@ from prune_lit.metrics.intervals import (  # noqa: F401
     compare_paired,
     mcnemar_exact,
     paired_bootstrap,
+    per_example_intervals,
     score_interval,
     wilson_interval,
 )

@@ -199,6 +199,13 @@ def score_interval(scores: Scores, confidence: float = 0.95, n_resamples: int = 
     return bootstrap_interval(x, confidence, n_resamples, seed)
 
 
+def per_example_intervals(
+    per_example: dict[str, Scores], confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> dict[str, dict[str, float | int | str]]:
+    """``{name: score_interval(scores).as_dict()}`` for a results.json (e.g. downstream ``per_example``)."""
+    return {name: score_interval(scores, confidence, n_resamples, seed).as_dict() for name, scores in per_example.items()}
+
+
 def compare_paired(a: Scores, b: Scores, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> PairedComparison:
     """Exact McNemar for binary outcomes, paired bootstrap otherwise."""
     if is_binary(a) and is_binary(b):

@@ -201,15 +201,27 @@ class GeneralAbilityProbe:
         captured: list[Tensor] = []
         hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0][:, :-1].detach().float().cpu()))
         device = model_device(model)
+        was_training = model.training
+        model.eval()  # dropout would make the reference random
         try:
             with torch.inference_mode():
                 for i in range(0, windows.shape[0], batch_size):
                     model(input_ids=windows[i : i + batch_size].to(device))
         finally:
             hook.remove()
+            model.train(was_training)
         hidden = torch.cat(captured)
         log.info("probe reference: %d windows x %d tokens, hidden states %.1f MB", *windows.shape, hidden.numel() * 4 / 2**20)
         return cls(windows, hidden, _fingerprint(head), batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the probe holds (CPU tensors), e.g. for a checkpoint: an edited model cannot re-record it."""
+        return {"windows": self.windows, "reference_hidden": self.reference_hidden,
+                "head_fingerprint": list(self.head_fingerprint), "batch_size": self.batch_size}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> GeneralAbilityProbe:
+        return cls(state["windows"], state["reference_hidden"], tuple(state["head_fingerprint"]), int(state["batch_size"]))
 
     def probe(self, model: nn.Module) -> ProbeResult:
         """Perplexity of ``model`` on the windows and its mean KL from the unedited model."""
