@@ -13,7 +13,8 @@ Per section (edits, downstream, probes, ...) and point:
   ``per_window: {nll: [...], kl: [...]}`` from the probes): each run's interval (Wilson for 0/1 scores,
   percentile bootstrap otherwise) and a paired test of B − A on the same examples (exact McNemar for 0/1,
   paired bootstrap otherwise). Lists of different lengths get unpaired intervals only.
-Anything missing is skipped with a one-line note. Prints a Markdown table; writes JSON (``--out``).
+``--pair edits:edits_restrained`` compares named sections instead (give the same run twice to set its
+unrestrained scores against its at-end-restrained ones). Anything missing is skipped with a one-line note. Prints a Markdown table; writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -130,8 +131,13 @@ def _compare_lists(cmp: Comparison, n_edits: int, section: str, name: str, a: li
 
 
 def compare_results(a: dict[str, Any], b: dict[str, Any], at: list[int] | None = None, confidence: float = 0.95,
-                    resamples: int = 10_000, seed: int = 0, names: tuple[str, str] = ("A", "B")) -> Comparison:
-    """Compare results dicts ``a`` and ``b`` at edit counts ``at`` (default: the largest both have)."""
+                    resamples: int = 10_000, seed: int = 0, names: tuple[str, str] = ("A", "B"),
+                    pairs: list[tuple[str, str]] | None = None) -> Comparison:
+    """Compare results dicts ``a`` and ``b`` at edit counts ``at`` (default: the largest both have).
+
+    ``pairs``: compare only these (section of A, section of B), e.g. ``[("edits", "edits_restrained")]`` to set
+    one run's unrestrained scores against its at-end-restrained ones; default: every section, by name.
+    """
     cmp = Comparison(*names)
     pa, pb = points(a), points(b)
     common = sorted(set(pa) & set(pb))
@@ -146,11 +152,14 @@ def compare_results(a: dict[str, Any], b: dict[str, Any], at: list[int] | None =
         if n not in common:
             cmp.note(f"{n} edits: not in both runs (A: {sorted(pa)}, B: {sorted(pb)}); skipped")
             continue
-        for section in sorted(set(pa[n]) | set(pb[n])):
-            if section not in pa[n] or section not in pb[n]:
-                cmp.note(f"{n} edits: {section!r} only in run {'A' if section in pa[n] else 'B'}; skipped")
+        section_pairs = pairs or [(s, s) for s in sorted(set(pa[n]) | set(pb[n]))]
+        for sec_a, sec_b in section_pairs:
+            section = sec_a if sec_a == sec_b else f"{sec_a} vs {sec_b}"
+            if sec_a not in pa[n] or sec_b not in pb[n]:
+                missing = [f"{s!r} in run {r}" for s, r, pts in ((sec_a, "A", pa[n]), (sec_b, "B", pb[n])) if s not in pts]
+                cmp.note(f"{n} edits: no {' nor '.join(missing)}; skipped")
                 continue
-            sa, sb = pa[n][section], pb[n][section]
+            sa, sb = pa[n][sec_a], pb[n][sec_b]
             for key in sorted(k for k in set(sa) & set(sb) if _number(sa[k]) and _number(sb[k])):
                 if key == "n" or key.endswith(SKIPPED_SUFFIXES):
                     continue
@@ -181,6 +190,8 @@ def main(argv: list[str] | None = None) -> Comparison:
     p.add_argument("run_b", type=Path, help="results.json or run folder (B; differences are B − A)")
     p.add_argument("--at", type=int, nargs="+", default=None, help="edit counts to compare (default: the largest in both)")
     p.add_argument("--all", action="store_true", help="compare at every edit count both runs have")
+    p.add_argument("--pair", nargs="+", default=None, metavar="SEC_A:SEC_B",
+                   help="compare section SEC_A of A with SEC_B of B only (e.g. edits:edits_restrained, with A = B)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> Comparison:
     fa, fb = find_results(args.run_a), find_results(args.run_b)
     a, b = json.loads(fa.read_text()), json.loads(fb.read_text())
     at = sorted(set(points(a)) & set(points(b))) if args.all else args.at
-    cmp = compare_results(a, b, at, args.confidence, args.resamples, args.seed, (str(fa), str(fb)))
+    pairs = [tuple(x.split(":", 1)) if ":" in x else (x, x) for x in args.pair] if args.pair else None
+    cmp = compare_results(a, b, at, args.confidence, args.resamples, args.seed, (str(fa), str(fb)), pairs)
     print(f"A: {fa}\nB: {fb}\n")
     print(cmp.table())
     for line in cmp.notes:

@@ -86,7 +86,7 @@ def test_other_points_and_missing_sections_give_notes(runs):
     assert _row(cmp, "edits", "efficacy", 50)["a"] == 0.5
     assert any("77 edits: not in both runs" in n for n in cmp.notes)
     cmp = compare_runs.compare_results(a, b, resamples=500)
-    assert any("'probes' only in run A" in n for n in cmp.notes)
+    assert any("no 'probes' in run B" in n for n in cmp.notes)
     assert not [r for r in cmp.rows if r["section"] == "probes"]
 
 
@@ -104,3 +104,14 @@ def test_runs_without_common_points_or_files(tmp_path):
     assert cmp.rows == [] and "no edit count in common" in cmp.notes[0]
     with pytest.raises(FileNotFoundError, match="no results.json"):
         compare_runs.find_results(tmp_path)
+
+
+def test_sections_of_one_run_can_be_paired(runs):
+    _, a, _ = runs
+    entry = a["history"][1]
+    entry["downstream_restrained"] = dict(entry["downstream"], per_example={"reasoning": GSM_B})
+    cmp = compare_runs.compare_results(a, a, pairs=[("downstream", "downstream_restrained"), ("probes", "absent")], resamples=500)
+    row = _row(cmp, "downstream vs downstream_restrained", "per_example/reasoning")
+    assert (row["a_only"], row["b_only"]) == (10, 0)
+    assert any("no 'absent' in run B" in n for n in cmp.notes)
+    assert not [r for r in cmp.rows if r["section"].startswith("probes")]
