@@ -144,6 +144,51 @@ def test_state_dict_round_trip_reproduces_the_probe(tiny, edited, tmp_path):
     assert a.kl_from_unedited > 0
 
 
+def test_shards_of_the_windows_add_up_to_the_whole(tiny, edited):
+    """Without a process group each rank's result is its own share; token-weighted they give the full probe."""
+    model, unedited = edited
+    probe = GeneralAbilityProbe.record(unedited, tiny.tokenizer, 160, 32)  # 5 windows over 2 ranks: 3 + 2
+    full = probe.probe(model)
+    parts = [probe.probe(model, rank=r, world_size=2) for r in range(2)]
+    assert [len(p.window_kl) for p in parts] == [3, 2] and sum(p.n_tokens for p in parts) == full.n_tokens
+    assert parts[0].window_kl + parts[1].window_kl != full.window_kl  # interleaved, not split in halves
+    assert sorted(parts[0].window_kl + parts[1].window_kl) == pytest.approx(sorted(full.window_kl))
+    kl = sum(p.kl_from_unedited * p.n_tokens for p in parts) / full.n_tokens
+    assert kl == pytest.approx(full.kl_from_unedited, rel=1e-6)
+    with pytest.raises(ValueError, match="rank"):
+        probe.probe(model, rank=2, world_size=2)
+
+
+def _probe_on_rank(rank: int, world_size: int, init_file: str, state_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model = load_model("tiny-llama", seed=0).model
+        probe = GeneralAbilityProbe.from_state_dict(torch.load(state_file))
+        r = probe.probe(model, rank=rank, world_size=world_size)
+        if rank == 0:
+            torch.save({"perplexity": r.perplexity, "kl": r.kl_from_unedited, "n_tokens": r.n_tokens}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_totals_reduce_across_processes(tmp_path):
+    """Two gloo processes, each probing its share: rank 0 reports the totals of the single-process probe."""
+    import torch.multiprocessing as mp
+
+    tiny = load_model("tiny-llama", seed=0)
+    probe = GeneralAbilityProbe.record(tiny.model, tiny.tokenizer, 160, 32)
+    torch.save(probe.state_dict(), tmp_path / "probe.pt")
+    full = probe.probe(tiny.model)
+    mp.spawn(_probe_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "probe.pt"), str(tmp_path / "out.pt")), nprocs=2)
+    got = torch.load(tmp_path / "out.pt")
+    assert got["n_tokens"] == full.n_tokens
+    assert got["perplexity"] == pytest.approx(full.perplexity, rel=1e-6)
+    assert got["kl"] == pytest.approx(full.kl_from_unedited, abs=1e-7)
+
+
 def test_an_edited_output_layer_is_refused(tiny):
     model = copy.deepcopy(tiny.model)
     probe = GeneralAbilityProbe.record(model, tiny.tokenizer, 64, 32)

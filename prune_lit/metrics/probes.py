@@ -223,15 +223,22 @@ class GeneralAbilityProbe:
     def from_state_dict(cls, state: dict[str, Any]) -> GeneralAbilityProbe:
         return cls(state["windows"], state["reference_hidden"], tuple(state["head_fingerprint"]), int(state["batch_size"]))
 
-    def probe(self, model: nn.Module) -> ProbeResult:
-        """Perplexity of ``model`` on the windows and its mean KL from the unedited model."""
+    def probe(self, model: nn.Module, rank: int = 0, world_size: int = 1) -> ProbeResult:
+        """Perplexity of ``model`` on the windows and its mean KL from the unedited model.
+
+        On several processes each rank passes its ``rank`` / ``world_size`` and runs every ``world_size``-th
+        window; the totals (perplexity, KL, n_tokens) reduce across ranks when a process group is initialised
+        (every rank must call), while ``window_nll`` / ``window_kl`` hold this rank's windows only.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         head = _output_layer(model)
         now = _fingerprint(head)
         if len(now) != len(self.head_fingerprint) or not all(torch.equal(a, b) for a, b in zip(now, self.head_fingerprint)):
             raise RuntimeError("the output layer changed since the probe reference was recorded; the stored reference needs it unedited")
         device = model_device(model)
         dtype = next(head.parameters()).dtype
-        metric = PerplexityKL()
+        metric = PerplexityKL().to(device)  # states beside the model: NCCL reduces device tensors only
         window_nll: list[Tensor] = []
         window_kl: list[Tensor] = []
         was_training = model.training
@@ -239,10 +246,11 @@ class GeneralAbilityProbe:
         start = time.perf_counter()
         try:
             with torch.inference_mode():
-                for i in range(0, self.windows.shape[0], self.batch_size):
-                    ids = self.windows[i : i + self.batch_size].to(device)
+                mine = torch.arange(rank, self.windows.shape[0], world_size)
+                for chunk in mine.split(self.batch_size):
+                    ids = self.windows[chunk].to(device)
                     logits = model(input_ids=ids).logits
-                    ref_logits = _softcap(model, head(self.reference_hidden[i : i + self.batch_size].to(device, dtype)))
+                    ref_logits = _softcap(model, head(self.reference_hidden[chunk].to(device, dtype)))
                     nll, kl = nll_and_kl(ref_logits, logits[:, :-1], ids[:, 1:])
                     metric.update(nll, kl)
                     window_nll.append(nll.mean(-1).cpu())
@@ -257,6 +265,6 @@ class GeneralAbilityProbe:
             kl_from_unedited=float(m["kl_from_unedited"]),
             n_tokens=int(m["n_tokens"]),
             seconds=seconds,
-            window_nll=torch.cat(window_nll).tolist(),
-            window_kl=torch.cat(window_kl).tolist(),
+            window_nll=torch.cat(window_nll).tolist() if window_nll else [],
+            window_kl=torch.cat(window_kl).tolist() if window_kl else [],
         )
