@@ -3,3 +3,4 @@ from prune_lit.data.edit_datamodule import EditDataModule  # noqa: F401
 from prune_lit.data.counterfact import load_counterfact  # noqa: F401
 from prune_lit.data.edit_io import EditDataError  # noqa: F401
 from prune_lit.data.zsre import load_zsre  # noqa: F401
+from prune_lit.data.wikitext import load_wikitext, wikitext_windows  # noqa: F401
