@@ -12,7 +12,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
+from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint, edit_step_callbacks
+from prune_lit.editors.base import EditResult
+from prune_lit.modules.edit_state import EditState
 from prune_lit.callbacks.restraint import short_name
 from prune_lit.models.arch import arch_spec, get_weight, set_weight
 from prune_lit.models.loader import load_model
@@ -226,10 +228,14 @@ def tiny():
     return load_model("tiny-llama", seed=0)
 
 
-def fake_module(model, names: list[str]) -> SimpleNamespace:
-    """The attributes the callbacks read from the sequential-editing module."""
-    originals = {n: get_weight(model, n).clone().float() for n in names}
-    return SimpleNamespace(model=model, original_weights=originals, num_edits=0, last_result=None)
+def fake_state(model, names: list[str]) -> EditState:
+    """The run state the callbacks read, with W_0 snapshotted now."""
+    return EditState(model=model, tokenizer=None, original_weights={n: get_weight(model, n).clone().float() for n in names})
+
+
+def applied_step(state: EditState) -> None:
+    """Count one applied single-request edit step (the weights were changed by the caller)."""
+    state.record_step([None], EditResult(deltas={}, applied=True), 0.0)
 
 
 def scaled_matrix(model, name: str, sigma: float) -> None:
@@ -248,8 +254,8 @@ def test_restraint_callback_keeps_sigma_max_bounded(tiny) -> None:
     spec = arch_spec(model)
     name, untouched = spec.mlp_out_name(1) + ".weight", spec.mlp_out_name(2) + ".weight"
     scaled_matrix(model, name, 1.5)
-    module = fake_module(model, [name, untouched])
-    w0, w_untouched = module.original_weights[name], get_weight(model, untouched).clone()
+    state = fake_state(model, [name, untouched])
+    w0, w_untouched = state.original_weights[name], get_weight(model, untouched).clone()
     cb = SpectralRestraint(alpha=math.e)
     trainer = SimpleNamespace(loggers=[])
     g = torch.Generator().manual_seed(0)
@@ -263,8 +269,8 @@ def test_restraint_callback_keeps_sigma_max_bounded(tiny) -> None:
         unrestrained += d
         total += size
         set_weight(model, name, get_weight(model, name) + d)
-        module.num_edits += 1
-        cb.on_test_batch_end(trainer, module, None, [None], step)
+        applied_step(state)
+        cb.on_edit_step(trainer, state)
         restrained_max = spectral_norm(get_weight(model, name) - w0)
         # by induction σ_max(ΔW'_t) ≤ f(σ_max(ΔW'_{t-1}) + ‖δ_t‖) ≤ f(Σ ‖δ_i‖) since f is monotone and contracts
         bound = max(sigma0, math.log(total) - math.log(sigma0) + sigma0)
@@ -281,29 +287,30 @@ def test_restraint_callback_schedule_and_at_end_only(tiny) -> None:
     scaled_matrix(model, name, 2.0)
     g = torch.Generator().manual_seed(1)
     for at_end, every, expect_passes in [(False, 5, 4), (True, 1, 1)]:
-        module = fake_module(model, [name])
-        w0 = module.original_weights[name]
+        state = fake_state(model, [name])
+        w0 = state.original_weights[name]
         cb = SpectralRestraint(every_n_edits=every, at_end_only=at_end)
         for step in range(20):
             set_weight(model, name, get_weight(model, name) + rank_one(tuple(w0.shape), 3.0, g))
-            module.num_edits += 1
+            applied_step(state)
             before = get_weight(model, name).clone()
-            cb.on_test_batch_end(None, module, None, [None], step)
+            cb.on_edit_step(None, state)
             touched = not torch.equal(before, get_weight(model, name))
-            assert touched == ((not at_end) and module.num_edits % every == 0)
+            assert touched == ((not at_end) and state.requests_seen % every == 0)
         grown = spectral_norm(get_weight(model, name) - w0)
-        cb.on_test_epoch_end(None, module)
+        cb.on_edits_end(None, state)
         assert len(cb.history) == expect_passes
         if at_end:
             assert spectral_norm(get_weight(model, name) - w0) < grown
         set_weight(model, name, w0)
     # a disabled callback never touches the weights
-    module = fake_module(model, [name])
-    set_weight(model, name, module.original_weights[name] + rank_one(tuple(w0.shape), 50.0, g))
+    state = fake_state(model, [name])
+    set_weight(model, name, state.original_weights[name] + rank_one(tuple(w0.shape), 50.0, g))
     before = get_weight(model, name).clone()
     off = SpectralRestraint(enabled=False)
-    off.on_test_batch_end(None, SimpleNamespace(**{**vars(module), "num_edits": 1}), None, [None], 0)
-    off.on_test_epoch_end(None, module)
+    applied_step(state)
+    off.on_edit_step(None, state)
+    off.on_edits_end(None, state)
     assert torch.equal(before, get_weight(model, name)) and off.history == []
 
 
@@ -312,33 +319,35 @@ def test_callback_errors_name_the_problem(tiny) -> None:
         SpectralRestraint(alpha=0.5)
     with pytest.raises(ValueError, match="every_n_edits"):
         SpectralRestraint(every_n_edits=0)
-    with pytest.raises(RuntimeError, match="original_weights"):
-        SpectralRestraint().restrain(SimpleNamespace(model=tiny.model), None)
     name = arch_spec(tiny.model).mlp_out_name(0) + ".weight"
-    module = fake_module(tiny.model, [name])
-    module.original_weights[name] = module.original_weights[name].clone()
-    module.original_weights[name][0, 0] = float("nan")
+    state = fake_state(tiny.model, [name])
+    state.original_weights[name][0, 0] = float("nan")
     with pytest.raises(ValueError, match=name):
-        SpectralRestraint().restrain(module, None)
+        SpectralRestraint().restrain(state, None)
     assert short_name(name) == "layers.0.mlp.down_proj"
 
 
 class ToyEditing(L.LightningModule):
-    """Stand-in for the sequential-editing module: each test batch adds one growing rank-one edit."""
+    """Stand-in for the sequential-editing module: each test batch adds one growing rank-one edit, then the
+    module drives the edit-step callbacks in phase order, as `SequentialEditingModule` does."""
 
     def __init__(self, model, name: str) -> None:
         super().__init__()
         self.model = model
         self.name = name
-        self.original_weights = {name: get_weight(model, name).clone().float()}
-        self.num_edits = 0
-        self.last_result = None
+        self.state = fake_state(model, [name])
         self.gen = torch.Generator().manual_seed(5)
 
     def test_step(self, batch, batch_idx):
         w = get_weight(self.model, self.name)
         set_weight(self.model, self.name, w + rank_one(tuple(w.shape), 2.0 * (batch_idx + 1), self.gen))
-        self.num_edits += 1
+        applied_step(self.state)
+        for cb in edit_step_callbacks(self.trainer):
+            cb.on_edit_step(self.trainer, self.state)
+
+    def on_test_epoch_end(self):
+        for cb in edit_step_callbacks(self.trainer):
+            cb.on_edits_end(self.trainer, self.state)
 
 
 def test_callbacks_in_a_lightning_run(tiny, tmp_path) -> None:
@@ -350,7 +359,7 @@ def test_callbacks_in_a_lightning_run(tiny, tmp_path) -> None:
     trainer = L.Trainer(
         accelerator="cpu",
         logger=TensorBoardLogger(save_dir=str(tmp_path), name="run"),
-        callbacks=[restraint, diagnostics],
+        callbacks=[diagnostics, restraint],  # the list order does not matter
         inference_mode=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -365,7 +374,7 @@ def test_callbacks_in_a_lightning_run(tiny, tmp_path) -> None:
     sigma0 = recs[0]["sigma_max_w0"]
     bound = math.log(2.0 * sum(range(1, 7))) - math.log(sigma0) + sigma0
     assert all(r["sigma_max_delta"] <= bound * (1 + 1e-5) for r in recs)
-    exact = spectral_norm(get_weight(model, name) - module.original_weights[name])
+    exact = spectral_norm(get_weight(model, name) - module.state.original_weights[name])
     assert recs[-1]["sigma_max_delta"] == pytest.approx(exact, rel=1e-4)
     assert (run / "spectral.png").stat().st_size > 1000
     assert list(run.glob("events.out.tfevents.*"))
