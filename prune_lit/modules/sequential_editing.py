@@ -40,6 +40,9 @@ class SequentialEditingModule(L.LightningModule):
         downstream_at: extra edit counts at which the downstream tasks are also evaluated.
         eval_batch_size: prompts per forward pass when scoring edits.
         evaluate_before: also score the edit cases on the unedited model (the 'before' column).
+        restraint: a restraint callback (e.g. `SpectralRestraint`) added to the trainer's callbacks, so a
+            config can set it without replacing ``trainer.callbacks`` (None = none from the module).
+        diagnostics: a diagnostics callback (e.g. `SpectralDiagnostics`), added after ``restraint``.
     """
 
     def __init__(
@@ -53,11 +56,14 @@ class SequentialEditingModule(L.LightningModule):
         downstream_at: list[int] | None = None,
         eval_batch_size: int = 16,
         evaluate_before: bool = True,
+        restraint: L.Callback | None = None,
+        diagnostics: L.Callback | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["editor", "downstream"])
+        self.save_hyperparameters(ignore=["editor", "downstream", "restraint", "diagnostics"])
         self.editor = editor
         self.downstream = downstream
+        self.restraint, self.diagnostics = restraint, diagnostics
         self.eval_at = sorted(set(eval_at or []))
         self.downstream_at = sorted(set(downstream_at or []))
         self.model: torch.nn.Module | None = None
@@ -89,6 +95,11 @@ class SequentialEditingModule(L.LightningModule):
         self.original_weights = {
             name: get_weight(self.model, name).float().clone() for name in self.editor.weight_names(self.model)
         }
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Lightning appends these after trainer.callbacks (replacing any of the same type there), restraint
+        # first so the diagnostics see the restrained weights.
+        return [cb for cb in (self.restraint, self.diagnostics) if cb is not None]
 
     def _all_requests(self) -> list[EditRequest]:
         dm = getattr(self.trainer, "datamodule", None)
