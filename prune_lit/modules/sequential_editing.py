@@ -20,6 +20,7 @@ from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.models.arch import get_weight
+from prune_lit.models.export import check_export_path, export_model
 from prune_lit.models.loader import load_model
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
 
@@ -43,6 +44,8 @@ class SequentialEditingModule(L.LightningModule):
         restraint: a restraint callback (e.g. `SpectralRestraint`) added to the trainer's callbacks, so a
             config can set it without replacing ``trainer.callbacks`` (None = none from the module).
         diagnostics: a diagnostics callback (e.g. `SpectralDiagnostics`), added after ``restraint``.
+        export_dir: save the final (restrained) model and its tokenizer there as a Hugging Face directory
+            (`prune_lit.models.export.export_model`; must not exist or be empty). None = not saved.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class SequentialEditingModule(L.LightningModule):
         evaluate_before: bool = True,
         restraint: L.Callback | None = None,
         diagnostics: L.Callback | None = None,
+        export_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["editor", "downstream", "restraint", "diagnostics"])
@@ -88,6 +92,8 @@ class SequentialEditingModule(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
+        if hp.export_dir is not None:
+            check_export_path(hp.export_dir)  # fail now, not after the edits
         loaded = load_model(hp.model_name, dtype=hp.dtype)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.editor.prepare(self.model, self.tokenizer, hp.model_name, hp.data_dir)
@@ -177,6 +183,8 @@ class SequentialEditingModule(L.LightningModule):
                 final["downstream"] = self._downstream(step=self.num_edits, tag="downstream")
             self.results["downstream_after"] = final["downstream"]
         self._write_results()
+        if self.hparams.export_dir is not None and self.trainer.is_global_zero:
+            export_model(self.model, self.tokenizer, self.hparams.export_dir)
 
     def _write_results(self) -> None:
         restraint_seconds = sum(getattr(cb, "total_seconds", 0.0) for cb in self.trainer.callbacks if hasattr(cb, "total_seconds"))
