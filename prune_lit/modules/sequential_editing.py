@@ -212,4 +212,5 @@ class SequentialEditingModule(L.LightningModule):
 
 
 def _fmt(scores: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items())
+    # Scalars only: per-example lists (downstream results) go to results.json, not the log line.
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items() if not isinstance(v, (dict, list)))
