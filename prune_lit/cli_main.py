@@ -23,7 +23,6 @@ from prune_lit.data.downstream import MalformedRecordError
 from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.paths import DataNotFoundError
 
-log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Errors that describe the user's input, not a defect: reported as one line.

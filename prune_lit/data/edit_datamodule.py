@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import lightning as L
 import torch
@@ -13,7 +12,6 @@ from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.requests import EditRequest
 from prune_lit.data.zsre import load_zsre
 
-log = logging.getLogger(__name__)
 
 DATASETS = ("counterfact", "zsre")
 # zsRE ships no validation file: MEND validation uses the tail of its train file, held out from training.
