@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -11,7 +10,6 @@ from prune_lit.data.counterfact import is_fact_file, load_counterfact, load_fact
 from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.requests import EditRequest
 from prune_lit.data.zsre import load_zsre
-
 
 DATASETS = ("counterfact", "zsre")
 # zsRE ships no validation file: MEND validation uses the tail of its train file, held out from training.
