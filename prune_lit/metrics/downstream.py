@@ -1,8 +1,9 @@
 """Scores for the four downstream tasks, one torchmetrics class per metric (states are sums, so they
 sync across processes by addition).
 
-Every metric also gives its per-example scores (``per_example``; ``update`` = ``add_scores(per_example(...))``)
-so that intervals and paired tests can be computed from a run's results.
+Every metric also gives its per-example scores: ``per_example(preds, target)`` computes them, and ``update``
+keeps those of its batch in ``last_scores`` before adding them up, so that intervals and paired tests can be
+computed from a run's results without scoring twice.
 
 The answer extraction is written as small pure functions so they can be tested on their own.
 """
@@ -81,7 +82,8 @@ class GSM8KExactMatch(_CountAccuracy):
         return [float(numbers_equal(extract_number(p), extract_number(t))) for p, t in zip(preds, target)]
 
     def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
-        self.add_scores(self.per_example(preds, target))
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
 
 # ---------------------------------------------------------------- SAMSum
@@ -119,7 +121,8 @@ class SummarizationRouge(Metric):
         self.total += len(scores[self.KEYS[0]])
 
     def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
-        self.add_scores(self.per_example(preds, target))
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
     def compute(self) -> dict[str, Tensor]:
         n = self.total if self.total > 0 else torch.tensor(1.0)
@@ -191,7 +194,8 @@ class _QAMetric(Metric):
         self.total += len(scores)
 
     def update(self, preds: Sequence[str], target: Sequence[Sequence[str]]) -> None:
-        self.add_scores(self.per_example(preds, target))
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
     def compute(self) -> Tensor:
         return (self.score / self.total).float() if self.total > 0 else torch.tensor(0.0)
@@ -232,7 +236,8 @@ class NLIAccuracy(_CountAccuracy):
         return (preds == target).float().tolist()
 
     def update(self, preds: Tensor | Sequence[bool], target: Tensor | Sequence[bool]) -> None:
-        self.add_scores(self.per_example(preds, target))
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
 
 def _check_lengths(preds: Sequence | Tensor, target: Sequence | Tensor) -> None:

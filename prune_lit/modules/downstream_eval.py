@@ -145,8 +145,8 @@ class TaskScorer(nn.Module):
                 target = [e.references for e in examples]
             else:
                 target = [e.references[0] for e in examples]
-            scores = m.per_example(preds, target)
-            m.add_scores(scores)
+            m.update(preds, target)
+            scores = m.last_scores
             for key, values in (scores.items() if isinstance(scores, dict) else [(name, scores)]):
                 self.per_example.setdefault(f"{self.task}/{key}", []).extend(float(v) for v in values)
         self.seconds += output.seconds
