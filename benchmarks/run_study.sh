@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The reproduction study of docs/results.md: 200 sequential CounterFact edits of SmolLM2-135M with ROME,
 # MEMIT (10 facts per step) and MEND, each without and with PRUNE (α = e), plus MEND + PRUNE with α = 1.2.
+# Each run is the composition configs/base.yaml + editor/<editor>.yaml [+ restraint/prune.yaml], with κ(W)
+# measured every 10 edits.
 # Edit metrics and the four downstream tasks are measured at 10, 50, 100 and 200 edits (and before editing).
 #
 #   bash benchmarks/run_study.sh               # all seven runs, two at a time (one torch thread each)
@@ -17,27 +19,24 @@ AT="${STUDY_EVAL_AT:-[10,50,100,200]}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # two runs share a 2-core CPU: one thread each is faster
 mkdir -p logs/study
 
-restraint() {  # $1 = alpha
-  echo "{\"class_path\":\"prune_lit.callbacks.SpectralRestraint\",\"init_args\":{\"alpha\":$1}},"
-}
-diagnostics='{"class_path":"prune_lit.callbacks.SpectralDiagnostics","init_args":{"every_n_edits":1,"kappa_every_n_edits":10}}'
-
 run() {  # $1 = run name
-  local name=$1 config callbacks rc
+  local name=$1 parts extra=() rc
   case "$name" in
-    rome)            config=rome;        callbacks="[$diagnostics]" ;;
-    rome_prune)      config=rome_prune;  callbacks="[$(restraint 2.718281828459045)$diagnostics]" ;;
-    memit)           config=memit;       callbacks="[$diagnostics]" ;;
-    memit_prune)     config=memit_prune; callbacks="[$(restraint 2.718281828459045)$diagnostics]" ;;
-    mend)            config=mend_edit;   callbacks="[$diagnostics]" ;;
-    mend_prune)      config=mend_prune;  callbacks="[$(restraint 2.718281828459045)$diagnostics]" ;;
-    mend_prune_a1.2) config=mend_prune;  callbacks="[$(restraint 1.2)$diagnostics]" ;;
+    rome)            parts="editor/rome.yaml" ;;
+    rome_prune)      parts="editor/rome.yaml restraint/prune.yaml" ;;
+    memit)           parts="editor/memit.yaml" ;;
+    memit_prune)     parts="editor/memit.yaml restraint/prune.yaml" ;;
+    mend)            parts="editor/mend.yaml" ;;
+    mend_prune)      parts="editor/mend.yaml restraint/prune.yaml" ;;
+    mend_prune_a1.2) parts="editor/mend.yaml restraint/prune.yaml"; extra=(--model.init_args.restraint.init_args.alpha 1.2) ;;
     *) echo "unknown run: $name" >&2; return 2 ;;
   esac
+  local configs=(--config base.yaml)
+  for part in $parts; do configs+=(--config "$part"); done
   local start=$SECONDS
-  "$PY" cli.py test --config "configs/$config.yaml" \
+  "$PY" cli.py test "${configs[@]}" "${extra[@]}" \
+    --model.init_args.diagnostics.init_args.kappa_every_n_edits 10 \
     --trainer.logger.init_args.name "study/$name" \
-    --trainer.callbacks "$callbacks" \
     --data.init_args.num_edits "$N" \
     --model.init_args.eval_at "$AT" \
     --model.init_args.downstream_at "$AT" \

@@ -1,11 +1,33 @@
-"""LightningCLI entry point: ``python cli.py {fit,validate,test} --config configs/<experiment>.yaml``."""
+"""LightningCLI entry point: ``python cli.py {fit,validate,test} --config <experiment>.yaml [--config ...]``.
+
+``--config`` may be given several times (later files and flags win) and may name a file in ``configs/`` by
+its bare name (``--config rome_prune.yaml``, ``--config editor/rome.yaml``). Bad input (a malformed data
+record, a missing data file, a bad setting caught by prune-lit's own checks) ends the run with one line,
+``error: ...``, and exit status 2; set ``PRUNE_LIT_TRACEBACK=1`` for the full traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+
+import prune_lit
+from prune_lit.data.downstream import MalformedRecordError
+from prune_lit.data.edit_io import EditDataError
+from prune_lit.data.paths import DataNotFoundError
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Errors that describe the user's input, not a defect: reported as one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (EditDataError, MalformedRecordError, DataNotFoundError, FileExistsError)
+_PACKAGE_DIR = str(Path(prune_lit.__file__).resolve().parent)
 
 
 class PruneLitCLI(LightningCLI):
@@ -26,14 +48,67 @@ class PruneLitCLI(LightningCLI):
         )
 
 
+def resolve_config_paths(args: Sequence[str], config_dir: Path = CONFIG_DIR) -> list[str]:
+    """``--config NAME`` / ``--config=NAME`` with a NAME that is not a file here but is one in ``config_dir``
+    become that file's path; everything else is passed through unchanged."""
+
+    def resolve(name: str) -> str:
+        if Path(name).exists() or not (config_dir / name).is_file():
+            return name
+        return str(config_dir / name)
+
+    out, args = [], list(args)
+    for i, arg in enumerate(args):
+        if i > 0 and args[i - 1] == "--config":
+            out.append(resolve(arg))
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolve(arg.split("=", 1)[1]))
+        else:
+            out.append(arg)
+    return out
+
+
+def is_user_error(err: BaseException) -> bool:
+    """A known input error, or a ValueError that prune-lit's own validation raised (its innermost frame is in
+    the package), as opposed to one from deep inside torch or a bug elsewhere."""
+    if isinstance(err, USER_ERRORS):
+        return True
+    if isinstance(err, ValueError) and err.__traceback__ is not None:
+        return traceback.extract_tb(err.__traceback__)[-1].filename.startswith(_PACKAGE_DIR)
+    return False
+
+
+def find_user_error(err: BaseException | None) -> BaseException | None:
+    """``err`` or the first exception it was raised from (jsonargparse wraps errors raised while it builds a
+    class from the config) that `is_user_error`; None when there is none."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if is_user_error(err):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> PruneLitCLI:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    return PruneLitCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    if args is None:  # from the command line: LightningCLI reads sys.argv (and warns when given both)
+        sys.argv[1:] = resolve_config_paths(sys.argv[1:])
+    else:
+        args = resolve_config_paths(args)
+    try:
+        return PruneLitCLI(
+            L.LightningModule,
+            None,  # any LightningDataModule, and optional: configs/baseline.yaml feeds its module's own dataloaders
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or os.environ.get("PRUNE_LIT_TRACEBACK"):
+            raise
+        sys.stderr.write(f"error: {' '.join(str(user_error).split())}\n")
+        raise SystemExit(2) from None

@@ -263,17 +263,16 @@ def test_datamodule_batches_one_task_each(data_dir: Path) -> None:
 def test_baseline_cli_writes_results(data_dir: Path, tmp_path: Path) -> None:
     from prune_lit.cli_main import main
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "baseline.yaml"
     save_dir = tmp_path / "logs"
-    main(
+    cli = main(
         args=[
             "test",
-            "--config", str(config),
+            "--config", "baseline.yaml",
             "--model.init_args.model_name", "tiny-llama",
-            "--model.init_args.max_new_tokens", "{reasoning: 2, summarization: 2, qa: 2}",
-            "--data.init_args.limit", "2",
-            "--data.init_args.data_dir", str(data_dir),
-            "--data.init_args.max_context_tokens", "16",
+            "--model.init_args.downstream.init_args.max_new_tokens", "{reasoning: 2, summarization: 2, qa: 2}",
+            "--model.init_args.downstream.init_args.limit", "2",
+            "--model.init_args.downstream.init_args.data_dir", str(data_dir),
+            "--model.init_args.downstream.init_args.max_context_tokens", "16",
             "--trainer.logger.init_args.save_dir", str(save_dir),
             "--trainer.enable_progress_bar", "false",
         ]
@@ -282,5 +281,44 @@ def test_baseline_cli_writes_results(data_dir: Path, tmp_path: Path) -> None:
     assert len(results) == 1
     payload = json.loads(results[0].read_text())
     assert payload["model"] == "tiny-llama" and payload["examples_per_task"] == {"reasoning": 2, "summarization": 2, "qa": 2, "nli": 2}
+    assert payload["chat_template"] is True  # the editing configs' prompt format
     assert {"reasoning/exact_match", "summarization/rougeL", "qa/exact_match", "nli/accuracy", "total/tokens_per_s"} <= set(payload["metrics"])
+    assert len(payload["per_example"]["nli/accuracy"]) == 2
     assert list(results[0].parent.glob("events.out.tfevents.*"))
+    # The baseline's test loop and the editing runs' evaluate() are one path: the same scores.
+    ev = cli.model.downstream
+    again = ev.evaluate(cli.model.model, cli.model.tokenizer)
+    assert _scores(again) == _scores(payload["metrics"]) and again["per_example"] == payload["per_example"]
+
+
+def _scores(results: dict) -> dict:
+    return {k: v for k, v in results.items() if not any(s in k for s in ("time", "per_s", "wall", "per_example"))}
+
+
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_one_path_gives_the_scores_of_before(tmp_path: Path, tiny, chat_template: bool) -> None:
+    """Predictions and scores equal those of the evaluator before the single-path refactor (golden file from
+    that code: tiny-llama, these fixture tasks, the same settings)."""
+    golden = json.loads((Path(__file__).parent / "data" / "downstream_golden.json").read_text())[f"chat_template={str(chat_template).lower()}"]
+    data = _write_tasks(tmp_path / "data", n=6)
+    ev = DownstreamEvaluator(limit=5, data_dir=str(data), batch_size=2, max_new_tokens={"reasoning": 3, "summarization": 4, "qa": 4},
+                             max_context_tokens=16, chat_template=chat_template, progress=False, keep_samples=5)  # fmt: skip
+    out = ev.evaluate(tiny.model, tiny.tokenizer)
+    assert _scores(out) == pytest.approx(golden["metrics"], abs=1e-7)
+    for task, pairs in golden["predictions"].items():
+        assert [e.prompt for e in ev.examples[task]] == [p for p, _ in pairs]
+        assert [s["prediction"] for s in ev.last_samples[task]] == [pred for _, pred in pairs]
+    # each metric is the mean of its per-example scores, one score per example
+    for key, values in out["per_example"].items():
+        assert len(values) == 5 and sum(values) / 5 == pytest.approx(out[key], abs=1e-6)
+
+
+def test_baseline_refuses_a_data_section(data_dir: Path) -> None:
+    import lightning as L
+
+    from prune_lit.modules.downstream_eval import BaselineEvaluation
+
+    module = BaselineEvaluation(model_name="tiny-llama", downstream=DownstreamEvaluator(limit=1, data_dir=str(data_dir), progress=False))
+    trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="drop the config's data section"):
+        trainer.test(module, datamodule=DownstreamDataModule(limit=1, data_dir=str(data_dir)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prune_lit.data.counterfact import load_counterfact
+from prune_lit.data.counterfact import load_counterfact, load_fact_file
 from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.requests import EditRequest
@@ -197,3 +197,61 @@ def test_real_files_load() -> None:
     except FileNotFoundError:
         pytest.skip("shared data not available")
     assert len(cf) == 1919 and len(zs) == 998  # two zsRE train records have an empty 'alt'
+
+
+# ---------------------------------------------------------------- your own facts
+
+
+def test_fact_file_json_and_jsonl_with_optional_fields(tmp_path: Path) -> None:
+    minimal = {"prompt": "The capital of Freedonia is", "subject": "Freedonia", "target_new": " Fredville"}
+    full = cf_record(7, rephrase_prompt=["Person7 speaks", "Person7 talks in"])
+    jsonl = tmp_path / "facts.jsonl"
+    jsonl.write_text(json.dumps(minimal) + "\n\n" + json.dumps(full) + "\n")
+    a, b = load_fact_file(jsonl)
+    assert (a.case_id, a.target_new, a.ground_truth, a.rephrase_prompts, a.locality_prompts) == (0, "Fredville", "", (), ())
+    assert b.case_id == 7 and b.ground_truth == "French" and len(b.rephrase_prompts) == 2 and b.locality_answers == ("French",)
+    as_list = write(tmp_path, "facts.json", [minimal, full])
+    assert load_fact_file(as_list) == [a, b]
+    dm = EditDataModule(dataset=str(jsonl), num_edits=None)
+    dm.setup("test")
+    assert [r.case_id for b in dm.test_dataloader() for r in b] == [0, 7]
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ('{"prompt": "P is", "subject": "P", "target_new": "x"}\n{"prompt": "Q is", "subject": "Q"\n', "record 1 (line 2): not valid JSON"),
+        ('{"prompt": "P is", "subject": "P"}\n', "record 0 (line 1): missing field 'target_new'"),
+        ('{"prompt": "P is", "subject": "Z", "target_new": "x"}\n', "record 0 (line 1): subject 'Z' does not occur"),
+        ('{"prompt": "P is", "subject": "P", "target_new": "x", "locality_prompt": "L is"}\n', "needs 'locality_ground_truth'"),
+        ('{"prompt": "P is", "subject": "P", "target_new": "x", "case_id": 3}\n{"prompt": "Q is", "subject": "Q", "target_new": "y", "case_id": 3}\n', "record 1: case_id 3 repeats record 0's"),
+        ('[1, 2]\n', "record 0 (line 1): expected an object, got list"),
+        ("\n", "holds no records"),
+    ],
+)
+def test_fact_file_errors_name_file_and_record(tmp_path: Path, content: str, needle: str) -> None:
+    path = tmp_path / "facts.jsonl"
+    path.write_text(content)
+    with pytest.raises(EditDataError) as err:
+        load_fact_file(path)
+    assert needle in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fact_file_missing_or_wrong_suffix(tmp_path: Path) -> None:
+    with pytest.raises(EditDataError, match="no such file"):
+        EditDataModule(dataset=str(tmp_path / "nope.jsonl")).setup("test")
+    with pytest.raises(ValueError, match="json/.jsonl"):
+        EditDataModule(dataset=str(tmp_path / "facts.csv"))
+    dm = EditDataModule(dataset=str(write(tmp_path, "f.json", [cf_record(0)])))
+    with pytest.raises(EditDataError, match="not used to train MEND"):
+        dm.train_dataloader()
+
+
+def test_num_edits_beyond_the_split_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "counterfact/counterfact-edit.json", [cf_record(i) for i in range(5)])
+    dm = EditDataModule(num_edits=20, data_dir=str(tmp_path))
+    with pytest.raises(EditDataError, match=r"num_edits=20 but counterfact split 'edit' has only 5 cases.*null") as err:
+        dm.setup("test")
+    assert "\n" not in str(err.value)
+    assert len(EditDataModule(num_edits=5, data_dir=str(tmp_path)).all_requests) == 5
+    assert len(EditDataModule(num_edits=None, data_dir=str(tmp_path)).all_requests) == 5

@@ -231,9 +231,12 @@ def _collate(batch: list[TaskExample]) -> list[TaskExample]:
 
 
 class DownstreamDataModule(L.LightningDataModule):
-    """One test dataloader per task; each batch is a ``list[TaskExample]`` of a single task.
+    """The task sets: one test dataloader per task; each batch is a ``list[TaskExample]`` of a single task.
 
-    Truncation counts tokens with SmolLM2's tokenizer unless ``tokenizer_name`` names a local HF dir.
+    `prune_lit.modules.downstream_eval.DownstreamEvaluator` holds one and scores a model on its batches, in
+    editing runs and in the baseline alike. ``load(tokenizer)`` loads with the evaluated model's tokenizer
+    (it counts the tokens of ``max_context_tokens``); ``setup`` alone uses SmolLM2's tokenizer unless
+    ``tokenizer_name`` names a local HF dir.
     """
 
     def __init__(
@@ -269,11 +272,18 @@ class DownstreamDataModule(L.LightningDataModule):
 
         return load_tokenizer()
 
-    def setup(self, stage: str | None = None) -> None:
+    def load(self, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, list[TaskExample]]:
+        """The examples of every task, loaded on the first call (truncating with ``tokenizer``, else the
+        module's own) and then reused, so that every evaluation sees identical prompts."""
         if not self.examples:
+            tokenizer = tokenizer if tokenizer is not None or not self.max_context_tokens else self._tokenizer()
             self.examples = load_tasks(
-                self.tasks, self.data_dir, self.limit, self.seed, self._tokenizer(), self.max_context_tokens, self.reasoning_style
+                self.tasks, self.data_dir, self.limit, self.seed, tokenizer, self.max_context_tokens, self.reasoning_style
             )
+        return self.examples
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         # Batches are lists of frozen TaskExample (strings only), which Lightning's default mover cannot

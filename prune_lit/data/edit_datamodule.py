@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from prune_lit.data.counterfact import load_counterfact
+from prune_lit.data.counterfact import is_fact_file, load_counterfact, load_fact_file
+from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.requests import EditRequest
 from prune_lit.data.zsre import load_zsre
-
-log = logging.getLogger(__name__)
 
 DATASETS = ("counterfact", "zsre")
 # zsRE ships no validation file: MEND validation uses the tail of its train file, held out from training.
@@ -45,13 +42,16 @@ class EditStream(IterableDataset):
 def load_edit_requests(
     dataset: str, split: str, data_dir: str | None = None, limit: int | None = None, seed: int = 0, shuffle: bool = False
 ) -> list[EditRequest]:
-    """Requests of ``dataset`` ("counterfact" | "zsre") and ``split``; ``"edit"`` and ``"eval"`` name the same
-    split (the one edited and evaluated) for both datasets."""
+    """Requests of ``dataset`` ("counterfact" | "zsre" | a ``.json``/``.jsonl`` file of your own facts) and
+    ``split``; ``"edit"`` and ``"eval"`` name the same split (the one edited and evaluated) for both
+    benchmarks; a fact file has no splits (``split`` is ignored)."""
+    if is_fact_file(dataset):
+        return load_fact_file(dataset, limit, seed, shuffle)
     if dataset == "counterfact":
         return load_counterfact({"eval": "edit"}.get(split, split), data_dir, limit, seed, shuffle)  # type: ignore[arg-type]
     if dataset == "zsre":
         return load_zsre({"edit": "eval"}.get(split, split), data_dir, limit, seed, shuffle)  # type: ignore[arg-type]
-    raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS} or a .json/.jsonl file")
 
 
 class EditDataModule(L.LightningDataModule):
@@ -62,6 +62,10 @@ class EditDataModule(L.LightningDataModule):
     / ``val_dataloader`` serve MEND training: the train split (reshuffled each epoch, seeded) and the val
     split (CounterFact's val file; for zsRE the last 10% of its train file, which training then leaves out),
     capped at ``val_limit``.
+
+    ``dataset`` may name a ``.json``/``.jsonl`` file of your own facts (flat CounterFact records; see
+    `prune_lit.data.counterfact.parse_fact_record`); it can be edited, not used for MEND training.
+    ``num_edits`` larger than the split is an error (``None`` edits all of it).
     """
 
     def __init__(
@@ -77,8 +81,8 @@ class EditDataModule(L.LightningDataModule):
         val_limit: int | None = 200,
     ) -> None:
         super().__init__()
-        if dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        if dataset not in DATASETS and not is_fact_file(dataset):
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS} or a .json/.jsonl file of your own facts")
         if batch_size < 1 or train_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, train_batch_size={train_batch_size}")
         if num_edits is not None and num_edits < 1:
@@ -99,9 +103,15 @@ class EditDataModule(L.LightningDataModule):
     def all_requests(self) -> list[EditRequest]:
         """Every request that will be edited, in edit order (loaded on first use)."""
         if self._requests is None:
-            self._requests = load_edit_requests(self.dataset, self.split, self.data_dir, self.num_edits, self.seed, self.shuffle)
-            if self.num_edits is not None and len(self._requests) < self.num_edits:
-                log.warning("asked for %d edits but %s/%s has only %d requests", self.num_edits, self.dataset, self.split, len(self._requests))
+            requests = load_edit_requests(self.dataset, self.split, self.data_dir, self.num_edits, self.seed, self.shuffle)
+            if self.num_edits is not None and len(requests) < self.num_edits:
+                # Running fewer edits than asked would change the experiment without saying so.
+                source = self.dataset if is_fact_file(self.dataset) else f"{self.dataset} split {self.split!r}"
+                raise EditDataError(
+                    f"num_edits={self.num_edits} but {source} has only {len(requests)} cases; "
+                    f"set num_edits to at most {len(requests)}, or null to edit them all"
+                )
+            self._requests = requests
         return self._requests
 
     def setup(self, stage: str | None = None) -> None:
@@ -117,6 +127,8 @@ class EditDataModule(L.LightningDataModule):
         return DataLoader(EditStream(self.all_requests, self.batch_size), batch_size=None, num_workers=0)
 
     def _train_val(self) -> tuple[list[EditRequest], list[EditRequest]]:
+        if is_fact_file(self.dataset):
+            raise EditDataError(f"{self.dataset}: a fact file can be edited (test), not used to train MEND (fit); use counterfact or zsre")
         train = load_edit_requests(self.dataset, "train", self.data_dir)
         if self.dataset == "counterfact":
             val = load_edit_requests(self.dataset, "val", self.data_dir)

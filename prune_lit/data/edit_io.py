@@ -55,31 +55,54 @@ def make_request(where: str, **fields: Any) -> EditRequest:
         raise EditDataError(f"{where}: {err}") from err
 
 
-@functools.lru_cache(maxsize=8)
-def _parse_cached(path: str, mtime_ns: int, size: int, parser: RecordParser) -> tuple[EditRequest, ...]:
-    # mtime/size are part of the key so an edited file is re-read, never served stale.
+def read_records(path: str | os.PathLike) -> list[tuple[Any, str]]:
+    """``(record, "file: record i")`` for every record of a JSON list file, or of a ``.jsonl`` file (one
+    object per line; blank lines skipped, the location then also names the line)."""
     try:
         with open(path, encoding="utf-8") as f:
+            if str(path).endswith(".jsonl"):
+                out = []
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}: record {len(out)} (line {line_no})"
+                    try:
+                        out.append((json.loads(line), where))
+                    except json.JSONDecodeError as err:
+                        raise EditDataError(f"{where}: not valid JSON ({err})") from err
+                return out
             raw = json.load(f)
+    except UnicodeDecodeError as err:
+        raise EditDataError(f"{path}: not UTF-8 text ({err})") from err
     except json.JSONDecodeError as err:
         raise EditDataError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(raw, list):
         raise EditDataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
+    return [(record, f"{path}: record {i}") for i, record in enumerate(raw)]
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_cached(path: str, mtime_ns: int, size: int, parser: RecordParser) -> tuple[EditRequest, ...]:
+    # mtime/size are part of the key so an edited file is re-read, never served stale.
+    records = read_records(path)
     out = []
-    for i, record in enumerate(raw):
+    for i, (record, where) in enumerate(records):
         if not isinstance(record, dict):
-            raise EditDataError(f"{path}: record {i}: expected an object, got {type(record).__name__}")
-        req = parser(record, i, f"{path}: record {i}")
+            raise EditDataError(f"{where}: expected an object, got {type(record).__name__}")
+        req = parser(record, i, where)
         if req is not None:
             out.append(req)
-    if len(out) < len(raw):
-        log.info("%s: skipped %d of %d records", path, len(raw) - len(out), len(raw))
+    if len(out) < len(records):
+        log.info("%s: skipped %d of %d records", path, len(records) - len(out), len(records))
     return tuple(out)
 
 
 def parse_file(path: Path, parser: RecordParser) -> tuple[EditRequest, ...]:
-    """All requests of a JSON list file, parsed once per (file version, parser) and cached."""
-    st = path.stat()
+    """All requests of a JSON list (or ``.jsonl``) file, parsed once per (file version, parser) and cached."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as err:
+        raise EditDataError(f"{path}: no such file") from err
     return _parse_cached(str(path), st.st_mtime_ns, st.st_size, parser)
 
 

@@ -1,6 +1,10 @@
 """Scores for the four downstream tasks, one torchmetrics class per metric (states are sums, so they
 sync across processes by addition).
 
+Every metric also gives its per-example scores: ``per_example(preds, target)`` computes them, and ``update``
+keeps those of its batch in ``last_scores`` before adding them up, so that intervals and paired tests can be
+computed from a run's results without scoring twice.
+
 The answer extraction is written as small pure functions so they can be tested on their own.
 """
 
@@ -60,6 +64,11 @@ class _CountAccuracy(Metric):
         self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
+    def add_scores(self, scores: Sequence[float]) -> None:
+        """Accumulate per-example 0/1 scores (from ``per_example``)."""
+        self.correct += float(sum(scores))
+        self.total += len(scores)
+
     def compute(self) -> Tensor:
         return self.correct / self.total if self.total > 0 else torch.tensor(0.0)
 
@@ -67,11 +76,14 @@ class _CountAccuracy(Metric):
 class GSM8KExactMatch(_CountAccuracy):
     """Fraction of generations whose extracted number equals the reference number (numeric compare)."""
 
-    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
-        """``preds``: generated texts; ``target``: reference numbers as strings (e.g. ``"1000"``)."""
+    def per_example(self, preds: Sequence[str], target: Sequence[str]) -> list[float]:
+        """``preds``: generated texts; ``target``: reference numbers as strings (e.g. ``"1000"``); 1.0 = match."""
         _check_lengths(preds, target)
-        self.correct += sum(numbers_equal(extract_number(p), extract_number(t)) for p, t in zip(preds, target))
-        self.total += len(preds)
+        return [float(numbers_equal(extract_number(p), extract_number(t))) for p, t in zip(preds, target)]
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
 
 # ---------------------------------------------------------------- SAMSum
@@ -96,13 +108,21 @@ class SummarizationRouge(Metric):
             self.add_state(k, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+    def per_example(self, preds: Sequence[str], target: Sequence[str]) -> dict[str, list[float]]:
+        """``{"rouge1" | "rouge2" | "rougeL": [F1 per example]}``."""
         _check_lengths(preds, target)
-        for p, t in zip(preds, target):
-            scores = self._scorer.score(t, p)  # (target, prediction) order
-            for k in self.KEYS:
-                setattr(self, k, getattr(self, k) + scores[k].fmeasure)
-        self.total += len(preds)
+        scores = [self._scorer.score(t, p) for p, t in zip(preds, target)]  # (target, prediction) order
+        return {k: [s[k].fmeasure for s in scores] for k in self.KEYS}
+
+    def add_scores(self, scores: dict[str, Sequence[float]]) -> None:
+        for k in self.KEYS:
+            for v in scores[k]:  # one addition per example, in order: the same sums as before per_example existed
+                setattr(self, k, getattr(self, k) + v)
+        self.total += len(scores[self.KEYS[0]])
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
     def compute(self) -> dict[str, Tensor]:
         n = self.total if self.total > 0 else torch.tensor(1.0)
@@ -156,15 +176,26 @@ class _QAMetric(Metric):
     def _one(self, pred: str, ref: str) -> float:
         raise NotImplementedError
 
-    def update(self, preds: Sequence[str], target: Sequence[Sequence[str]]) -> None:
-        """``preds``: generated texts (cut at the first line break); ``target``: accepted answers per example."""
+    def per_example(self, preds: Sequence[str], target: Sequence[Sequence[str]]) -> list[float]:
+        """``preds``: generated texts (cut at the first line break); ``target``: accepted answers per example;
+        the best score over each example's answers."""
         _check_lengths(preds, target)
+        out = []
         for p, refs in zip(preds, target):
             if isinstance(refs, str):
                 refs = (refs,)
             p = qa_prediction(p)
-            self.score += max((self._one(p, r) for r in refs), default=0.0)
-        self.total += len(preds)
+            out.append(max((self._one(p, r) for r in refs), default=0.0))
+        return out
+
+    def add_scores(self, scores: Sequence[float]) -> None:
+        for v in scores:
+            self.score += v
+        self.total += len(scores)
+
+    def update(self, preds: Sequence[str], target: Sequence[Sequence[str]]) -> None:
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
     def compute(self) -> Tensor:
         return (self.score / self.total).float() if self.total > 0 else torch.tensor(0.0)
@@ -197,13 +228,16 @@ class QAContainsMatch(_QAMetric):
 class NLIAccuracy(_CountAccuracy):
     """Accuracy of boolean entailment predictions (True = entailment)."""
 
-    def update(self, preds: Tensor | Sequence[bool], target: Tensor | Sequence[bool]) -> None:
-        """``preds``, ``target``: bool [n]."""
+    def per_example(self, preds: Tensor | Sequence[bool], target: Tensor | Sequence[bool]) -> list[float]:
+        """``preds``, ``target``: bool [n]; 1.0 where they agree."""
         preds = torch.as_tensor(preds, dtype=torch.bool).reshape(-1).cpu()
         target = torch.as_tensor(target, dtype=torch.bool).reshape(-1).cpu()
         _check_lengths(preds, target)
-        self.correct += (preds == target).sum().float()
-        self.total += preds.numel()
+        return (preds == target).float().tolist()
+
+    def update(self, preds: Tensor | Sequence[bool], target: Tensor | Sequence[bool]) -> None:
+        self.last_scores = self.per_example(preds, target)
+        self.add_scores(self.last_scores)
 
 
 def _check_lengths(preds: Sequence | Tensor, target: Sequence | Tensor) -> None:

@@ -1,8 +1,10 @@
-"""General-ability evaluation on the four downstream tasks.
+"""General-ability evaluation on the four downstream tasks: one path for editing runs and the baseline.
 
-``run_task_batch`` (model outputs for one batch of one task) and ``TaskScorer`` (that task's metrics) are
-the per-batch logic; both the plain ``DownstreamEvaluator`` (called by the sequential-editing module before
-and after editing) and the Lightning ``BaselineEvaluation`` module (``configs/baseline.yaml``) use them.
+``DownstreamEvaluator`` holds the task sets (a ``DownstreamDataModule``) and the generation settings, and
+scores a model batch by batch (``start`` / ``step`` / ``finish``, built on ``run_task_batch`` and
+``TaskScorer``). The sequential-editing module calls its ``evaluate`` before and after editing; the
+Lightning ``BaselineEvaluation`` module (``configs/baseline.yaml``) feeds it the same data module's batches
+through a test loop. Results keep every example's score (``per_example``) for intervals and paired tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prune_lit.reporting import log_scalars, run_dir, write_json_atomic
-from prune_lit.data.downstream import DEFAULT_MAX_CONTEXT_TOKENS, TASKS, load_tasks
+from prune_lit.data.downstream import DEFAULT_MAX_CONTEXT_TOKENS, TASKS, DownstreamDataModule
 from prune_lit.data.requests import TaskExample
 from prune_lit.metrics.downstream import (
     GSM8KExactMatch,
@@ -132,16 +134,21 @@ class TaskScorer(nn.Module):
             m.reset()
         self.seconds, self.new_tokens, self.count = 0.0, 0, 0
         self.samples: list[dict[str, Any]] = []
+        self.per_example: dict[str, list[float]] = {}
 
     def update(self, examples: Sequence[TaskExample], output: TaskBatchOutput) -> None:
         preds = output.predictions
-        if self.task == "nli":
-            self.metrics["accuracy"].update(torch.tensor(preds, dtype=torch.bool), torch.tensor([bool(e.label) for e in examples]))
-        elif self.task == "qa":
-            for m in self.metrics.values():
-                m.update(preds, [e.references for e in examples])
-        else:
-            next(iter(self.metrics.values())).update(preds, [e.references[0] for e in examples])
+        for name, m in self.metrics.items():
+            if self.task == "nli":
+                target: Any = [bool(e.label) for e in examples]
+            elif self.task == "qa":
+                target = [e.references for e in examples]
+            else:
+                target = [e.references[0] for e in examples]
+            m.update(preds, target)
+            scores = m.last_scores
+            for key, values in (scores.items() if isinstance(scores, dict) else [(name, scores)]):
+                self.per_example.setdefault(f"{self.task}/{key}", []).extend(float(v) for v in values)
         self.seconds += output.seconds
         self.new_tokens += output.new_tokens
         self.count += len(examples)
@@ -178,10 +185,13 @@ def add_totals(results: dict[str, float], tasks: Sequence[str]) -> dict[str, flo
 
 
 class DownstreamEvaluator:
-    """Scores a model on the downstream tasks; build once from config, call ``evaluate`` as often as needed.
+    """Scores a model on the downstream tasks; build once from config, evaluate as often as needed.
 
-    Examples are loaded on the first ``evaluate`` (with that call's tokenizer, for truncation) and reused, so
-    evaluations before and after editing see identical prompts.
+    The tasks' examples come from ``self.data``, a `DownstreamDataModule` built from ``tasks``, ``limit``,
+    ``data_dir``, ``seed``, ``batch_size``, ``max_context_tokens``, ``reasoning_style``; they are loaded on
+    the first use (with that call's tokenizer, for truncation) and reused, so evaluations before and after
+    editing see identical prompts. ``chat_template``: wrap prompts in the tokenizer's chat template
+    (instruct models); ``keep_samples`` example predictions per task go to ``last_samples``.
     """
 
     def __init__(
@@ -196,127 +206,138 @@ class DownstreamEvaluator:
         max_context_tokens: int | None = DEFAULT_MAX_CONTEXT_TOKENS,
         reasoning_style: str = "prune",
         chat_template: bool = False,
+        keep_samples: int = 5,
         progress: bool = True,
     ) -> None:
-        bad = [t for t in tasks if t not in TASKS]
-        if bad or not tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {tasks}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.tasks, self.limit, self.data_dir, self.batch_size, self.seed = list(tasks), limit, data_dir, batch_size, seed
-        self.max_context_tokens, self.reasoning_style, self.progress = max_context_tokens, reasoning_style, progress
-        self.chat_template = chat_template
+        self.data = DownstreamDataModule(tasks, limit, data_dir, seed, batch_size, max_context_tokens, reasoning_style)
+        self.tasks, self.batch_size = self.data.tasks, batch_size
+        self.chat_template, self.keep_samples, self.progress = chat_template, keep_samples, progress
         self.max_new_tokens, self.stop_strings = task_settings(max_new_tokens, stop_strings, reasoning_style)
-        self.examples: dict[str, list[TaskExample]] | None = None
+        self.scorers: dict[str, TaskScorer] = {}
         self.last_samples: dict[str, list[dict[str, Any]]] = {}
 
-    def load(self, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, list[TaskExample]]:
-        if self.examples is None:
-            self.examples = load_tasks(
-                self.tasks, self.data_dir, self.limit, self.seed, tokenizer, self.max_context_tokens, self.reasoning_style
-            )
-        return self.examples
+    @property
+    def examples(self) -> dict[str, list[TaskExample]]:
+        return self.data.examples
 
-    def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+    def load(self, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, list[TaskExample]]:
+        """The examples of every task (loaded on the first call; ``tokenizer`` cuts long contexts)."""
+        return self.data.load(tokenizer)
+
+    # ---- batch by batch (the baseline's test loop), or all at once (``evaluate``) ----------------
+    def start(self) -> None:
+        """Fresh scores for a new evaluation."""
+        self.scorers = {t: TaskScorer(t, self.keep_samples) for t in self.tasks}
+
+    def step(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: Sequence[TaskExample]) -> TaskBatchOutput:
+        """Run the model on one batch (all of one task) and add it to that task's scores."""
+        task = batch[0].task
+        out = run_task_batch(model, tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template)
+        self.scorers[task].update(batch, out)
+        return out
+
+    def finish(self) -> dict[str, Any]:
+        """``{"<task>/<metric>": float, ..., "total/...": float, "per_example": {"<task>/<metric>": [score per
+        example, in evaluation order]}}``; each metric is the mean of its per-example scores."""
+        results: dict[str, Any] = {}
+        for task, scorer in self.scorers.items():
+            results.update(scorer.compute())
+            self.last_samples[task] = scorer.samples
+        results = add_totals(results, list(self.scorers))
+        results["per_example"] = {k: v for scorer in self.scorers.values() for k, v in scorer.per_example.items()}
+        return results
+
+    def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         """``{"reasoning/exact_match", "summarization/rouge1|2|L", "qa/exact_match|f1|contains", "nli/accuracy",
-        "<task>/time_s", "<task>/tokens_per_s", ..., "total/time_s", "total/tokens_per_s"}``."""
-        examples = self.load(tokenizer)
+        "<task>/time_s", "<task>/tokens_per_s", ..., "total/time_s", "total/tokens_per_s", "per_example"}``."""
+        self.load(tokenizer)
         was_training = model.training
         model.eval()
-        results: dict[str, float] = {}
+        self.start()
         try:
-            for task in self.tasks:
-                scorer = TaskScorer(task)
-                batches = [examples[task][i : i + self.batch_size] for i in range(0, len(examples[task]), self.batch_size)]
-                for batch in tqdm(batches, desc=f"eval {task}", disable=not self.progress, leave=False):
-                    out = run_task_batch(
-                        model, tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template
-                    )
-                    scorer.update(batch, out)
-                results.update(scorer.compute())
-                self.last_samples[task] = scorer.samples
+            for task, loader in zip(self.tasks, self.data.test_dataloader()):
+                for batch in tqdm(loader, desc=f"eval {task}", disable=not self.progress, leave=False):
+                    self.step(model, tokenizer, batch)
         finally:
             model.train(was_training)
-        return add_totals(results, self.tasks)
+        return self.finish()
 
 
 class BaselineEvaluation(L.LightningModule):
-    """Scores an unedited model on the batches of ``DownstreamDataModule`` and writes ``results.json``.
+    """Scores an unedited model with ``downstream`` (the evaluator of the editing configs) and writes
+    ``results.json``: the test loop runs over the evaluator's own data module, batch by batch.
 
-    ``max_new_tokens`` / ``stop_strings`` override the per-task defaults (``DEFAULT_MAX_NEW_TOKENS``,
-    ``DEFAULT_STOP_STRINGS``); ``reasoning_style`` must match the data module's.
+    Run without a ``data`` section (``configs/baseline.yaml``): the tasks and their settings are
+    ``downstream``'s.
     """
 
     def __init__(
         self,
         model_name: str = "smollm2-135m",
         dtype: str = "float32",
-        max_new_tokens: dict[str, int] | None = None,
-        stop_strings: dict[str, list[str]] | None = None,
-        reasoning_style: str = "prune",
-        chat_template: bool = False,
+        downstream: DownstreamEvaluator | None = None,
         results_file: str = "results.json",
-        keep_samples: int = 5,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model_name, self.dtype_name, self.results_file, self.keep_samples = model_name, dtype, results_file, keep_samples
-        self.chat_template = chat_template
-        self.max_new_tokens, self.stop_strings = task_settings(max_new_tokens, stop_strings, reasoning_style)
+        self.save_hyperparameters(ignore=["downstream"])
+        self.model_name, self.dtype_name, self.results_file = model_name, dtype, results_file
+        self.downstream = downstream if downstream is not None else DownstreamEvaluator()
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.scorers = nn.ModuleDict()
-        self.results: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
 
     def setup(self, stage: str) -> None:
+        if self.trainer.datamodule is not None:
+            raise ValueError(
+                "BaselineEvaluation takes its tasks from model.init_args.downstream; drop the config's data section"
+            )
         if self.model is None:
             from prune_lit.models.loader import load_model
 
             loaded = load_model(self.model_name, dtype=self.dtype_name)
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.downstream.load(self.tokenizer)
 
-    def _tasks(self) -> list[str]:
-        return list(self.trainer.datamodule.tasks) if self.trainer.datamodule is not None else list(TASKS)
+    def test_dataloader(self) -> list[Any]:
+        return self.downstream.data.test_dataloader()
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        return batch  # lists of TaskExample (text); the model tokenizes onto its own device
 
     def on_test_epoch_start(self) -> None:
         self._wall_start = time.perf_counter()
-        self.scorers = nn.ModuleDict({t: TaskScorer(t, self.keep_samples) for t in self._tasks()})
+        self.downstream.start()
 
     def test_step(self, batch: list[TaskExample], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not batch:
             return
-        task = batch[0].task
-        out = run_task_batch(
-            self.model, self.tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template
-        )
-        self.scorers[task].update(batch, out)
-        log.info("%s batch %d: %d examples, %d new tokens, %.1f s", task, batch_idx, len(batch), out.new_tokens, out.seconds)
+        out = self.downstream.step(self.model, self.tokenizer, batch)
+        log.info("%s batch %d: %d examples, %d new tokens, %.1f s", batch[0].task, batch_idx, len(batch), out.new_tokens, out.seconds)
 
     def on_test_epoch_end(self) -> None:
-        tasks = list(self.scorers.keys())
-        results: dict[str, float] = {}
-        for task in tasks:
-            results.update(self.scorers[task].compute())
-        results = add_totals(results, tasks)
+        ev = self.downstream
+        results = ev.finish()
         results["total/wall_s"] = time.perf_counter() - self._wall_start
         self.results = results
-        log_scalars(self.trainer, results, step=0)
+        log_scalars(self.trainer, {k: v for k, v in results.items() if isinstance(v, float)}, step=0)
+        tasks = ev.tasks
         payload = {
             "model": self.model_name,
             "dtype": self.dtype_name,
             "tasks": tasks,
-            "examples_per_task": {t: self.scorers[t].count for t in tasks},
-            "max_new_tokens": {t: self.max_new_tokens[t] for t in tasks},
-            "stop_strings": {t: list(self.stop_strings[t]) for t in tasks},
-            "chat_template": self.chat_template,
+            "examples_per_task": {t: ev.scorers[t].count for t in tasks},
+            "max_new_tokens": {t: ev.max_new_tokens[t] for t in tasks},
+            "stop_strings": {t: list(ev.stop_strings[t]) for t in tasks},
+            "chat_template": ev.chat_template,
             "torch_threads": torch.get_num_threads(),
-            "metrics": results,
-            "samples": {t: self.scorers[t].samples for t in tasks},
+            "metrics": {k: v for k, v in results.items() if k != "per_example"},
+            "per_example": results["per_example"],
+            "samples": ev.last_samples,
         }
         path = run_dir(self.trainer) / self.results_file
         write_json_atomic(path, payload)
         log.info("baseline results written to %s", path)
-        for k in sorted(results):
+        for k in sorted(payload["metrics"]):
             log.info("%s = %.4f", k, results[k])
 
     def configure_optimizers(self) -> None:

@@ -29,6 +29,7 @@ from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.models.arch import get_weight, set_weight
+from prune_lit.models.export import check_export_path, export_model
 from prune_lit.models.loader import load_model
 from prune_lit.modules.distributed import broadcast_object, broadcast_step, shard, world
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
@@ -66,6 +67,12 @@ class SequentialEditingModule(L.LightningModule):
         resume: continue from the run's latest checkpoint (an error if there is none, or if it is from another
             model, editor setting or edit stream); False starts over and replaces the run's checkpoints.
         run_name: the checkpoint folder's name (None: the logger's name, e.g. ``rome_prune``).
+        restraint: a restraint callback (e.g. `SpectralRestraint`) added to the trainer's callbacks, so a
+            config can set it without replacing ``trainer.callbacks`` (None = none from the module).
+        diagnostics: a diagnostics callback (e.g. `SpectralDiagnostics`) added the same way. Their order in
+            the list never matters: the module runs restraint before diagnostics (`prune_lit.callbacks.base`).
+        export_dir: save the final (restrained) model and its tokenizer there as a Hugging Face directory
+            (`prune_lit.models.export.export_model`; must not exist or be empty). None = not saved.
     """
 
     def __init__(
@@ -83,13 +90,17 @@ class SequentialEditingModule(L.LightningModule):
         checkpoint_every: int = 100,
         resume: bool = False,
         run_name: str | None = None,
+        restraint: L.Callback | None = None,
+        diagnostics: L.Callback | None = None,
+        export_dir: str | None = None,
     ) -> None:
         super().__init__()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
-        self.save_hyperparameters(ignore=["editor", "downstream"])
+        self.save_hyperparameters(ignore=["editor", "downstream", "restraint", "diagnostics"])
         self.editor = editor
         self.downstream = downstream
+        self.restraint, self.diagnostics = restraint, diagnostics
         self.eval_at = sorted(set(eval_at or []))
         self.downstream_at = sorted(set(downstream_at or []))
         self.model: torch.nn.Module | None = None
@@ -103,6 +114,8 @@ class SequentialEditingModule(L.LightningModule):
         if self.state is not None:
             return
         hp = self.hparams
+        if hp.export_dir is not None:
+            check_export_path(hp.export_dir)  # fail now, not after the edits
         loaded = load_model(hp.model_name, dtype=hp.dtype)
         self.editor.prepare(loaded.model, loaded.tokenizer, hp.model_name, hp.data_dir)
         # W_0 of every matrix the editor may touch: PRUNE and the diagnostics measure ΔW against it.
@@ -123,6 +136,11 @@ class SequentialEditingModule(L.LightningModule):
         if self.state is None:
             raise RuntimeError("SequentialEditingModule.setup has not run")
         return self.state
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Lightning appends these after trainer.callbacks (replacing any of the same type there); the phase
+        # order, not this list, puts restraint before diagnostics.
+        return [cb for cb in (self.restraint, self.diagnostics) if cb is not None]
 
     def _all_requests(self) -> list[EditRequest]:
         dm = getattr(self.trainer, "datamodule", None)
@@ -241,6 +259,8 @@ class SequentialEditingModule(L.LightningModule):
         self._save_checkpoint()
         if self.trainer.is_global_zero:
             self._write_results()
+            if self.hparams.export_dir is not None:
+                export_model(self.model, self.tokenizer, self.hparams.export_dir)
 
     def _write_results(self) -> None:
         state = self._state()
@@ -379,4 +399,5 @@ class SequentialEditingModule(L.LightningModule):
 
 
 def _fmt(scores: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items())
+    # Scalars only: per-example lists (downstream results) go to results.json, not the log line.
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items() if not isinstance(v, (dict, list)))

@@ -1,0 +1,117 @@
+"""Every config parses (``--print_config``: nothing is built, no model is loaded), the documented
+compositions mean what they say, and the complete configs equal their compositions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prune_lit.cli_main import CONFIG_DIR, main, resolve_config_paths
+
+# Complete configs: every top-level YAML but the base and the legacy --data file; MEND training ones run with fit.
+COMPLETE = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in ("base.yaml", "data_zsre.yaml"))
+# Complete editing configs = a composition (+ the run name): keep these in step when adding an editor.
+COMPOSITIONS = {
+    "rome.yaml": (["base.yaml", "editor/rome.yaml"], []),
+    "rome_prune.yaml": (["base.yaml", "editor/rome.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "rome_prune"]),
+    "memit.yaml": (["base.yaml", "editor/memit.yaml"], []),
+    "memit_prune.yaml": (["base.yaml", "editor/memit.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "memit_prune"]),
+    "mend_edit.yaml": (["base.yaml", "editor/mend.yaml"], []),
+    "mend_prune.yaml": (["base.yaml", "editor/mend.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "mend_prune"]),
+    # AlphaEdit, once configs/editor/alphaedit.yaml exists and alphaedit*.yaml are rewritten as its compositions:
+    # "alphaedit.yaml": (["base.yaml", "editor/alphaedit.yaml"], []), "alphaedit_prune.yaml": (..., name override)
+}
+FRAGMENT_DIRS = ("editor", "restraint", "data")
+
+
+def print_config(*args: str, subcommand: str = "test") -> dict:
+    """The fully resolved config of ``cli.py <subcommand> <args>``, as LightningCLI prints it."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([subcommand, *args, "--print_config"])
+    assert done.value.code in (0, None), out.getvalue()
+    return yaml.safe_load(out.getvalue())
+
+
+def configs(*args: str) -> list[str]:
+    return [a for name in args for a in ("--config", name)]
+
+
+@pytest.mark.parametrize("name", COMPLETE)
+def test_complete_config_parses(name: str) -> None:
+    subcommand = "fit" if "MENDTraining" in (CONFIG_DIR / name).read_text() else "test"
+    cfg = print_config(*configs(name), subcommand=subcommand)
+    assert cfg["model"]["class_path"]
+
+
+@pytest.mark.parametrize("fragment", sorted(str(p.relative_to(CONFIG_DIR)) for d in FRAGMENT_DIRS for p in (CONFIG_DIR / d).glob("*.yaml")))
+def test_fragment_composes_with_base(fragment: str) -> None:
+    editor = [] if fragment.startswith("editor/") else ["editor/rome.yaml"]
+    cfg = print_config(*configs("base.yaml", *editor, fragment))
+    assert cfg["model"]["class_path"] == "prune_lit.modules.SequentialEditingModule"
+    assert cfg["model"]["init_args"]["editor"]["class_path"].startswith("prune_lit.editors.")
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSITIONS))
+def test_complete_config_equals_its_composition(name: str) -> None:
+    parts, extra = COMPOSITIONS[name]
+    assert print_config(*configs(name)) == print_config(*configs(*parts), *extra)
+
+
+def test_rome_prune_alpha_at_the_end_is_a_command_line() -> None:
+    """The README's "ROME + PRUNE α = 1.2, restrained once at the end"."""
+    cfg = print_config(*configs("base.yaml", "editor/rome.yaml", "restraint/prune_at_end.yaml"), "--model.init_args.restraint.init_args.alpha", "1.2")
+    model = cfg["model"]["init_args"]
+    assert model["editor"]["class_path"] == "prune_lit.editors.ROMEEditor"
+    assert model["restraint"]["class_path"] == "prune_lit.callbacks.SpectralRestraint"
+    assert model["restraint"]["init_args"]["alpha"] == 1.2 and model["restraint"]["init_args"]["at_end_only"] is True
+    assert model["diagnostics"]["class_path"] == "prune_lit.callbacks.SpectralDiagnostics"  # restraint does not drop it
+    plain = print_config(*configs("base.yaml", "editor/rome.yaml"))["model"]["init_args"]
+    assert plain["restraint"] is None and plain["diagnostics"] == model["diagnostics"]
+
+
+def test_documented_data_combinations() -> None:
+    zsre = print_config(*configs("rome_prune.yaml", "data/zsre.yaml"))["data"]["init_args"]
+    assert zsre["dataset"] == "zsre" and zsre["batch_size"] == 1
+    legacy = print_config(*configs("rome_prune.yaml"), "--data", str(CONFIG_DIR / "data_zsre.yaml"))["data"]["init_args"]
+    assert legacy["dataset"] == "zsre"
+    memit = print_config(*configs("base.yaml", "editor/memit.yaml", "data/zsre.yaml"))["data"]["init_args"]
+    assert memit["dataset"] == "zsre" and memit["batch_size"] == 10  # the data config keeps the editor's batch size
+    own = print_config(*configs("base.yaml", "editor/rome.yaml", "data/own_facts.yaml"), "--data.init_args.dataset", "my.jsonl",
+                       "--model.init_args.export_dir", "edited")  # fmt: skip
+    assert own["data"]["init_args"]["dataset"] == "my.jsonl" and own["data"]["init_args"]["num_edits"] is None
+    assert own["model"]["init_args"]["export_dir"] == "edited"
+
+
+def test_baseline_uses_the_editing_runs_evaluator() -> None:
+    """One downstream path: baseline.yaml's evaluator is base.yaml's (chat template included), limit aside."""
+    base = print_config(*configs("base.yaml", "editor/rome.yaml"))["model"]["init_args"]["downstream"]
+    baseline = print_config(*configs("baseline.yaml"))["model"]["init_args"]["downstream"]
+    assert baseline["init_args"]["limit"] == 100 and base["init_args"]["limit"] == 20
+    assert {**baseline["init_args"], "limit": 20} == base["init_args"] and baseline["class_path"] == base["class_path"]
+    assert baseline["init_args"]["chat_template"] is True
+
+
+def test_bare_names_resolve_to_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config_paths(["test", "--config", "rome_prune.yaml", "--config=editor/rome.yaml", "--x", "rome.yaml"]) == [
+        "test", "--config", str(CONFIG_DIR / "rome_prune.yaml"), f"--config={CONFIG_DIR / 'editor/rome.yaml'}", "--x", "rome.yaml"
+    ]  # fmt: skip
+    (tmp_path / "rome.yaml").write_text("{}")  # a file where the user runs wins over configs/
+    assert resolve_config_paths(["--config", "rome.yaml", "--config", "nope.yaml"]) == ["--config", "rome.yaml", "--config", "nope.yaml"]
+
+
+def test_every_config_value_is_commented() -> None:
+    """Lines that set a scalar (not a class_path, not the opening of a block) carry a comment."""
+    bare = []
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            m = re.match(r"^\s*(?:- )?([A-Za-z_]\w*):\s*(\S.*)?$", line)
+            if m and m.group(2) and not m.group(2).startswith("#") and m.group(1) != "class_path" and "#" not in line:
+                bare.append(f"{path.relative_to(CONFIG_DIR)}:{i}: {line.strip()}")
+    assert not bare, "\n".join(bare)
