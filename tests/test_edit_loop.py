@@ -68,9 +68,13 @@ def test_restraint_runs_before_diagnostics_whatever_the_callback_order(tmp_path)
 def test_at_end_curve_evaluates_a_restrained_copy_and_leaves_the_weights_alone(tmp_path):
     restraint = SpectralRestraint(at_end_only=True, evaluate_at_end_curve=True)
     plain, _ = _run(tmp_path / "plain", [], "plain", num_edits=2)
-    module, results = _run(tmp_path / "curve", [restraint], "curve", num_edits=2)
+    module, results = _run(tmp_path / "curve", [restraint], "curve", num_edits=2, probe_tokens=200, probe_window=40)
     row = results["history"][0]
     assert row["num_edits"] == 2 and "edits_restrained" in row
+    assert results["probes_before"]["kl_from_unedited"] == 0.0
+    # the restrained copy is another model than the unrestrained one at the same point
+    assert row["probes_restrained"]["kl_from_unedited"] != row["probes_before_end_restraint"]["kl_from_unedited"]
+    assert row["probes"] == row["probes_restrained"] | {k: row["probes"][k] for k in ("seconds", "tokens_per_s")}
     # at the end the run is restrained for real, so its final scores are the restrained copy's
     assert row["edits"] == row["edits_restrained"]
     assert "edits_before_end_restraint" in row
@@ -199,7 +203,8 @@ def _cli(tmp_path, *args):
 def test_ddp_applies_every_edit_on_every_rank_and_matches_one_process(tmp_path, devices):
     common = ["test", "--config", "configs/rome_prune.yaml", "--model.init_args.model_name", "tiny-llama",
               "--model.init_args.downstream", "null", "--model.init_args.eval_at", "[1, 4]", "--data.init_args.num_edits", "5",
-              "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt"), "--trainer.accelerator", "cpu"]
+              "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt"), "--trainer.accelerator", "cpu",
+              "--model.init_args.probe_tokens", "400", "--model.init_args.probe_window", "40"]
     one = _cli(tmp_path / "one", *common)
     assert one.returncode == 0, one.stderr[-3000:]
     if devices == 1:
@@ -211,6 +216,11 @@ def test_ddp_applies_every_edit_on_every_rank_and_matches_one_process(tmp_path, 
     r2 = json.loads(files[0].read_text())
     r1 = json.loads(next((tmp_path / "one").rglob("results.json")).read_text())
     assert r2["world_size"] == 2 and r2["num_edits"] == 5 and r2["edited_case_ids"] == r1["edited_case_ids"]
+    assert len(r2["probes_after"]["per_window"]["nll"]) == 10  # every window, gathered from both ranks in order
+    for r in (r1, r2):  # probes are timed: compare their numbers only
+        for block in [r["probes_before"], r["probes_after"]] + [row["probes"] for row in r["history"]]:
+            for k in ("seconds", "tokens_per_s"):
+                block.pop(k)
     _close(_comparable(r2), _comparable(r1), tol=1e-4)
 
 

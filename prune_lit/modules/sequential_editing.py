@@ -28,6 +28,7 @@ from prune_lit.callbacks.base import edit_step_callbacks
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
+from prune_lit.metrics.probes import GeneralAbilityProbe
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.export import check_export_path, export_model
 from prune_lit.models.loader import load_model
@@ -71,6 +72,9 @@ class SequentialEditingModule(L.LightningModule):
             config can set it without replacing ``trainer.callbacks`` (None = none from the module).
         diagnostics: a diagnostics callback (e.g. `SpectralDiagnostics`) added the same way. Their order in
             the list never matters: the module runs restraint before diagnostics (`prune_lit.callbacks.base`).
+        probe_tokens: WikiText-2 *test* tokens of the general-ability probes (perplexity and KL from the unedited
+            model, `prune_lit.metrics.probes`) run before editing and at every ``eval_at`` point; 0 = no probes.
+        probe_window: length of the probes' non-overlapping token windows.
         export_dir: save the final (restrained) model and its tokenizer there as a Hugging Face directory
             (`prune_lit.models.export.export_model`; must not exist or be empty). None = not saved.
     """
@@ -93,10 +97,14 @@ class SequentialEditingModule(L.LightningModule):
         restraint: L.Callback | None = None,
         diagnostics: L.Callback | None = None,
         export_dir: str | None = None,
+        probe_tokens: int = 0,
+        probe_window: int = 256,
     ) -> None:
         super().__init__()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
+        if probe_tokens < 0 or probe_window < 2:
+            raise ValueError(f"probe_tokens must be >= 0 and probe_window >= 2, got {probe_tokens}, {probe_window}")
         self.save_hyperparameters(ignore=["editor", "downstream", "restraint", "diagnostics"])
         self.editor = editor
         self.downstream = downstream
@@ -107,6 +115,7 @@ class SequentialEditingModule(L.LightningModule):
         self.state: EditState | None = None
         self.results: dict[str, Any] = {}
         self._locality_reference: Any = None
+        self._probe: GeneralAbilityProbe | None = None
         self._resumed_steps = 0  # test batches already edited by the run this one resumes
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -156,6 +165,10 @@ class SequentialEditingModule(L.LightningModule):
         ckpt = self._checkpoint_to_resume(requests)
         # Locality compares against what the *unedited* model predicted, so record that first (this rank's share).
         self._locality_reference = record_locality_reference(state.model, state.tokenizer, shard(requests, self.trainer), self.hparams.eval_batch_size)
+        if self.hparams.probe_tokens:
+            self._probe = GeneralAbilityProbe.record(
+                state.model, state.tokenizer, self.hparams.probe_tokens, self.hparams.probe_window, data_dir=self.hparams.data_dir
+            )
         if ckpt is not None:
             self._restore(ckpt, requests)
             return
@@ -163,6 +176,8 @@ class SequentialEditingModule(L.LightningModule):
             scores = self._score_edits(requests)
             self.results["edits_before"] = scores
             log_scalars(self.trainer, {f"edits_before/{k}": v for k, v in scores.items() if k != "n"}, 0)
+        if self._probe is not None:
+            self.results["probes_before"] = self._run_probe("probes_before", step=0)
         if self.downstream is not None:
             self.results["downstream_before"] = self._downstream(step=0, tag="downstream_before")
 
@@ -213,6 +228,8 @@ class SequentialEditingModule(L.LightningModule):
         row = state.row()
         if with_edits:
             row["edits"] = self._evaluate_edited("edits")
+            if self._probe is not None:
+                row["probes"] = self._run_probe("probes")
         if with_downstream and self.downstream is not None:
             row["downstream"] = self._downstream(state.requests_seen, "downstream")
         for cb in edit_step_callbacks(self.trainer):
@@ -220,6 +237,8 @@ class SequentialEditingModule(L.LightningModule):
                 with cb.restrained_copy(state):
                     if with_edits:
                         row["edits_restrained"] = self._evaluate_edited("edits_restrained")
+                        if self._probe is not None:
+                            row["probes_restrained"] = self._run_probe("probes_restrained")
                     if with_downstream and self.downstream is not None:
                         row["downstream_restrained"] = self._downstream(state.requests_seen, "downstream_restrained")
 
@@ -229,6 +248,23 @@ class SequentialEditingModule(L.LightningModule):
         log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scores.items() if k != "n"}, state.requests_seen)
         log.info("%s after %d edits: %s", tag, state.requests_seen, _fmt(scores))
         return scores
+
+    def _run_probe(self, tag: str, step: int | None = None) -> dict[str, Any]:
+        """Perplexity and KL from the unedited model on the probe windows (sharded over ranks, gathered in order)."""
+        assert self._probe is not None
+        state = self._state()
+        rank, size = world(self.trainer)
+        result = self._probe.probe(state.model, rank, size)
+        out = result.as_dict(per_window=True)
+        if size > 1:  # each rank holds its own windows (every size-th): interleave them back into file order
+            parts: list[Any] = [None] * size
+            torch.distributed.all_gather_object(parts, out["per_window"])
+            n = sum(len(p["nll"]) for p in parts)
+            out["per_window"] = {k: [parts[i % size][k][i // size] for i in range(n)] for k in ("nll", "kl")}
+        step = state.requests_seen if step is None else step
+        log_scalars(self.trainer, {f"{tag}/perplexity": out["perplexity"], f"{tag}/kl_from_unedited": out["kl_from_unedited"]}, step)
+        log.info("%s at %d edits: perplexity %.3f, KL %.4g", tag, step, out["perplexity"], out["kl_from_unedited"])
+        return out
 
     def _downstream(self, step: int, tag: str) -> dict[str, float]:
         assert self.downstream is not None
@@ -248,10 +284,16 @@ class SequentialEditingModule(L.LightningModule):
         final = state.row()
         if changed and "edits" in final:  # an at-end restraint ran after this point's evaluation
             final["edits_before_end_restraint"] = final.pop("edits")
+            if "probes" in final:
+                final["probes_before_end_restraint"] = final.pop("probes")
             final.pop("downstream", None)
         if "edits" not in final:
             final["edits"] = self._evaluate_edited("edits")
+            if self._probe is not None:
+                final["probes"] = self._run_probe("probes")
         self.results["edits_after"] = final["edits"]
+        if "probes" in final:
+            self.results["probes_after"] = final["probes"]
         if self.downstream is not None:
             if "downstream" not in final:
                 final["downstream"] = self._downstream(step=state.requests_seen, tag="downstream")
