@@ -1,56 +1,92 @@
 #!/usr/bin/env bash
-# The reproduction study of docs/results.md: 200 sequential CounterFact edits of SmolLM2-135M with ROME,
-# MEMIT (10 facts per step) and MEND, each without and with PRUNE (α = e), plus MEND + PRUNE with α = 1.2.
-# Each run is the composition configs/base.yaml + editor/<editor>.yaml [+ restraint/prune.yaml], with κ(W)
-# measured every 10 edits.
-# Edit metrics and the four downstream tasks are measured at 10, 50, 100 and 200 edits (and before editing).
+# The study of docs/results.md: 1,000 sequential CounterFact edits of SmolLM2-135M (the same cases, in file
+# order, in every arm), general abilities measured as they go, with and without PRUNE.
 #
-#   bash benchmarks/run_study.sh               # all seven runs, two at a time (one torch thread each)
-#   bash benchmarks/run_study.sh rome mend     # only the named runs, one after another
+#   bash benchmarks/run_study.sh                    # every arm, one after another
+#   bash benchmarks/run_study.sh rome rome_prune    # only the named arms
+#   STUDY_EDITS=200 STUDY_MODEL=tiny-llama bash benchmarks/run_study.sh rome   # a quick check of the pipeline
 #
-# Runs land in logs/study/<run>/version_<n>/ (results.json, spectral.json, TensorBoard events);
-# console output in logs/study/<run>.out; wall-clock times in logs/study/timings.tsv.
-# MEND needs checkpoints/mend/best.ckpt (python cli.py fit --config configs/mend.yaml).
+# Arms (each a composition of configs/base.yaml + editor/ + restraint/ + data/ fragments):
+#   rome            ROME, no restraint; its "restrained once at N" curve comes from the same run
+#                   (restraint/prune_at_end.yaml with evaluate_at_end_curve), so PRUNE's reference timing
+#                   needs no second run
+#   rome_prune      ROME + PRUNE after every edit
+#   memit, memit_prune, alphaedit, alphaedit_prune   batches of 100 edits per step (editor configs' default)
+#   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
+#   zsre_rome, zsre_rome_prune                       ZsRE eval cases, ROME ± PRUNE (per edit)
+# Every arm: probes (perplexity and KL from the unedited model on 5,000 WikiText-2 test tokens) and edit
+# metrics every 100 edits; the four downstream tasks (200 examples each, all of a task's file where it has
+# fewer) at 0, 250, 500 and 1,000 edits; σ_max(ΔW)/σ_max(W₀) every edit and κ(W) every 50.
+#
+# Resumable: every arm checkpoints every 100 edits under $STUDY_DIR/checkpoints/<arm>/ and this script
+# resumes an arm that has a checkpoint. An arm whose results.json exists is skipped (STUDY_FORCE=1 reruns).
+# Runs land in $STUDY_DIR/logs/<arm>/version_<n>/; console output in $STUDY_DIR/<arm>.out; wall times in
+# $STUDY_DIR/timings.tsv. Tables and figures: python benchmarks/study_report.py --study $STUDY_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
-N="${STUDY_EDITS:-200}"
-AT="${STUDY_EVAL_AT:-[10,50,100,200]}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"   # two runs share a 2-core CPU: one thread each is faster
-mkdir -p logs/study
+N="${STUDY_EDITS:-1000}"
+MODEL="${STUDY_MODEL:-smollm2-135m}"
+DIR="${STUDY_DIR:-logs/study}"
+PROBE_TOKENS="${STUDY_PROBE_TOKENS:-5000}"
+LIMIT="${STUDY_DOWNSTREAM_LIMIT:-200}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+mkdir -p "$DIR"
 
-run() {  # $1 = run name
-  local name=$1 parts extra=() rc
-  case "$name" in
-    rome)            parts="editor/rome.yaml" ;;
-    rome_prune)      parts="editor/rome.yaml restraint/prune.yaml" ;;
-    memit)           parts="editor/memit.yaml" ;;
-    memit_prune)     parts="editor/memit.yaml restraint/prune.yaml" ;;
-    mend)            parts="editor/mend.yaml" ;;
-    mend_prune)      parts="editor/mend.yaml restraint/prune.yaml" ;;
-    mend_prune_a1.2) parts="editor/mend.yaml restraint/prune.yaml"; extra=(--model.init_args.restraint.init_args.alpha 1.2) ;;
-    *) echo "unknown run: $name" >&2; return 2 ;;
+every() {  # every $1 up to $N, as a YAML list
+  local step=$1 out="" i
+  for ((i = step; i <= N; i += step)); do out+="${out:+,}$i"; done
+  echo "[$out]"
+}
+EVAL_AT="$(every $((N >= 100 ? 100 : N)))"
+DOWN_AT="[$((N / 4)),$((N / 2)),$N]"
+
+ARMS_ALL=(rome rome_prune alphaedit alphaedit_prune memit memit_prune zsre_rome zsre_rome_prune mend mend_prune)
+
+run() {  # $1 = arm
+  local arm=$1 parts extra=()
+  case "$arm" in
+    rome)             parts="editor/rome.yaml restraint/prune_at_end.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
+    rome_prune)       parts="editor/rome.yaml restraint/prune.yaml" ;;
+    memit)            parts="editor/memit.yaml" ;;
+    memit_prune)      parts="editor/memit.yaml restraint/prune.yaml" ;;
+    alphaedit)        parts="editor/alphaedit.yaml" ;;
+    alphaedit_prune)  parts="editor/alphaedit.yaml restraint/prune.yaml" ;;
+    mend)             parts="editor/mend.yaml" ;;
+    mend_prune)       parts="editor/mend.yaml restraint/prune.yaml" ;;
+    zsre_rome)        parts="editor/rome.yaml data/zsre.yaml" ;;
+    zsre_rome_prune)  parts="editor/rome.yaml restraint/prune.yaml data/zsre.yaml" ;;
+    *) echo "unknown arm: $arm (known: ${ARMS_ALL[*]})" >&2; return 2 ;;
   esac
+  if [ -z "${STUDY_FORCE:-}" ] && compgen -G "$DIR/logs/$arm/version_*/results.json" >/dev/null; then
+    echo "$arm: done already ($DIR/logs/$arm), skipped"; return 0
+  fi
   local configs=(--config base.yaml)
   for part in $parts; do configs+=(--config "$part"); done
-  local start=$SECONDS
-  "$PY" cli.py test "${configs[@]}" "${extra[@]}" \
-    --model.init_args.diagnostics.init_args.kappa_every_n_edits 10 \
-    --trainer.logger.init_args.name "study/$name" \
+  local resume=false
+  [ -f "$DIR/checkpoints/$arm/latest" ] && resume=true
+  echo "$arm: starting (resume=$resume) at $(date -u +%T)"
+  local start=$SECONDS rc
+  nice -n 5 "$PY" cli.py test "${configs[@]}" "${extra[@]}" \
+    --model.init_args.model_name "$MODEL" \
     --data.init_args.num_edits "$N" \
-    --model.init_args.eval_at "$AT" \
-    --model.init_args.downstream_at "$AT" \
-    >"logs/study/$name.out" 2>&1 && rc=0 || rc=$?
-  printf '%s\t%s\t%d\t%s\n' "$name" "$(date -u +%FT%TZ)" "$((SECONDS - start))" "rc=$rc" >>logs/study/timings.tsv
+    --model.init_args.eval_at "$EVAL_AT" \
+    --model.init_args.downstream_at "$DOWN_AT" \
+    --model.init_args.downstream.init_args.limit "$LIMIT" \
+    --model.init_args.probe_tokens "$PROBE_TOKENS" \
+    --model.init_args.diagnostics.init_args.kappa_every_n_edits 50 \
+    --model.init_args.checkpoint_dir "$DIR/checkpoints" \
+    --model.init_args.checkpoint_every 100 \
+    --model.init_args.run_name "$arm" \
+    --model.init_args.resume "$resume" \
+    --trainer.logger.init_args.save_dir "$DIR/logs" \
+    --trainer.logger.init_args.name "$arm" \
+    --trainer.enable_progress_bar false \
+    >>"$DIR/$arm.out" 2>&1 && rc=0 || rc=$?
+  printf '%s\t%s\t%d\t%s\tresume=%s\n' "$arm" "$(date -u +%FT%TZ)" "$((SECONDS - start))" "rc=$rc" "$resume" >>"$DIR/timings.tsv"
   return $rc
 }
 
-lane() { for name in "$@"; do run "$name" || echo "run $name failed (see logs/study/$name.out)" >&2; done; }
-
-if [ $# -gt 0 ]; then
-  lane "$@"
-else
-  lane rome memit mend mend_prune_a1.2 &
-  lane rome_prune memit_prune mend_prune &
-  wait
-fi
+ARMS=("$@")
+[ ${#ARMS[@]} -eq 0 ] && ARMS=("${ARMS_ALL[@]}")
+for arm in "${ARMS[@]}"; do run "$arm" || echo "arm $arm failed (see $DIR/$arm.out)" >&2; done
