@@ -224,23 +224,23 @@ class SequentialEditingModule(L.LightningModule):
 
     def _evaluate_point(self, with_edits: bool = True, with_downstream: bool = False) -> None:
         """Evaluate now (and, for at-end restraint with ``evaluate_at_end_curve``, on a restrained copy too)."""
-        state = self._state()
-        row = state.row()
-        if with_edits:
-            row["edits"] = self._evaluate_edited("edits")
-            if self._probe is not None:
-                row["probes"] = self._run_probe("probes")
-        if with_downstream and self.downstream is not None:
-            row["downstream"] = self._downstream(state.requests_seen, "downstream")
+        row = self._state().row()
+        row.update(self._measure("", with_edits, with_downstream))
         for cb in edit_step_callbacks(self.trainer):
             if getattr(cb, "evaluate_at_end_curve", False) and getattr(cb, "enabled", True):
-                with cb.restrained_copy(state):
-                    if with_edits:
-                        row["edits_restrained"] = self._evaluate_edited("edits_restrained")
-                        if self._probe is not None:
-                            row["probes_restrained"] = self._run_probe("probes_restrained")
-                    if with_downstream and self.downstream is not None:
-                        row["downstream_restrained"] = self._downstream(state.requests_seen, "downstream_restrained")
+                with cb.restrained_copy(self._state()):
+                    row.update(self._measure("_restrained", with_edits, with_downstream))
+
+    def _measure(self, suffix: str, with_edits: bool, with_downstream: bool) -> dict[str, Any]:
+        """``{"edits<suffix>": ..., "probes<suffix>": ..., "downstream<suffix>": ...}`` of the current weights."""
+        out: dict[str, Any] = {}
+        if with_edits:
+            out["edits" + suffix] = self._evaluate_edited("edits" + suffix)
+            if self._probe is not None:
+                out["probes" + suffix] = self._run_probe("probes" + suffix)
+        if with_downstream and self.downstream is not None:
+            out["downstream" + suffix] = self._downstream(self._state().requests_seen, "downstream" + suffix)
+        return out
 
     def _evaluate_edited(self, tag: str) -> dict[str, float]:
         state = self._state()
@@ -288,9 +288,7 @@ class SequentialEditingModule(L.LightningModule):
                 final["probes_before_end_restraint"] = final.pop("probes")
             final.pop("downstream", None)
         if "edits" not in final:
-            final["edits"] = self._evaluate_edited("edits")
-            if self._probe is not None:
-                final["probes"] = self._run_probe("probes")
+            final.update(self._measure("", with_edits=True, with_downstream=False))
         self.results["edits_after"] = final["edits"]
         if "probes" in final:
             self.results["probes_after"] = final["probes"]
