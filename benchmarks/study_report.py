@@ -15,8 +15,8 @@ with PRUNE after every edit; an arm whose history holds ``*_restrained`` section
 * ``at-end``   the ``*_restrained`` sections of the unrestrained run (its weights restrained as if it ended at N).
 
 Tables (Markdown, printed and written to ``--md``): edit metrics with 95 % Wilson intervals, probes
-(perplexity with a bootstrap interval over probe windows, KL), downstream scores with intervals from their
-per-example scores (Wilson for 0/1 scores, percentile bootstrap for ROUGE), σ_max(ΔW)/σ_max(W₀) and κ(W),
+(perplexity with a bootstrap interval over probe windows and its paired change from the unedited model, KL),
+downstream scores with intervals from their per-example scores (Wilson for 0/1 scores, percentile bootstrap for ROUGE), σ_max(ΔW)/σ_max(W₀) and κ(W),
 wall times; a "plain answer" table (the first point where perplexity rises / a downstream score falls
 significantly against the unedited model, paired over the same windows / examples) and PRUNE's paired tests
 (per-edit arm vs the unrestrained arm, at-end curve vs the unrestrained curve) at every point.
@@ -463,10 +463,18 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     for editor, vs in variants.items():
         for variant, (arm, c) in vs.items():
             rows = []
+            before_probes = c.get(0, {}).get("probes")
             for n, sections in c.items():
+                probes = probe_intervals(sections["probes"], resamples, seed) if "probes" in sections else None
+                if probes is not None and before_probes is not None and n > 0:
+                    # The change from the unedited model, paired over the same windows: far tighter than the
+                    # perplexity's own interval, which mostly measures how the windows differ from each other.
+                    change = paired_probe(before_probes, sections["probes"], "nll", resamples, seed)
+                    if change is not None:
+                        probes["nll_change"] = change
                 rows.append({"num_edits": n,
                              "edits": edit_intervals(sections["edits"]) if "edits" in sections else None,
-                             "probes": probe_intervals(sections["probes"], resamples, seed) if "probes" in sections else None,
+                             "probes": probes,
                              "downstream": downstream_intervals(sections["downstream"], resamples, seed) if "downstream" in sections else None})
             points.setdefault(editor, {})[variant] = rows
 
@@ -490,7 +498,8 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     md += ["## Probes: perplexity and KL from the unedited model", "",
            "WikiText-2 test windows; perplexity = exp(mean NLL per token) with a 95 % percentile bootstrap interval "
            "over windows (exp of the interval of the mean window NLL; windows are of equal length); KL(unedited ‖ edited) "
-           "in nats per token, bootstrap over windows.", ""]
+           "in nats per token, bootstrap over windows. Δ NLL: mean NLL per token minus the unedited model's, with the 95 % "
+           "interval and p of a paired bootstrap over the same windows (perplexity ratio to the unedited model = exp Δ).", ""]
     rows = []
     for editor, vs in points.items():
         for variant, rs in vs.items():
@@ -498,9 +507,12 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                 p = r["probes"]
                 if p:
                     windows = (p.get("perplexity") or {}).get("n")
+                    ch = p.get("nll_change")
+                    change = f"{fmt(ch['difference'], 4)} [{fmt(ch['low'], 4)}, {fmt(ch['high'], 4)}], p={fmt(ch['p_value'], 3)}" if ch else "—"
                     rows.append([label(editor, variant), str(r["num_edits"]), f"{windows or '—'} / {p.get('n_tokens', '—')}",
-                                 fmt_iv(p.get("perplexity"), 2), fmt_iv(p.get("kl"), 4)])
-    md += [table(["run", "edits", "windows / tokens", "perplexity", "KL"], rows) if rows else "No probes in any arm.", ""]
+                                 fmt_iv(p.get("perplexity"), 2), change, fmt_iv(p.get("kl"), 4)])
+    md += [table(["run", "edits", "windows / tokens", "perplexity", "Δ NLL vs unedited (paired)", "KL"], rows)
+           if rows else "No probes in any arm.", ""]
 
     # Downstream
     tasks = task_keys([c for vs in variants.values() for _, c in vs.values()])
@@ -648,6 +660,23 @@ def _series(rows: list[dict[str, Any]], section: str, key: str) -> tuple[list[in
     return xs, ys, lo, hi
 
 
+def _change_band(rows: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]] | None:
+    """Perplexity band from the paired interval of the NLL change: ``exp(NLL_0 + [low, high])`` (0 at 0 edits)."""
+    before = next((r for r in rows if r["num_edits"] == 0 and r.get("probes")), None)
+    if before is None or "perplexity" not in before["probes"]:
+        return None
+    nll0 = math.log(before["probes"]["perplexity"]["estimate"])
+    xs, lo, hi = [0], [math.exp(nll0)], [math.exp(nll0)]
+    for r in rows:
+        ch = (r.get("probes") or {}).get("nll_change")
+        if ch is not None:
+            # exp(mean of the window NLLs): the perplexity when windows are of equal length.
+            xs.append(r["num_edits"])
+            lo.append(math.exp(ch["mean_a"] + ch["low"]))
+            hi.append(math.exp(ch["mean_a"] + ch["high"]))
+    return (xs, lo, hi) if len(xs) > 1 else None
+
+
 def _style(editor: str, variant: str, with_editor: bool = True) -> dict[str, Any]:
     name = label(editor, variant) if with_editor else VARIANT_LABELS[variant]
     return {"color": EDITOR_COLORS.get(editor, "gray"), "linestyle": VARIANT_STYLES[variant], "label": name}
@@ -668,10 +697,12 @@ def plot_probes(summary: dict[str, Any], out: Path) -> bool:
         top, bottom = axes[0, j], axes[1, j]
         for variant, rows in summary["points"][editor].items():
             style = _style(editor, variant, with_editor=False)
-            xs, ys, lo, hi = _series(rows, "probes", "perplexity")
+            xs, ys, _, _ = _series(rows, "probes", "perplexity")
             if xs:
                 top.plot(xs, ys, marker="o", markersize=3, **style)
-                top.fill_between(xs, lo, hi, color=style["color"], alpha=0.12, linewidth=0)
+                band = _change_band(rows)
+                if band:
+                    top.fill_between(*band, color=style["color"], alpha=0.15, linewidth=0)
             xs, ys, lo, hi = _series(rows, "probes", "kl")
             if xs:
                 bottom.plot(xs, ys, marker="o", markersize=3, **style)
@@ -686,7 +717,8 @@ def plot_probes(summary: dict[str, Any], out: Path) -> bool:
         top.legend(fontsize=7)
     axes[0, 0].set_ylabel("perplexity (WikiText-2 test)")
     axes[1, 0].set_ylabel("KL(unedited ‖ edited), nats/token")
-    fig.suptitle(f"General ability vs sequential edits ({_model(summary)}); bands: 95 % bootstrap over probe windows", fontsize=10)
+    fig.suptitle(f"General ability vs sequential edits ({_model(summary)})\nbands: 95 % bootstrap over probe windows, "
+                 "paired with the unedited model (perplexity), of the mean (KL)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -751,7 +783,10 @@ def plot_downstream(summary: dict[str, Any], out: Path) -> bool:
 def plot_spectral(summary: dict[str, Any], out: Path) -> bool:
     if not any(sc for vs in summary["spectral"].values() for sc in vs.values()):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0), sharex=True)
+    k0 = summary.get("kappa_w0") or {}
+    if k0:
+        axes[1].axhline(max(k0.values()), color="gray", linewidth=1, linestyle=":", label="largest κ(W₀), unedited")
     for editor, vs in summary["spectral"].items():
         for variant, sc in vs.items():
             pts = sorted((int(n), v) for n, v in sc.items())
@@ -772,6 +807,8 @@ def plot_spectral(summary: dict[str, Any], out: Path) -> bool:
         ax.set_xlabel("edits")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    if k0:
+        axes[1].legend(fontsize=7)
     fig.suptitle(f"Spectra of the edited matrices ({_model(summary)}; ★ restrained once at the end)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -132,6 +132,10 @@ def test_perplexity_interval_is_over_windows(report):
     assert iv["n"] == 20 and iv["low"] < iv["estimate"] < iv["high"]
     # The bootstrap interval of the mean NLL of 20 windows spread over [2.5, 3.5] is about ±0.13 nats.
     assert 0.05 < math.log(iv["high"]) - math.log(iv["estimate"]) < 0.3
+    # The change from the unedited model is paired over the same windows: +0.5 nats, tightly.
+    change = _point(report.summary, "rome", "none", 20)["probes"]["nll_change"]
+    assert change["difference"] == pytest.approx(0.5, abs=0.02) and change["high"] - change["low"] < 0.03
+    assert "nll_change" not in _point(report.summary, "rome", "none", 0)["probes"]
 
 
 def test_downstream_intervals_from_per_example(report):
