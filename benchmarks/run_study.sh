@@ -9,7 +9,8 @@
 # Settings (environment): STUDY_EDITS (1000), STUDY_MODEL (smollm2-135m), STUDY_DIR (logs/study),
 # STUDY_PROBE_TOKENS (5000), STUDY_DOWNSTREAM_LIMIT (200), STUDY_EVAL_EVERY (probes and edit metrics every
 # this many edits; 100, or STUDY_EDITS when smaller), STUDY_BATCH (requests per edit step of the MEMIT and
-# AlphaEdit arms; empty = the editor config's value), STUDY_FORCE=1 (rerun finished arms), PYTHON.
+# AlphaEdit arms; empty = the editor config's value), STUDY_FORCE=1 (rerun the named arms from the
+# start; their earlier checkpoints and logs move to $STUDY_DIR/replaced/), PYTHON.
 #
 # Arms (each a composition of configs/base.yaml + editor/ + restraint/ + data/ fragments):
 #   rome            ROME, no restraint; its "restrained once at N" curve comes from the same run
@@ -75,6 +76,14 @@ run() {  # $1 = arm
   local configs=(--config base.yaml)
   for part in $parts; do configs+=(--config "$part"); done
   local resume=false
+  if [ -n "${STUDY_FORCE:-}" ] && [ -e "$DIR/checkpoints/$arm" -o -e "$DIR/logs/$arm" ]; then
+    # A forced rerun starts afresh: resuming would reload the finished run's last checkpoint and edit nothing.
+    # Its old runs move aside, so that a killed forced rerun resumes (without STUDY_FORCE) like any other.
+    local old="$DIR/replaced/$arm-$(date -u +%Y%m%dT%H%M%S)"
+    mkdir -p "$old"
+    for sub in checkpoints logs; do [ -e "$DIR/$sub/$arm" ] && mv "$DIR/$sub/$arm" "$old/$sub"; done
+    echo "$arm: STUDY_FORCE: its earlier checkpoints and logs moved to $old"
+  fi
   [ -f "$DIR/checkpoints/$arm/latest" ] && resume=true
   echo "$arm: starting (resume=$resume) at $(date -u +%T)"
   local start=$SECONDS rc

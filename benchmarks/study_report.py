@@ -553,15 +553,19 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
 
     # Wall times
     md += ["## Wall times", "",
-           "wall: run_study.sh's timings.tsv, summed over an arm's tries (resumed tries add up); editing / restraint: "
+           "wall: run_study.sh's timings.tsv, summed over the tries of an arm's current run (its last fresh start and "
+           "the resumes after it); editing / restraint: "
            "results.json (edit steps and PRUNE alone, without evaluation).", ""]
     rows = []
     times_summary = {}
     for name in sorted(set(arms) | set(timings), key=arm_order):
-        tries = timings.get(name, [])
+        all_tries = timings.get(name, [])
+        # The current run: its last fresh start (resume=false; an earlier one was replaced) and the resumes after it.
+        fresh = max((i for i, t in enumerate(all_tries) if not t["resume"]), default=0)
+        tries = all_tries[fresh:]
         wall = sum(t["seconds"] for t in tries) if tries else None
         r = arms[name].results if name in arms else {}
-        times_summary[name] = {"tries": tries, "wall_seconds": wall} | {
+        times_summary[name] = {"tries": tries, "earlier_tries": all_tries[:fresh], "wall_seconds": wall} | {
             k: r.get(k) for k in ("num_edits", "num_steps", "num_rejected_steps", "seconds_editing", "seconds_per_edit", "seconds_restraint")}
         last_rc = tries[-1]["rc"] if tries else None
         rows.append([name, str(r.get("num_edits", "—")), str(r.get("num_steps", "—")), str(r.get("num_rejected_steps", "—")),

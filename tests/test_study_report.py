@@ -90,6 +90,7 @@ def study(tmp_path_factory) -> Path:
     (root / "timings.tsv").write_text(
         "rome\t2026-12-03T10:00:00Z\t100\trc=137\tresume=false\n"
         "rome\t2026-12-03T11:00:00Z\t50\trc=0\tresume=true\n"
+        "rome_prune\t2026-12-03T09:00:00Z\t999\trc=0\tresume=false\n"  # an earlier run, replaced by a forced rerun
         "rome_prune\t2026-12-03T12:00:00Z\t70\trc=0\tresume=false\n"
         "alphaedit\t2026-12-03T12:01:00Z\t3\trc=2\tresume=false\n"
     )
@@ -179,7 +180,8 @@ def test_spectra_and_timings(report):
     assert report.summary["spectral"]["rome"]["per-edit"]["20"] == {
         "ratio": 1.25, "sigma_max_delta": 2.5, "sigma_max_w0": 2.0, "matrix": "model.layers.1.mlp.down_proj.weight", "kappa_w": 11.0}
     times = report.summary["times"]
-    assert times["rome"]["wall_seconds"] == 150 and len(times["rome"]["tries"]) == 2
+    assert times["rome"]["wall_seconds"] == 150 and len(times["rome"]["tries"]) == 2  # a killed try and its resume
+    assert times["rome_prune"]["wall_seconds"] == 70 and len(times["rome_prune"]["earlier_tries"]) == 1
     assert times["alphaedit"]["wall_seconds"] == 3 and times["alphaedit"]["tries"][0]["rc"] == 2
     assert "Arms with a timing but no results.json: alphaedit" in report.markdown
 
