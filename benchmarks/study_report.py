@@ -63,6 +63,9 @@ VARIANT_STYLES = {"none": "--", "per-edit": "-", "at-end": ":"}
 PRUNE_SUFFIX = "_prune"
 # Edit metrics shown when results.json has them (proportions of prompts; the *_acc token accuracies are not).
 EDIT_METRICS = ["efficacy", "generalization", "neighborhood", "locality", "locality_top1"]
+# EasyEdit's teacher-forced token accuracies (means of per-prompt shares: no interval without per-case values);
+# ZsRE has no ground truth, so these are its edit scores.
+TOKEN_ACCURACIES = ["rewrite_acc", "rephrase_acc", "locality_acc"]
 DOWNSTREAM = {  # main score per task -> column title; other per-example keys go to the JSON only
     "reasoning/exact_match": "GSM8K EM",
     "summarization/rouge1": "SAMSum ROUGE-1",
@@ -472,8 +475,11 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                     change = paired_probe(before_probes, sections["probes"], "nll", resamples, seed)
                     if change is not None:
                         probes["nll_change"] = change
+                token_acc = {k: float(v) for k, v in sections.get("edits", {}).items()
+                             if k in TOKEN_ACCURACIES and isinstance(v, (int, float)) and math.isfinite(v)}
                 rows.append({"num_edits": n,
                              "edits": edit_intervals(sections["edits"]) if "edits" in sections else None,
+                             "token_accuracy": token_acc or None,
                              "probes": probes,
                              "downstream": downstream_intervals(sections["downstream"], resamples, seed) if "downstream" in sections else None})
             points.setdefault(editor, {})[variant] = rows
@@ -493,6 +499,14 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                     n = next((iv["n"] for iv in r["edits"].values() if iv.get("n")), None)
                     rows.append([label(editor, variant), str(r["num_edits"]), str(n or "—")] + [fmt_iv(r["edits"].get(k)) for k in present])
     md += [table(["run", "edits", "n", *present], rows), ""]
+    acc_keys = [k for k in TOKEN_ACCURACIES if any(r["token_accuracy"] and k in r["token_accuracy"]
+                                                   for vs in points.values() for rs in vs.values() for r in rs)]
+    if acc_keys:
+        md += ["Token accuracies (EasyEdit's teacher-forced top-1 accuracy over the target tokens, mean over prompts; "
+               "locality_acc against the unedited model's predictions). No intervals: results.json holds the means only.", ""]
+        rows = [[label(editor, variant), str(r["num_edits"])] + [fmt((r["token_accuracy"] or {}).get(k)) for k in acc_keys]
+                for editor, vs in points.items() for variant, rs in vs.items() for r in rs if r["token_accuracy"]]
+        md += [table(["run", "edits", *acc_keys], rows), ""]
 
     # Probes
     md += ["## Probes: perplexity and KL from the unedited model", "",
@@ -733,12 +747,38 @@ def _offsets(count: int, span: float) -> list[float]:
     return [span * (i - (count - 1) / 2) for i in range(count)]
 
 
+def _panels(count: int) -> tuple[Any, list[Any]]:
+    """A figure of ``count`` panels, two per row from three on (wide enough to read), unused ones hidden."""
+    cols = count if count <= 2 else 2
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows + 0.9), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _finish(fig: Any, axes: list[Any], title: str, out: Path) -> None:
+    """Suptitle, one legend under the panels (one entry per run), save."""
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_edits(summary: dict[str, Any], out: Path) -> bool:
     keys = [k for k in EDIT_METRICS if any(r["edits"] and k in r["edits"] for vs in summary["points"].values() for rs in vs.values() for r in rs)]
     if not keys:
         return False
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.9), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = _panels(len(keys))
+    for ax, key in zip(axes, keys):
         for editor, vs in summary["points"].items():
             for variant, rows in vs.items():
                 xs, ys, _, _ = _series(rows, "edits", key)
@@ -748,11 +788,7 @@ def plot_edits(summary: dict[str, Any], out: Path) -> bool:
         ax.set_xlabel("edits")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7)
-    fig.suptitle(f"Edit metrics over all cases edited so far ({_model(summary)})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _finish(fig, axes, f"Edit metrics over all cases edited so far ({_model(summary)})", out)
     return True
 
 
@@ -763,8 +799,8 @@ def plot_downstream(summary: dict[str, Any], out: Path) -> bool:
     lines = [(e, v, rows) for e, vs in summary["points"].items() for v, rows in vs.items() if any(r["downstream"] for r in rows)]
     xmax = max(r["num_edits"] for _, _, rows in lines for r in rows)
     shifts = _offsets(len(lines), 0.012 * max(xmax, 1))  # side by side, so the interval bars do not hide each other
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.9), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    fig, axes = _panels(len(keys))
+    for ax, key in zip(axes, keys):
         for (editor, variant, rows), dx in zip(lines, shifts):
             xs, ys, lo, hi = _series(rows, "downstream", key)
             if not xs:
@@ -776,11 +812,8 @@ def plot_downstream(summary: dict[str, Any], out: Path) -> bool:
         ax.set_title(f"{DOWNSTREAM[key]} (n={'/'.join(map(str, ns))})")
         ax.set_xlabel("edits")
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7)
-    fig.suptitle(f"Downstream scores with 95 % intervals ({_model(summary)}; 0 edits = the unedited model)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _finish(fig, axes, f"Downstream scores with 95 % intervals ({_model(summary)}; 0 edits = the unedited model; "
+            "runs side by side)", out)
     return True
 
 

@@ -113,7 +113,9 @@ def test_edit_metrics_carry_wilson_intervals_over_cases(report):
     assert (iv["estimate"], iv["n"]) == (0.7, 20)
     assert iv["low"] == pytest.approx(low, abs=1e-12) and iv["high"] == pytest.approx(high, abs=1e-12)
     assert f"| ROME, PRUNE per edit | 20 | 20 | 0.700 [{low:.3f}, {high:.3f}] |" in report.markdown
-    assert "rewrite_acc" not in report.markdown  # token accuracies are not proportions of prompts
+    # Token accuracies are means of per-prompt shares, not proportions: a table of their own, without intervals.
+    assert "| run | edits | rewrite_acc |" in report.markdown and "| ROME, PRUNE per edit | 20 | 0.100 |" in report.markdown
+    assert _point(report.summary, "rome", "per-edit", 20)["token_accuracy"] == {"rewrite_acc": 0.1}
 
 
 def test_variants_read_the_unrestrained_scores_before_the_end_restraint(report):
