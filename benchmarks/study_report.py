@@ -820,7 +820,8 @@ def plot_downstream(summary: dict[str, Any], out: Path) -> bool:
 def plot_spectral(summary: dict[str, Any], out: Path) -> bool:
     if not any(sc for vs in summary["spectral"].values() for sc in vs.values()):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0), sharex=True)
+    fig, axes = _panels(2)
+    axes[1].sharex(axes[0])
     k0 = summary.get("kappa_w0") or {}
     if k0:
         axes[1].axhline(max(k0.values()), color="gray", linewidth=1, linestyle=":", label="largest κ(W₀), unedited")
@@ -843,13 +844,7 @@ def plot_spectral(summary: dict[str, Any], out: Path) -> bool:
         ax.set_yscale("log")
         ax.set_xlabel("edits")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    if k0:
-        axes[1].legend(fontsize=7)
-    fig.suptitle(f"Spectra of the edited matrices ({_model(summary)}; ★ restrained once at the end)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _finish(fig, axes, f"Spectra of the edited matrices ({_model(summary)}; ★ restrained once at the end)", out)
     return True
 
 
