@@ -153,24 +153,31 @@ def load_study(study: Path) -> tuple[dict[str, Arm], dict[str, list[dict[str, An
 def curve(arm: Arm, variant: str) -> dict[int, dict[str, dict]]:
     """``{num_edits: {section: dict}}`` of one variant of an arm (0 = the unedited model's ``*_before``).
 
-    ``none`` / ``per-edit``: the arm's own sections, except at a point after which an at-end restraint ran
-    (its ``*_before_end_restraint`` sections hold the unrestrained scores; a section without one is missing
-    there). ``at-end``: the ``*_restrained`` sections (empty when the run has none).
+    ``none`` / ``per-edit``: the arm's own sections, except at the last point of a run restrained once at the
+    end: there the plain sections were scored after that restraint, and only its ``*_before_end_restraint``
+    sections (where the run kept them) are unrestrained. ``at-end``: the ``*_restrained`` sections, and at the
+    last point the plain sections where no ``*_restrained`` one exists (empty when the run has no at-end curve).
     """
     res = arm.results
+    history = res.get("history", []) or []
     before = {s: res[f"{s}_before"] for s in SECTIONS if isinstance(res.get(f"{s}_before"), dict)}
+    end_restrained = has_end_restraint(arm)
+    last = max((int(row["num_edits"]) for row in history), default=None)
     out: dict[int, dict[str, dict]] = {}
-    for row in res.get("history", []) or []:
+    for row in history:
         n = int(row["num_edits"])
+        restrained = {s: row[f"{s}_restrained"] for s in SECTIONS if isinstance(row.get(f"{s}_restrained"), dict)}
+        plain = {s: row[s] for s in SECTIONS if isinstance(row.get(s), dict)}
+        after_end = end_restrained and n == last  # plain sections scored after the end restraint
         if variant == "at-end":
-            sections = {s: row[f"{s}_restrained"] for s in SECTIONS if isinstance(row.get(f"{s}_restrained"), dict)}
-        elif any(f"{s}_before_end_restraint" in row for s in SECTIONS):
+            sections = ({**plain, **restrained} if after_end else restrained) if restrained or after_end else {}
+        elif after_end:
             sections = {s: row[f"{s}_before_end_restraint"] for s in SECTIONS if isinstance(row.get(f"{s}_before_end_restraint"), dict)}
         else:
-            sections = {s: row[s] for s in SECTIONS if isinstance(row.get(s), dict)}
+            sections = plain
         if sections:
             out.setdefault(n, {}).update(sections)
-    if variant == "at-end" and not out:
+    if variant == "at-end" and not any(f"{s}_restrained" in row for row in history for s in SECTIONS):
         return {}
     if before:
         out[0] = before  # restraining ΔW = 0 changes nothing: every variant starts at the unedited model
@@ -178,7 +185,10 @@ def curve(arm: Arm, variant: str) -> dict[int, dict[str, dict]]:
 
 
 def has_end_restraint(arm: Arm) -> bool:
-    return any(f"{s}_before_end_restraint" in row for row in arm.results.get("history", []) or [] for s in SECTIONS)
+    """Whether the run restrained its weights once after its last point: its last history row kept
+    ``*_before_end_restraint`` sections, or it has an at-end curve (``*_restrained``: PRUNE at the end)."""
+    rows = arm.results.get("history", []) or []
+    return any(f"{s}_before_end_restraint" in row or f"{s}_restrained" in row for row in rows for s in SECTIONS)
 
 
 def variants_of(arms: dict[str, Arm]) -> dict[str, dict[str, tuple[Arm, dict[int, dict[str, dict]]]]]:
@@ -643,7 +653,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         if has_end_restraint(arm):
             last = max(int(r["num_edits"]) for r in arm.results["history"])
             row = next(r for r in arm.results["history"] if int(r["num_edits"]) == last)
-            lost = [s for s in SECTIONS if f"{s}_before_end_restraint" not in row and f"{s}_restrained" in row]
+            lost = [s for s in SECTIONS if f"{s}_before_end_restraint" not in row and (s in row or f"{s}_restrained" in row)]
             if lost:
                 notes.append(f"{arm.name}: at {last} edits (the last point, after which PRUNE restrained the weights) the "
                              f"unrestrained {', '.join(lost)} scores are not in results.json (only the restrained ones); "

@@ -200,3 +200,17 @@ def test_main_writes_markdown_json_and_figures(study, tmp_path):
 def test_a_study_without_finished_arms_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         study_report.build_report(tmp_path)
+
+
+def test_a_last_point_scored_only_after_the_end_restraint_belongs_to_the_at_end_curve():
+    # N = 25 with evaluation every 10: the run scored its last point only after restraining once at the end.
+    history = [{"num_edits": 10, "edits": edits(0.9, 10), "edits_restrained": edits(0.8, 10)},
+               {"num_edits": 20, "edits": edits(0.85, 20), "edits_restrained": edits(0.75, 20)},
+               {"num_edits": 25, "edits": edits(0.7, 25)}]
+    arm = study_report.Arm("rome", Path("."), results(history, "rome"), [])
+    none, at_end = study_report.curve(arm, "none"), study_report.curve(arm, "at-end")
+    assert sorted(none) == [0, 10, 20] and none[20]["edits"]["efficacy"] == 0.85
+    assert sorted(at_end) == [0, 10, 20, 25] and at_end[25]["edits"]["efficacy"] == 0.7 and at_end[10]["edits"]["efficacy"] == 0.8
+    # Without an at-end restraint every row is the run's own.
+    plain = study_report.Arm("rome", Path("."), results([{"num_edits": 10, "edits": edits(0.9, 10)}], "rome"), [])
+    assert sorted(study_report.curve(plain, "none")) == [0, 10] and study_report.curve(plain, "at-end") == {}
