@@ -34,10 +34,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_restraint.py
 
-# The reproduction study of docs/results.md (~2.5 h on a 2-core CPU; MEND needs checkpoints/mend/best.ckpt).
+# The study of docs/results.md (benchmarks/run_study.sh; MEND needs checkpoints/mend/best.ckpt), then its tables,
+# paired tests and docs/figures/study_*.png.
 study: $(STAMP)
 	PYTHON=$(BIN)/python bash benchmarks/run_study.sh
-	$(BIN)/python benchmarks/study_report.py --out benchmarks/results/study.json
+	$(BIN)/python benchmarks/study_report.py --study logs/study --md benchmarks/results/study.md --out benchmarks/results/study.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

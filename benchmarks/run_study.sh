@@ -6,12 +6,19 @@
 #   bash benchmarks/run_study.sh rome rome_prune    # only the named arms
 #   STUDY_EDITS=200 STUDY_MODEL=tiny-llama bash benchmarks/run_study.sh rome   # a quick check of the pipeline
 #
+# Settings (environment): STUDY_EDITS (1000), STUDY_MODEL (smollm2-135m), STUDY_DIR (logs/study),
+# STUDY_PROBE_TOKENS (5000), STUDY_DOWNSTREAM_LIMIT (200), STUDY_EVAL_EVERY (probes and edit metrics every
+# this many edits; 100, or STUDY_EDITS when smaller), STUDY_BATCH (requests per edit step of the MEMIT and
+# AlphaEdit arms; empty = the editor config's value), STUDY_FORCE=1 (rerun the named arms from the
+# start; their earlier checkpoints and logs move to $STUDY_DIR/replaced/), PYTHON.
+#
 # Arms (each a composition of configs/base.yaml + editor/ + restraint/ + data/ fragments):
 #   rome            ROME, no restraint; its "restrained once at N" curve comes from the same run
 #                   (restraint/prune_at_end.yaml with evaluate_at_end_curve), so PRUNE's reference timing
 #                   needs no second run
 #   rome_prune      ROME + PRUNE after every edit
-#   memit, memit_prune, alphaedit, alphaedit_prune   batches of 100 edits per step (editor configs' default)
+#   memit, memit_prune, alphaedit, alphaedit_prune   batches of the editor config's size (editor/memit.yaml: 10);
+#                                                    the issue's batches of 100: STUDY_BATCH=100
 #   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
 #   zsre_rome, zsre_rome_prune                       ZsRE eval cases, ROME ± PRUNE (per edit)
 # Every arm: probes (perplexity and KL from the unedited model on 5,000 WikiText-2 test tokens) and edit
@@ -30,6 +37,8 @@ MODEL="${STUDY_MODEL:-smollm2-135m}"
 DIR="${STUDY_DIR:-logs/study}"
 PROBE_TOKENS="${STUDY_PROBE_TOKENS:-5000}"
 LIMIT="${STUDY_DOWNSTREAM_LIMIT:-200}"
+EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 100 ? 100 : N))}"
+BATCH="${STUDY_BATCH:-}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p "$DIR"
 
@@ -38,7 +47,7 @@ every() {  # every $1 up to $N, as a YAML list
   for ((i = step; i <= N; i += step)); do out+="${out:+,}$i"; done
   echo "[$out]"
 }
-EVAL_AT="$(every $((N >= 100 ? 100 : N)))"
+EVAL_AT="$(every "$EVAL_EVERY")"
 DOWN_AT="[$((N / 4)),$((N / 2)),$N]"
 
 ARMS_ALL=(rome rome_prune alphaedit alphaedit_prune memit memit_prune zsre_rome zsre_rome_prune mend mend_prune)
@@ -58,12 +67,23 @@ run() {  # $1 = arm
     zsre_rome_prune)  parts="editor/rome.yaml restraint/prune.yaml data/zsre.yaml" ;;
     *) echo "unknown arm: $arm (known: ${ARMS_ALL[*]})" >&2; return 2 ;;
   esac
+  case "$arm" in  # batch editors: STUDY_BATCH overrides the editor config's requests per step
+    memit*|alphaedit*) if [ -n "$BATCH" ]; then extra+=(--data.init_args.batch_size "$BATCH"); fi ;;
+  esac
   if [ -z "${STUDY_FORCE:-}" ] && compgen -G "$DIR/logs/$arm/version_*/results.json" >/dev/null; then
     echo "$arm: done already ($DIR/logs/$arm), skipped"; return 0
   fi
   local configs=(--config base.yaml)
   for part in $parts; do configs+=(--config "$part"); done
   local resume=false
+  if [ -n "${STUDY_FORCE:-}" ] && [ -e "$DIR/checkpoints/$arm" -o -e "$DIR/logs/$arm" ]; then
+    # A forced rerun starts afresh: resuming would reload the finished run's last checkpoint and edit nothing.
+    # Its old runs move aside, so that a killed forced rerun resumes (without STUDY_FORCE) like any other.
+    local old="$DIR/replaced/$arm-$(date -u +%Y%m%dT%H%M%S)"
+    mkdir -p "$old"
+    for sub in checkpoints logs; do [ -e "$DIR/$sub/$arm" ] && mv "$DIR/$sub/$arm" "$old/$sub"; done
+    echo "$arm: STUDY_FORCE: its earlier checkpoints and logs moved to $old"
+  fi
   [ -f "$DIR/checkpoints/$arm/latest" ] && resume=true
   echo "$arm: starting (resume=$resume) at $(date -u +%T)"
   local start=$SECONDS rc

@@ -1,97 +1,889 @@
-"""Tables and figures of the reproduction study (benchmarks/run_study.sh) for docs/results.md.
+"""Tables, paired tests and figures of the 1,000-edit study (benchmarks/run_study.sh) for docs/results.md.
 
-    python benchmarks/study_report.py --logs logs/study --figures docs/figures --out benchmarks/results/study.json
+    python benchmarks/study_report.py --study logs/study --md benchmarks/results/study.md \\
+        --out benchmarks/results/study.json --figures docs/figures
 
-Reads the newest ``version_<n>`` of every run folder under ``--logs`` (results.json, spectral.json), prints
-Markdown tables (edit metrics, downstream scores against the unedited model, σ_max(ΔW) and κ(W) at each
-measured edit count, run times) and writes three PNGs: edit metrics, downstream scores, spectral diagnostics.
-κ(W_0) of the edited matrices comes from the unedited model (loaded once, ``--no-w0`` skips it).
+Reads ``<study>/logs/<arm>/version_<n>/`` (the newest version holding a results.json; spectral.json beside
+it) for every arm present — any subset of rome, rome_prune, memit[_prune], alphaedit[_prune], mend[_prune],
+zsre_rome[_prune] and any other folder — and ``<study>/timings.tsv``. An arm ``X_prune`` is editor ``X``
+with PRUNE after every edit; an arm whose history holds ``*_restrained`` sections (``rome``) also gives the
+"PRUNE once at N" curve of the same run. Three variants per editor, where present:
+
+* ``none``     the unrestrained run (at an at-end-restrained run's last point its ``*_before_end_restraint``
+               sections; the restrained ones are PRUNE's);
+* ``per-edit`` the ``X_prune`` arm;
+* ``at-end``   the ``*_restrained`` sections of the unrestrained run (its weights restrained as if it ended at N).
+
+Tables (Markdown, printed and written to ``--md``): edit metrics with 95 % Wilson intervals, probes
+(perplexity with a bootstrap interval over probe windows and its paired change from the unedited model, KL),
+downstream scores with intervals from their per-example scores (Wilson for 0/1 scores, percentile bootstrap for ROUGE), σ_max(ΔW)/σ_max(W₀) and κ(W),
+wall times; a "plain answer" table (the first point where perplexity rises / a downstream score falls
+significantly against the unedited model, paired over the same windows / examples) and PRUNE's paired tests
+(per-edit arm vs the unrestrained arm, at-end curve vs the unrestrained curve) at every point.
+Figures (``--figures``): study_probes.png (perplexity and KL vs edits, one panel per editor), study_edits.png,
+study_downstream.png, study_spectral.png. ``--out`` writes every number as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
-from collections import defaultdict
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ORDER = ["rome", "rome_prune", "memit", "memit_prune", "mend", "mend_prune", "mend_prune_a1.2"]
-LABELS = {
-    "rome": "ROME",
-    "rome_prune": "ROME + PRUNE",
-    "memit": "MEMIT",
-    "memit_prune": "MEMIT + PRUNE",
-    "mend": "MEND",
-    "mend_prune": "MEND + PRUNE",
-    "mend_prune_a1.2": "MEND + PRUNE (α=1.2)",
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's prune_lit
+    sys.path.insert(0, str(REPO))
+
+from prune_lit.metrics.intervals import (  # noqa: E402
+    bootstrap_interval,
+    compare_paired,
+    is_binary,
+    paired_bootstrap,
+    score_interval,
+    wilson_interval,
+)
+
+EDITORS = ["rome", "memit", "alphaedit", "mend", "zsre_rome"]  # display order; other arms follow by name
+EDITOR_LABELS = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "mend": "MEND", "zsre_rome": "ROME (ZsRE)"}
+EDITOR_COLORS = {"rome": "tab:blue", "memit": "tab:orange", "alphaedit": "tab:purple", "mend": "tab:green", "zsre_rome": "tab:brown"}
+VARIANTS = ["none", "per-edit", "at-end"]
+VARIANT_LABELS = {"none": "no restraint", "per-edit": "PRUNE per edit", "at-end": "PRUNE once at N"}
+VARIANT_STYLES = {"none": "--", "per-edit": "-", "at-end": ":"}
+PRUNE_SUFFIX = "_prune"
+# Edit metrics shown when results.json has them (proportions of prompts; the *_acc token accuracies are not).
+EDIT_METRICS = ["efficacy", "generalization", "neighborhood", "locality", "locality_top1"]
+# EasyEdit's teacher-forced token accuracies (means of per-prompt shares: no interval without per-case values);
+# ZsRE has no ground truth, so these are its edit scores.
+TOKEN_ACCURACIES = ["rewrite_acc", "rephrase_acc", "locality_acc"]
+DOWNSTREAM = {  # main score per task -> column title; other per-example keys go to the JSON only
+    "reasoning/exact_match": "GSM8K EM",
+    "summarization/rouge1": "SAMSum ROUGE-1",
+    "qa/contains": "NQ contains",
+    "nli/accuracy": "RTE acc",
 }
-STYLE = {
-    "rome": ("tab:blue", "--"), "rome_prune": ("tab:blue", "-"),
-    "memit": ("tab:orange", "--"), "memit_prune": ("tab:orange", "-"),
-    "mend": ("tab:green", "--"), "mend_prune": ("tab:green", "-"), "mend_prune_a1.2": ("tab:olive", "-."),
-}
-EDIT_KEYS = ["efficacy", "generalization", "locality"]
-DOWNSTREAM = [  # (results key, column title)
-    ("reasoning/exact_match", "GSM8K EM"),
-    ("summarization/rouge1", "SAMSum ROUGE-1"),
-    ("qa/contains", "NQ contains"),
-    ("nli/accuracy", "RTE acc"),
-]
+SECTIONS = ("edits", "probes", "downstream")
+ALPHA = 0.05
+# Fewest windows / examples for a bootstrap interval or test: with fewer, the resamples barely vary and a
+# paired bootstrap reports p ≈ 1/(resamples + 1) for any consistent shift (one window: always). Wilson
+# intervals and exact McNemar tests hold at any n.
+MIN_BOOTSTRAP_N = 10
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class Arm:
+    """One arm's newest finished run."""
+
+    name: str
+    folder: Path
+    results: dict[str, Any]
+    spectral: list[dict[str, Any]]
+    timings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def editor(self) -> str:
+        return self.name[: -len(PRUNE_SUFFIX)] if self.name.endswith(PRUNE_SUFFIX) else self.name
+
+    @property
+    def restrained_per_edit(self) -> bool:
+        return self.name.endswith(PRUNE_SUFFIX)
 
 
 def newest_version(run: Path) -> Path | None:
-    versions = [p for p in run.glob("version_*") if (p / "results.json").exists()]
+    versions = [p for p in run.glob("version_*") if (p / "results.json").is_file()]
     return max(versions, key=lambda p: int(re.sub(r"\D", "", p.name) or 0)) if versions else None
 
 
-def load_runs(logs: Path) -> dict[str, dict]:
-    runs = {}
-    for name in ORDER + sorted(p.name for p in logs.iterdir() if p.is_dir() and p.name not in ORDER):
-        folder = newest_version(logs / name) if (logs / name).is_dir() else None
+def read_timings(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``{arm: [{"finished", "seconds", "rc", "resume"}, ...]}`` from run_study.sh's timings.tsv (one row per try)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not path.is_file():
+        return out
+    with path.open() as f:
+        for row in csv.reader(f, delimiter="\t"):
+            if len(row) < 3 or not row[2].strip().isdigit():
+                continue
+            extra = dict(part.split("=", 1) for part in row[3:] if "=" in part)
+            out.setdefault(row[0], []).append({
+                "finished": row[1], "seconds": int(row[2]),
+                "rc": int(extra["rc"]) if extra.get("rc", "").lstrip("-").isdigit() else None,
+                "resume": extra.get("resume") == "true",
+            })
+    return out
+
+
+def arm_order(name: str) -> tuple[int, int, str]:
+    editor = name[: -len(PRUNE_SUFFIX)] if name.endswith(PRUNE_SUFFIX) else name
+    return (EDITORS.index(editor) if editor in EDITORS else len(EDITORS), int(name.endswith(PRUNE_SUFFIX)), name)
+
+
+def load_study(study: Path) -> tuple[dict[str, Arm], dict[str, list[dict[str, Any]]]]:
+    """The finished arms under ``study/logs`` (in display order) and every arm's timings (finished or not)."""
+    logs = study / "logs"
+    timings = read_timings(study / "timings.tsv")
+    arms: dict[str, Arm] = {}
+    names = sorted((p.name for p in logs.iterdir() if p.is_dir()), key=arm_order) if logs.is_dir() else []
+    for name in names:
+        folder = newest_version(logs / name)
         if folder is None:
             continue
         results = json.loads((folder / "results.json").read_text())
         spectral_path = folder / "spectral.json"
-        spectral = json.loads(spectral_path.read_text())["records"] if spectral_path.exists() else []
-        shown = Path(*folder.parts[-4:]) if len(folder.parts) >= 4 else folder  # e.g. logs/study/rome/version_0
-        runs[name] = {"folder": str(shown), "results": results, "spectral": spectral}
-    return runs
+        spectral = json.loads(spectral_path.read_text()).get("records", []) if spectral_path.is_file() else []
+        arms[name] = Arm(name, folder, results, spectral, timings.get(name, []))
+    return arms, timings
 
 
-def spectral_by_edits(records: list[dict]) -> dict[int, dict[str, float]]:
-    """Per edit count: the largest σ_max(ΔW)/σ_max(W_0) over matrices (and that matrix's σ values), the largest κ(W)."""
-    out: dict[int, dict[str, float]] = defaultdict(dict)
+# ---------------------------------------------------------------- curves
+
+
+def curve(arm: Arm, variant: str) -> dict[int, dict[str, dict]]:
+    """``{num_edits: {section: dict}}`` of one variant of an arm (0 = the unedited model's ``*_before``).
+
+    ``none`` / ``per-edit``: the arm's own sections, except at the last point of a run restrained once at the
+    end: there the plain sections were scored after that restraint, and only its ``*_before_end_restraint``
+    sections (where the run kept them) are unrestrained. ``at-end``: the ``*_restrained`` sections, and at the
+    last point the plain sections where no ``*_restrained`` one exists (empty when the run has no at-end curve).
+    """
+    res = arm.results
+    history = res.get("history", []) or []
+    before = {s: res[f"{s}_before"] for s in SECTIONS if isinstance(res.get(f"{s}_before"), dict)}
+    end_restrained = has_end_restraint(arm)
+    last = max((int(row["num_edits"]) for row in history), default=None)
+    out: dict[int, dict[str, dict]] = {}
+    for row in history:
+        n = int(row["num_edits"])
+        restrained = {s: row[f"{s}_restrained"] for s in SECTIONS if isinstance(row.get(f"{s}_restrained"), dict)}
+        plain = {s: row[s] for s in SECTIONS if isinstance(row.get(s), dict)}
+        after_end = end_restrained and n == last  # plain sections scored after the end restraint
+        if variant == "at-end":
+            sections = ({**plain, **restrained} if after_end else restrained) if restrained or after_end else {}
+        elif after_end:
+            sections = {s: row[f"{s}_before_end_restraint"] for s in SECTIONS if isinstance(row.get(f"{s}_before_end_restraint"), dict)}
+        else:
+            sections = plain
+        if sections:
+            out.setdefault(n, {}).update(sections)
+    if variant == "at-end" and not any(f"{s}_restrained" in row for row in history for s in SECTIONS):
+        return {}
+    if before:
+        out[0] = before  # restraining ΔW = 0 changes nothing: every variant starts at the unedited model
+    return dict(sorted(out.items()))
+
+
+def has_end_restraint(arm: Arm) -> bool:
+    """Whether the run restrained its weights once after its last point: its last history row kept
+    ``*_before_end_restraint`` sections, or it has an at-end curve (``*_restrained``: PRUNE at the end)."""
+    rows = arm.results.get("history", []) or []
+    return any(f"{s}_before_end_restraint" in row or f"{s}_restrained" in row for row in rows for s in SECTIONS)
+
+
+def variants_of(arms: dict[str, Arm]) -> dict[str, dict[str, tuple[Arm, dict[int, dict[str, dict]]]]]:
+    """``{editor: {variant: (arm, curve)}}`` for every variant present."""
+    out: dict[str, dict[str, tuple[Arm, dict]]] = {}
+    for arm in arms.values():
+        slot = out.setdefault(arm.editor, {})
+        if arm.restrained_per_edit:
+            slot["per-edit"] = (arm, curve(arm, "per-edit"))
+        else:
+            slot["none"] = (arm, curve(arm, "none"))
+            at_end = curve(arm, "at-end")
+            if at_end:
+                slot["at-end"] = (arm, at_end)
+    return {e: {v: out[e][v] for v in VARIANTS if v in out[e]} for e in sorted(out, key=arm_order)}
+
+
+# ---------------------------------------------------------------- intervals
+
+
+def edit_intervals(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Wilson intervals of the edit metrics present, over the ``n`` edited cases (``score · n`` "successes").
+
+    results.json holds each metric's share of prompts and the number of cases, not the prompt counts;
+    efficacy has one prompt per CounterFact case (exact), generalization / neighborhood / locality several
+    per case (correlated), so the interval treats the case, not the prompt, as the unit.
+    """
+    n = scores.get("n")
+    out = {}
+    for key in EDIT_METRICS:
+        v = scores.get(key)
+        if not isinstance(v, (int, float)) or math.isnan(v):
+            continue
+        if isinstance(n, int) and n > 0:
+            iv = wilson_interval(min(max(v, 0.0), 1.0) * n, n)
+            out[key] = {"estimate": float(v), "low": iv.low, "high": iv.high, "n": n, "method": "wilson over cases"}
+        else:
+            out[key] = {"estimate": float(v), "low": None, "high": None, "n": None, "method": "no count"}
+    return out
+
+
+def probe_intervals(probes: dict[str, Any], resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Perplexity (exp of a bootstrap interval of the mean per-window NLL) and KL (bootstrap over windows)."""
+    windows = probes.get("per_window") or {}
+    out: dict[str, dict[str, Any]] = {}
+    nll, kl = windows.get("nll"), windows.get("kl")
+    if nll and len(nll) < MIN_BOOTSTRAP_N:
+        nll = kl = None  # too few windows for an interval: the aggregates alone
+    if nll:
+        iv = bootstrap_interval(nll, n_resamples=resamples, seed=seed)
+        out["perplexity"] = {"estimate": float(probes.get("perplexity", math.exp(iv.estimate))), "low": math.exp(iv.low),
+                             "high": math.exp(iv.high), "n": iv.n, "method": "bootstrap over windows"}
+    elif "perplexity" in probes:
+        n = len(windows.get("nll") or [])
+        out["perplexity"] = {"estimate": float(probes["perplexity"]), "low": None, "high": None, "n": n or None,
+                             "method": f"no interval ({n} windows < {MIN_BOOTSTRAP_N})" if n else "no windows"}
+    if kl:
+        iv = bootstrap_interval(kl, n_resamples=resamples, seed=seed)
+        out["kl"] = {"estimate": float(probes.get("kl_from_unedited", iv.estimate)), "low": iv.low, "high": iv.high, "n": iv.n,
+                     "method": "bootstrap over windows"}
+    elif "kl_from_unedited" in probes:
+        n = len(windows.get("kl") or [])
+        out["kl"] = {"estimate": float(probes["kl_from_unedited"]), "low": None, "high": None, "n": n or None,
+                     "method": f"no interval ({n} windows < {MIN_BOOTSTRAP_N})" if n else "no windows"}
+    if "n_tokens" in probes:
+        out["n_tokens"] = int(probes["n_tokens"])
+    return out
+
+
+def downstream_intervals(downstream: dict[str, Any], resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Every per-example score list's interval (Wilson for 0/1 scores, bootstrap otherwise)."""
+    out = {}
+    for key, scores in (downstream.get("per_example") or {}).items():
+        if not scores:
+            continue
+        if is_binary(scores) or len(scores) >= MIN_BOOTSTRAP_N:
+            iv = score_interval(scores, n_resamples=resamples, seed=seed)
+            out[key] = {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n, "method": iv.method}
+        else:
+            out[key] = {"estimate": sum(scores) / len(scores), "low": None, "high": None, "n": len(scores),
+                        "method": f"no interval ({len(scores)} examples < {MIN_BOOTSTRAP_N})"}
+    for key in DOWNSTREAM:  # an aggregate without per-example scores: the number alone
+        if key not in out and isinstance(downstream.get(key), (int, float)):
+            out[key] = {"estimate": float(downstream[key]), "low": None, "high": None, "n": None, "method": "no per-example scores"}
+    return out
+
+
+def spectral_points(records: list[dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+    """Per edit count (during the run): the largest σ_max(ΔW)/σ_max(W₀) over matrices and the largest κ(W)
+    measured there; and the ``final`` measurement (after any at-end restraint), or None."""
+    def reduce(recs: list[dict[str, Any]]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for r in recs:
+            if r.get("sigma_max_delta") is not None and r.get("sigma_max_w0"):
+                ratio = r["sigma_max_delta"] / r["sigma_max_w0"]
+                if ratio > row.get("ratio", -1.0):
+                    row.update(ratio=ratio, sigma_max_delta=r["sigma_max_delta"], sigma_max_w0=r["sigma_max_w0"], matrix=r["matrix"])
+            if r.get("kappa_w") is not None:
+                row["kappa_w"] = max(row.get("kappa_w", 0.0), float(r["kappa_w"]))
+        return row
+
+    by_n: dict[int, list[dict[str, Any]]] = {}
     for r in records:
-        n, row = r["num_edits"], out[r["num_edits"]]
-        if r.get("sigma_max_delta") is not None and r.get("sigma_max_w0"):
-            ratio = r["sigma_max_delta"] / r["sigma_max_w0"]
-            if ratio > row.get("ratio", -1.0):
-                row.update(ratio=ratio, sigma_max_delta=r["sigma_max_delta"], sigma_max_w0=r["sigma_max_w0"], matrix=r["matrix"])
-        if r.get("kappa_w") is not None:
-            row["kappa_w"] = max(row.get("kappa_w", 0.0), r["kappa_w"])
-        out[n] = row
-    return dict(out)
+        if not r.get("final"):
+            by_n.setdefault(int(r["num_edits"]), []).append(r)
+    final = [r for r in records if r.get("final")]
+    return {n: reduce(rs) for n, rs in sorted(by_n.items())}, (reduce(final) | {"num_edits": int(final[0]["num_edits"])}) if final else None
 
 
-def kappa_w0(runs: dict[str, dict]) -> dict[str, float]:
-    """κ(W_0) of every matrix any run edited, from the unedited model."""
+def spectral_curve(arm: Arm, variant: str) -> dict[int, dict[str, Any]]:
+    """The spectral curve of one variant: the run's own measurements; the final one joins the last point of
+    ``none`` / ``per-edit`` unless an at-end restraint ran (then it is ``at-end``'s only point)."""
+    points, final = spectral_points(arm.spectral)
+    end_restrained = has_end_restraint(arm)
+    if variant == "at-end":
+        return {final["num_edits"]: final} if final and end_restrained else {}
+    if final and not end_restrained:
+        points.setdefault(final["num_edits"], {})
+        for k, v in final.items():
+            if k != "num_edits":
+                points[final["num_edits"]].setdefault(k, v)
+    return points
+
+
+# ---------------------------------------------------------------- paired tests
+
+
+def paired_probe(a: dict[str, Any], b: dict[str, Any], key: str, resamples: int, seed: int) -> dict[str, Any] | None:
+    """B − A of the mean per-window ``key`` (nll / kl), paired bootstrap over the same windows."""
+    la, lb = (a.get("per_window") or {}).get(key), (b.get("per_window") or {}).get(key)
+    if not la or not lb or len(la) != len(lb) or len(la) < MIN_BOOTSTRAP_N:
+        return None
+    return paired_bootstrap(la, lb, n_resamples=resamples, seed=seed).as_dict()
+
+
+def paired_scores(a: dict[str, Any], b: dict[str, Any], key: str, resamples: int, seed: int) -> dict[str, Any] | None:
+    """B − A of a downstream per-example score (exact McNemar for 0/1, paired bootstrap otherwise)."""
+    la, lb = (a.get("per_example") or {}).get(key), (b.get("per_example") or {}).get(key)
+    if not la or not lb or len(la) != len(lb):
+        return None
+    if not (is_binary(la) and is_binary(lb)) and len(la) < MIN_BOOTSTRAP_N:
+        return None
+    return compare_paired(la, lb, n_resamples=resamples, seed=seed).as_dict()
+
+
+def task_keys(curves: list[dict[int, dict[str, dict]]]) -> list[str]:
+    """The main downstream scores any curve has per-example scores for (all per-example keys when none is main)."""
+    present = {k for c in curves for p in c.values() for k in (p.get("downstream", {}).get("per_example") or {})}
+    main = [k for k in DOWNSTREAM if k in present]
+    return main or sorted(present)
+
+
+def first_significant(curve_: dict[int, dict[str, dict]], section: str, test: Any, worse: int) -> dict[str, Any]:
+    """The first point > 0 where ``test(before, now)`` finds a difference of sign ``worse`` with p < ALPHA.
+
+    Returns ``{"num_edits": n or None, "tested": [points tested up to n], "untested": [points measured but
+    not testable]}`` plus ``difference``, ``p_value`` and ``test`` of the point found."""
+    before = curve_.get(0, {}).get(section)
+    out: dict[str, Any] = {"num_edits": None, "tested": [], "untested": []}
+    if before is None:
+        return out
+    for n, sections in curve_.items():
+        if n == 0 or section not in sections:
+            continue
+        c = test(before, sections[section])
+        if c is None:
+            out["untested"].append(n)
+            continue
+        out["tested"].append(n)
+        if c["p_value"] < ALPHA and c["difference"] * worse > 0:
+            return out | {"num_edits": n, "difference": c["difference"], "p_value": c["p_value"], "test": c["method"]}
+    return out
+
+
+@dataclass
+class Report:
+    markdown: str
+    summary: dict[str, Any]
+
+
+def plain_answer(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Per editor and variant: the first point where perplexity rises / each downstream score falls
+    significantly against the unedited model (paired over the same windows / examples)."""
+    rows = []
+    tasks = task_keys([c for vs in variants.values() for _, c in vs.values()])
+    for editor, vs in variants.items():
+        for variant, (arm, c) in vs.items():
+            row: dict[str, Any] = {"editor": editor, "variant": variant, "arm": arm.name,
+                                   "last_point": max(c) if c else None}
+            row["perplexity"] = first_significant(c, "probes", lambda a, b: paired_probe(a, b, "nll", resamples, seed), +1)
+            row["downstream"] = {k: first_significant(c, "downstream", lambda a, b, k=k: paired_scores(a, b, k, resamples, seed), -1)
+                                 for k in tasks}
+            rows.append(row)
+    return rows
+
+
+def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """PRUNE against no restraint at every point both have: perplexity (as mean NLL per window), KL and the
+    downstream scores, paired over the same windows / examples. Differences are PRUNE − none."""
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    untested: dict[tuple[str, str, str], list[int]] = {}
+    tasks = task_keys([c for vs in variants.values() for _, c in vs.values()])
+    for editor, vs in variants.items():
+        if "none" not in vs:
+            continue
+        base_arm, base = vs["none"]
+        for variant in ("per-edit", "at-end"):
+            if variant not in vs:
+                continue
+            arm, other = vs[variant]
+            ids_a, ids_b = base_arm.results.get("edited_case_ids"), arm.results.get("edited_case_ids")
+            if ids_a is not None and ids_b is not None:
+                m = min(len(ids_a), len(ids_b))
+                if ids_a[:m] != ids_b[:m]:
+                    notes.append(f"{editor}: {base_arm.name} and {arm.name} edited different cases")
+            for n in sorted(set(base) & set(other)):
+                if n == 0:
+                    continue
+                a, b = base[n], other[n]
+                tests: list[tuple[str, dict | None]] = []
+                if "probes" in a and "probes" in b:
+                    tests += [("NLL / token (perplexity)", paired_probe(a["probes"], b["probes"], "nll", resamples, seed)),
+                              ("KL from unedited", paired_probe(a["probes"], b["probes"], "kl", resamples, seed))]
+                if "downstream" in a and "downstream" in b:
+                    tests += [(k, paired_scores(a["downstream"], b["downstream"], k, resamples, seed)) for k in tasks]
+                for metric, c in tests:
+                    if c is None:
+                        untested.setdefault((editor, variant, metric), []).append(n)
+                        continue
+                    rows.append({"editor": editor, "variant": variant, "num_edits": n, "metric": metric} | c)
+    for (editor, variant, metric), ns in untested.items():
+        notes.append(f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]} vs none, {DOWNSTREAM.get(metric, metric)} at "
+                     f"{', '.join(map(str, ns))} edits: no paired test (per-window / per-example scores missing, of "
+                     f"different lengths, or fewer than {MIN_BOOTSTRAP_N} for a bootstrap)")
+    return rows, notes
+
+
+# ---------------------------------------------------------------- tables
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x))):
+        return "—"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
+        return f"{x:.{max(digits - 1, 1)}e}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_iv(iv: dict[str, Any] | None, digits: int = 3) -> str:
+    if iv is None:
+        return "—"
+    text = fmt(iv["estimate"], digits)
+    if iv.get("low") is not None and not math.isnan(iv["low"]):
+        text += f" [{fmt(iv['low'], digits)}, {fmt(iv['high'], digits)}]"
+    return text
+
+
+def label(editor: str, variant: str) -> str:
+    return f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: dict[str, float] | None = None) -> Report:
+    """Every table (Markdown) and number (JSON-able summary) of the study under ``study``."""
+    arms, timings = load_study(study)
+    if not arms:
+        raise FileNotFoundError(f"no finished arm (logs/<arm>/version_<n>/results.json) under {study}")
+    variants = variants_of(arms)
+    notes: list[str] = []
+    md: list[str] = [f"# Study report: {study}", ""]
+    models = sorted({str(a.results.get("model")) for a in arms.values()})
+    md.append(f"Arms found: {', '.join(arms)} (model: {', '.join(models)}). "
+              f"Arms with a timing but no results.json: {', '.join(sorted(set(timings) - set(arms))) or 'none'}.")
+    md.append("")
+
+    points: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for editor, vs in variants.items():
+        for variant, (arm, c) in vs.items():
+            rows = []
+            before_probes = c.get(0, {}).get("probes")
+            for n, sections in c.items():
+                probes = probe_intervals(sections["probes"], resamples, seed) if "probes" in sections else None
+                if probes is not None and before_probes is not None and n > 0:
+                    # The change from the unedited model, paired over the same windows: far tighter than the
+                    # perplexity's own interval, which mostly measures how the windows differ from each other.
+                    change = paired_probe(before_probes, sections["probes"], "nll", resamples, seed)
+                    if change is not None:
+                        probes["nll_change"] = change
+                token_acc = {k: float(v) for k, v in sections.get("edits", {}).items()
+                             if k in TOKEN_ACCURACIES and isinstance(v, (int, float)) and math.isfinite(v)}
+                rows.append({"num_edits": n,
+                             "edits": edit_intervals(sections["edits"]) if "edits" in sections else None,
+                             "token_accuracy": token_acc or None,
+                             "probes": probes,
+                             "downstream": downstream_intervals(sections["downstream"], resamples, seed) if "downstream" in sections else None})
+            points.setdefault(editor, {})[variant] = rows
+
+    # Edit metrics
+    present = [k for k in EDIT_METRICS if any(r["edits"] and k in r["edits"] for vs in points.values() for rs in vs.values() for r in rs)]
+    md += ["## Edit metrics", "",
+           "Share of prompts over all cases edited so far (0 edits: every case of the run scored on the unedited "
+           "model). 95 % Wilson intervals over the **n edited cases** (results.json has each "
+           "metric's share and n, not the per-metric prompt counts; efficacy has one prompt per CounterFact case, the "
+           "others several correlated ones per case).", ""]
+    rows = []
+    for editor, vs in points.items():
+        for variant, rs in vs.items():
+            for r in rs:
+                if r["edits"] is not None:
+                    n = next((iv["n"] for iv in r["edits"].values() if iv.get("n")), None)
+                    rows.append([label(editor, variant), str(r["num_edits"]), str(n or "—")] + [fmt_iv(r["edits"].get(k)) for k in present])
+    md += [table(["run", "edits", "n", *present], rows), ""]
+    acc_keys = [k for k in TOKEN_ACCURACIES if any(r["token_accuracy"] and k in r["token_accuracy"]
+                                                   for vs in points.values() for rs in vs.values() for r in rs)]
+    if acc_keys:
+        md += ["Token accuracies (EasyEdit's teacher-forced top-1 accuracy over the target tokens, mean over prompts; "
+               "locality_acc against the unedited model's predictions). No intervals: results.json holds the means only.", ""]
+        rows = [[label(editor, variant), str(r["num_edits"])] + [fmt((r["token_accuracy"] or {}).get(k)) for k in acc_keys]
+                for editor, vs in points.items() for variant, rs in vs.items() for r in rs if r["token_accuracy"]]
+        md += [table(["run", "edits", *acc_keys], rows), ""]
+
+    # Probes
+    md += ["## Probes: perplexity and KL from the unedited model", "",
+           "WikiText-2 test windows; perplexity = exp(mean NLL per token) with a 95 % percentile bootstrap interval "
+           "over windows (exp of the interval of the mean window NLL; windows are of equal length); KL(unedited ‖ edited) "
+           "in nats per token, bootstrap over windows. Δ NLL: mean NLL per token minus the unedited model's, with the 95 % "
+           "interval and p of a paired bootstrap over the same windows (perplexity ratio to the unedited model = exp Δ).", ""]
+    rows = []
+    for editor, vs in points.items():
+        for variant, rs in vs.items():
+            for r in rs:
+                p = r["probes"]
+                if p:
+                    windows = (p.get("perplexity") or {}).get("n")
+                    ch = p.get("nll_change")
+                    change = f"{fmt(ch['difference'], 4)} [{fmt(ch['low'], 4)}, {fmt(ch['high'], 4)}], p={fmt(ch['p_value'], 3)}" if ch else "—"
+                    rows.append([label(editor, variant), str(r["num_edits"]), f"{windows or '—'} / {p.get('n_tokens', '—')}",
+                                 fmt_iv(p.get("perplexity"), 2), change, fmt_iv(p.get("kl"), 4)])
+    md += [table(["run", "edits", "windows / tokens", "perplexity", "Δ NLL vs unedited (paired)", "KL"], rows)
+           if rows else "No probes in any arm.", ""]
+
+    # Downstream
+    tasks = task_keys([c for vs in variants.values() for _, c in vs.values()])
+    md += ["## Downstream", "",
+           "95 % intervals from the per-example scores: Wilson for 0/1 scores, percentile bootstrap for ROUGE; n examples per task.", ""]
+    rows = []
+    for editor, vs in points.items():
+        for variant, rs in vs.items():
+            for r in rs:
+                d = r["downstream"]
+                if d:
+                    ns = sorted({d[k]["n"] for k in tasks if k in d and d[k].get("n")})
+                    rows.append([label(editor, variant), str(r["num_edits"]), "/".join(map(str, ns)) or "—"]
+                                + [fmt_iv(d.get(k)) for k in tasks])
+    md += [table(["run", "edits", "n", *[DOWNSTREAM.get(k, k) for k in tasks]], rows) if rows else "No downstream scores in any arm.", ""]
+
+    # Spectra
+    md += ["## Spectra", "",
+           "Largest σ_max(ΔW)/σ_max(W₀) and largest κ(W) over the edited matrices, at the evaluation points "
+           "(κ only where it was measured; `at-end`: after the final restraint of the unrestrained run)."
+           + (" κ(W₀) of the unedited model in the 0-edit row." if kappa_w0 else ""), ""]
+    rows = []
+    spectral_summary: dict[str, dict[str, Any]] = {}
+    for editor, vs in variants.items():
+        for variant, (arm, c) in vs.items():
+            sc = spectral_curve(arm, variant)
+            spectral_summary.setdefault(editor, {})[variant] = {str(n): v for n, v in sc.items()}
+            if not sc:
+                continue
+            matrices = {r["matrix"] for r in arm.spectral}
+            if kappa_w0 and variant != "at-end":
+                k0 = max((kappa_w0[m] for m in matrices if m in kappa_w0), default=None)
+                rows.append([label(editor, variant), "0", fmt(0.0), fmt(k0, 1)])
+            shown = [n for n in sc if n in c or n == max(sc)] if variant != "at-end" else list(sc)
+            for n in shown:
+                rows.append([label(editor, variant), str(n), fmt(sc[n].get("ratio")), fmt(sc[n].get("kappa_w"), 1)])
+    md += [table(["run", "edits", "max σ_max(ΔW)/σ_max(W₀)", "max κ(W)"], rows) if rows else "No spectral.json in any arm.", ""]
+
+    # Wall times
+    md += ["## Wall times", "",
+           "wall: run_study.sh's timings.tsv, summed over the tries of an arm's current run (its last fresh start and "
+           "the resumes after it); editing / restraint: "
+           "results.json (edit steps and PRUNE alone, without evaluation).", ""]
+    rows = []
+    times_summary = {}
+    for name in sorted(set(arms) | set(timings), key=arm_order):
+        all_tries = timings.get(name, [])
+        # The current run: its last fresh start (resume=false; an earlier one was replaced) and the resumes after it.
+        fresh = max((i for i, t in enumerate(all_tries) if not t["resume"]), default=0)
+        tries = all_tries[fresh:]
+        wall = sum(t["seconds"] for t in tries) if tries else None
+        r = arms[name].results if name in arms else {}
+        times_summary[name] = {"tries": tries, "earlier_tries": all_tries[:fresh], "wall_seconds": wall} | {
+            k: r.get(k) for k in ("num_edits", "num_steps", "num_rejected_steps", "seconds_editing", "seconds_per_edit", "seconds_restraint")}
+        last_rc = tries[-1]["rc"] if tries else None
+        rows.append([name, str(r.get("num_edits", "—")), str(r.get("num_steps", "—")), str(r.get("num_rejected_steps", "—")),
+                     f"{wall}" if wall is not None else "—", f"{len(tries)}" + (f" (last rc={last_rc})" if last_rc else ""),
+                     fmt(r.get("seconds_editing"), 0), fmt(r.get("seconds_per_edit"), 2), fmt(r.get("seconds_restraint"), 1)])
+    md += [table(["arm", "edits", "steps", "rejected steps", "wall (s)", "tries", "editing (s)", "s / edit", "restraint (s)"], rows), ""]
+
+    # Plain answer
+    answers = plain_answer(variants, resamples, seed)
+    md += ["## Plain answer: when does general ability decline?", "",
+           f"First evaluation point where perplexity rises (paired bootstrap over the same windows, mean NLL) or a "
+           f"downstream score falls (exact McNemar for 0/1 scores, paired bootstrap for ROUGE, same examples) against "
+           f"the unedited model with p < {ALPHA}; \"none ≤ N\": no such point among the points tested, the last being N. "
+           "Each point is tested on its own (no correction for testing several points).", ""]
+    rows = []
+    for a in answers:
+        def cell(f: dict[str, Any]) -> str:
+            if f["num_edits"] is not None:
+                return f"**{f['num_edits']}** (Δ {fmt(f['difference'], 3)}, p={fmt(f['p_value'], 4)})"
+            if f["tested"]:
+                return f"none ≤ {max(f['tested'])}"
+            return "no test (too few windows / examples)" if f["untested"] else "not measured"
+        rows.append([label(a["editor"], a["variant"]), cell(a["perplexity"])] + [cell(a["downstream"][k]) for k in tasks])
+    md += [table(["run", "perplexity rises", *[f"{DOWNSTREAM.get(k, k)} falls" for k in tasks]], rows), ""]
+
+    # PRUNE tests
+    tests, test_notes = prune_tests(variants, resamples, seed)
+    notes += test_notes
+    md += ["## PRUNE against no restraint (paired)", "",
+           "Each cell: no restraint → PRUNE and the p-value of the difference on the same windows / examples (bold: "
+           f"p < {ALPHA}). Per edit = the `_prune` arm against the unrestrained arm (same cases, same order); once at N = "
+           "the unrestrained run's weights restrained at N against the same run unrestrained. Perplexity: paired "
+           "bootstrap of the mean NLL per window (shown as exp of it); KL: paired bootstrap over windows; downstream: exact "
+           "McNemar for 0/1 scores, paired bootstrap for ROUGE. Intervals of every difference: the JSON summary (`prune_tests`).", ""]
+    metrics = ["NLL / token (perplexity)", "KL from unedited", *tasks]
+    titles = {"NLL / token (perplexity)": "perplexity", "KL from unedited": "KL"} | DOWNSTREAM
+    by_point: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+    for t in tests:
+        by_point.setdefault((t["editor"], t["variant"], t["num_edits"]), {})[t["metric"]] = t
+
+    def test_cell(t: dict[str, Any] | None, metric: str) -> str:
+        if t is None:
+            return "—"
+        a, b = (math.exp(t["mean_a"]), math.exp(t["mean_b"])) if metric.startswith("NLL") else (t["mean_a"], t["mean_b"])
+        digits = 2 if metric.startswith("NLL") else 4 if metric.startswith("KL") else 3
+        p_text = f"p={fmt(t['p_value'], 3)}"
+        return f"{fmt(a, digits)} → {fmt(b, digits)} (" + (f"**{p_text}**" if t["p_value"] < ALPHA else p_text) + ")"
+
+    rows = [[EDITOR_LABELS.get(e, e), VARIANT_LABELS[v], str(n)] + [test_cell(cells.get(m), m) for m in metrics]
+            for (e, v, n), cells in by_point.items()]
+    md += [table(["editor", "PRUNE", "edits", *[titles.get(m, m) for m in metrics]], rows)
+           if rows else "No editor has both an unrestrained and a PRUNE variant.", ""]
+
+    missing_prune = [e for e, vs in variants.items() if "none" in vs and "per-edit" not in vs]
+    missing_none = [e for e, vs in variants.items() if "none" not in vs]
+    if missing_prune:
+        notes.append(f"no per-edit PRUNE arm for: {', '.join(missing_prune)}")
+    if missing_none:
+        notes.append(f"no unrestrained arm for: {', '.join(missing_none)}")
+    for arm in arms.values():
+        if has_end_restraint(arm):
+            last = max(int(r["num_edits"]) for r in arm.results["history"])
+            row = next(r for r in arm.results["history"] if int(r["num_edits"]) == last)
+            lost = [s for s in SECTIONS if f"{s}_before_end_restraint" not in row and (s in row or f"{s}_restrained" in row)]
+            if lost:
+                notes.append(f"{arm.name}: at {last} edits (the last point, after which PRUNE restrained the weights) the "
+                             f"unrestrained {', '.join(lost)} scores are not in results.json (only the restrained ones); "
+                             "the no-restraint curve stops at the point before for them")
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
+
+    summary = {
+        "study": str(study), "resamples": resamples, "seed": seed, "alpha": ALPHA,
+        "arms": {name: {"folder": str(a.folder), "editor": a.editor, "model": a.results.get("model"),
+                        "num_edits": a.results.get("num_edits")} for name, a in arms.items()},
+        "points": points, "spectral": spectral_summary, "times": times_summary,
+        "plain_answer": answers, "prune_tests": tests, "notes": list(dict.fromkeys(notes)),
+        "kappa_w0": kappa_w0 or {},
+    }
+    return Report("\n".join(md), summary)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _series(rows: list[dict[str, Any]], section: str, key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    xs, ys, lo, hi = [], [], [], []
+    for r in rows:
+        iv = (r.get(section) or {}).get(key)
+        if iv is None:
+            continue
+        xs.append(r["num_edits"])
+        ys.append(iv["estimate"])
+        lo.append(iv["low"] if iv.get("low") is not None else math.nan)
+        hi.append(iv["high"] if iv.get("high") is not None else math.nan)
+    return xs, ys, lo, hi
+
+
+def _change_band(rows: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]] | None:
+    """Perplexity band from the paired interval of the NLL change: ``exp(NLL_0 + [low, high])`` (0 at 0 edits)."""
+    before = next((r for r in rows if r["num_edits"] == 0 and r.get("probes")), None)
+    if before is None or "perplexity" not in before["probes"]:
+        return None
+    nll0 = math.log(before["probes"]["perplexity"]["estimate"])
+    xs, lo, hi = [0], [math.exp(nll0)], [math.exp(nll0)]
+    for r in rows:
+        ch = (r.get("probes") or {}).get("nll_change")
+        if ch is not None:
+            # exp(mean of the window NLLs): the perplexity when windows are of equal length.
+            xs.append(r["num_edits"])
+            lo.append(math.exp(ch["mean_a"] + ch["low"]))
+            hi.append(math.exp(ch["mean_a"] + ch["high"]))
+    return (xs, lo, hi) if len(xs) > 1 else None
+
+
+def _style(editor: str, variant: str, with_editor: bool = True) -> dict[str, Any]:
+    name = label(editor, variant) if with_editor else VARIANT_LABELS[variant]
+    return {"color": EDITOR_COLORS.get(editor, "gray"), "linestyle": VARIANT_STYLES[variant], "label": name}
+
+
+def _model(summary: dict[str, Any]) -> str:
+    models = sorted({str(a["model"]) for a in summary["arms"].values()})
+    return ", ".join(models)
+
+
+def plot_probes(summary: dict[str, Any], out: Path) -> bool:
+    """The figure a user wants first: per editor, perplexity (top) and KL (bottom) vs edits, ± PRUNE."""
+    editors = [e for e, vs in summary["points"].items() if any(r["probes"] for rs in vs.values() for r in rs)]
+    if not editors:
+        return False
+    fig, axes = plt.subplots(2, len(editors), figsize=(4.2 * len(editors) + 0.6, 6.6), squeeze=False, sharex="col")
+    for j, editor in enumerate(editors):
+        top, bottom = axes[0, j], axes[1, j]
+        for variant, rows in summary["points"][editor].items():
+            style = _style(editor, variant, with_editor=False)
+            xs, ys, _, _ = _series(rows, "probes", "perplexity")
+            if xs:
+                top.plot(xs, ys, marker="o", markersize=3, **style)
+                band = _change_band(rows)
+                if band:
+                    top.fill_between(*band, color=style["color"], alpha=0.15, linewidth=0)
+            xs, ys, lo, hi = _series(rows, "probes", "kl")
+            if xs:
+                bottom.plot(xs, ys, marker="o", markersize=3, **style)
+                bottom.fill_between(xs, lo, hi, color=style["color"], alpha=0.12, linewidth=0)
+        top.set_title(EDITOR_LABELS.get(editor, editor))
+        lows = [v for line in top.get_lines() for v in line.get_ydata() if v > 0]
+        if lows and max(lows) / min(lows) > 10:
+            top.set_yscale("log")
+        bottom.set_xlabel("edits")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+        top.legend(fontsize=7)
+    axes[0, 0].set_ylabel("perplexity (WikiText-2 test)")
+    axes[1, 0].set_ylabel("KL(unedited ‖ edited), nats/token")
+    fig.suptitle(f"General ability vs sequential edits ({_model(summary)})\nbands: 95 % bootstrap over probe windows, "
+                 "paired with the unedited model (perplexity), of the mean (KL)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _offsets(count: int, span: float) -> list[float]:
+    return [span * (i - (count - 1) / 2) for i in range(count)]
+
+
+def _panels(count: int) -> tuple[Any, list[Any]]:
+    """A figure of ``count`` panels, two per row from three on (wide enough to read), unused ones hidden."""
+    cols = count if count <= 2 else 2
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows + 0.9), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def _finish(fig: Any, axes: list[Any], title: str, out: Path) -> None:
+    """Suptitle, one legend under the panels (one entry per run), save."""
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_edits(summary: dict[str, Any], out: Path) -> bool:
+    keys = [k for k in EDIT_METRICS if any(r["edits"] and k in r["edits"] for vs in summary["points"].values() for rs in vs.values() for r in rs)]
+    if not keys:
+        return False
+    fig, axes = _panels(len(keys))
+    for ax, key in zip(axes, keys):
+        for editor, vs in summary["points"].items():
+            for variant, rows in vs.items():
+                xs, ys, _, _ = _series(rows, "edits", key)
+                if xs:
+                    ax.plot(xs, ys, marker="o", markersize=3, **_style(editor, variant))
+        ax.set_title(key)
+        ax.set_xlabel("edits")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    _finish(fig, axes, f"Edit metrics over all cases edited so far ({_model(summary)})", out)
+    return True
+
+
+def plot_downstream(summary: dict[str, Any], out: Path) -> bool:
+    keys = [k for k in DOWNSTREAM if any(r["downstream"] and k in r["downstream"] for vs in summary["points"].values() for rs in vs.values() for r in rs)]
+    if not keys:
+        return False
+    lines = [(e, v, rows) for e, vs in summary["points"].items() for v, rows in vs.items() if any(r["downstream"] for r in rows)]
+    xmax = max(r["num_edits"] for _, _, rows in lines for r in rows)
+    shifts = _offsets(len(lines), 0.012 * max(xmax, 1))  # side by side, so the interval bars do not hide each other
+    fig, axes = _panels(len(keys))
+    for ax, key in zip(axes, keys):
+        for (editor, variant, rows), dx in zip(lines, shifts):
+            xs, ys, lo, hi = _series(rows, "downstream", key)
+            if not xs:
+                continue
+            err = [[max(y - l, 0) if not math.isnan(l) else 0 for y, l in zip(ys, lo)],
+                   [max(h - y, 0) if not math.isnan(h) else 0 for y, h in zip(ys, hi)]]
+            ax.errorbar([x + dx for x in xs], ys, yerr=err, marker="o", markersize=3, capsize=2, elinewidth=0.8, **_style(editor, variant))
+        ns = sorted({r["downstream"][key]["n"] for _, _, rows in lines for r in rows if r["downstream"] and key in r["downstream"] and r["downstream"][key].get("n")})
+        ax.set_title(f"{DOWNSTREAM[key]} (n={'/'.join(map(str, ns))})")
+        ax.set_xlabel("edits")
+        ax.grid(alpha=0.3)
+    _finish(fig, axes, f"Downstream scores with 95 % intervals ({_model(summary)}; 0 edits = the unedited model; "
+            "runs side by side)", out)
+    return True
+
+
+def plot_spectral(summary: dict[str, Any], out: Path) -> bool:
+    if not any(sc for vs in summary["spectral"].values() for sc in vs.values()):
+        return False
+    fig, axes = _panels(2)
+    axes[1].sharex(axes[0])
+    k0 = summary.get("kappa_w0") or {}
+    if k0:
+        axes[1].axhline(max(k0.values()), color="gray", linewidth=1, linestyle=":", label="largest κ(W₀), unedited")
+    for editor, vs in summary["spectral"].items():
+        for variant, sc in vs.items():
+            pts = sorted((int(n), v) for n, v in sc.items())
+            style = _style(editor, variant)
+            if variant == "at-end":  # one point: the final restraint of the unrestrained run
+                style = style | {"linestyle": "none", "marker": "*", "markersize": 10}
+            xr = [(n, v["ratio"]) for n, v in pts if v.get("ratio") is not None]
+            xk = [(n, v["kappa_w"]) for n, v in pts if v.get("kappa_w") is not None]
+            if xr:
+                axes[0].plot(*zip(*xr), **style)
+            if xk:
+                axes[1].plot(*zip(*xk), **({"marker": "."} | style))
+    axes[0].axhline(1.0, color="red", linewidth=1, linestyle=":", label="σ_max(ΔW) = σ_max(W₀)")
+    axes[0].set_title("largest σ_max(ΔW) / σ_max(W₀) over edited matrices")
+    axes[1].set_title("largest κ(W) over edited matrices")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("edits")
+        ax.grid(alpha=0.3)
+    _finish(fig, axes, f"Spectra of the edited matrices ({_model(summary)}; ★ restrained once at the end)", out)
+    return True
+
+
+def write_figures(summary: dict[str, Any], folder: Path, prefix: str = "study") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, plot in (("probes", plot_probes), ("edits", plot_edits), ("downstream", plot_downstream), ("spectral", plot_spectral)):
+        path = folder / f"{prefix}_{name}.png"
+        if plot(summary, path):
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------- κ(W₀)
+
+
+def kappa_w0(study: Path) -> dict[str, float]:
+    """κ(W₀) of every matrix any arm edited, from the unedited model (loads it once)."""
     import torch
 
     from prune_lit.models.arch import get_weight
     from prune_lit.models.loader import load_model
 
-    names = sorted({r["matrix"] for run in runs.values() for r in run["spectral"]})
-    model_names = {run["results"].get("model", "smollm2-135m") for run in runs.values()}
-    if len(model_names) != 1:
-        raise ValueError(f"runs of several models: {model_names}")
-    model = load_model(model_names.pop()).model
+    arms, _ = load_study(study)
+    names = sorted({r["matrix"] for a in arms.values() for r in a.spectral})
+    models = {a.results.get("model", "smollm2-135m") for a in arms.values()}
+    if len(models) != 1:
+        raise ValueError(f"arms of several models: {models}")
+    model = load_model(models.pop()).model
     out = {}
     for n in names:
         s = torch.linalg.svdvals(get_weight(model, n).float())
@@ -99,117 +891,42 @@ def kappa_w0(runs: dict[str, dict]) -> dict[str, float]:
     return out
 
 
-def fmt(x: float | None, digits: int = 2) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def finite(x: Any) -> Any:
+    """``x`` with NaN / ±inf floats as None (strict JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return x
 
 
-def tables(runs: dict[str, dict], k0: dict[str, float]) -> str:
-    lines = []
-    lines.append("| run | edits | efficacy | generalization | locality | " + " | ".join(t for _, t in DOWNSTREAM)
-                 + " | max σ_max(ΔW) / σ_max(W₀) | max κ(W) |")
-    lines.append("|---|---|---|---|---|" + "---|" * len(DOWNSTREAM) + "---|---|")
-    for name, run in runs.items():
-        res, spec = run["results"], spectral_by_edits(run["spectral"])
-        label = LABELS.get(name, name)
-        before_ds = res.get("downstream_before", {})
-        eb = res.get("edits_before", {})
-        k0_max = max((k0[m] for m in {r["matrix"] for r in run["spectral"]} if m in k0), default=None)
-        lines.append(f"| {label} | 0 | " + " | ".join(fmt(eb.get(k)) for k in EDIT_KEYS) + " | "
-                     + " | ".join(fmt(before_ds.get(k)) for k, _ in DOWNSTREAM) + f" | 0 | {fmt(k0_max, 1)} |")
-        for h in res["history"]:
-            n = h["num_edits"]
-            e, d, s = h.get("edits", {}), h.get("downstream", {}), spec.get(n, {})
-            lines.append(f"| {label} | {n} | " + " | ".join(fmt(e.get(k)) for k in EDIT_KEYS) + " | "
-                         + " | ".join(fmt(d.get(k)) for k, _ in DOWNSTREAM)
-                         + f" | {fmt(s.get('ratio'))} | {fmt(s.get('kappa_w'), 1)} |")
-    lines.append("")
-    lines.append("| run | edits | edit steps | rejected steps | editing (s) | s / edit | restraint (s) | restraint share |")
-    lines.append("|---|---|---|---|---|---|---|---|")
-    for name, run in runs.items():
-        r = run["results"]
-        lines.append(f"| {LABELS.get(name, name)} | {r['num_edits']} | {r['num_steps']} | {r['num_rejected_steps']} | "
-                     f"{r['seconds_editing']:.0f} | {r['seconds_per_edit']:.2f} | {r['seconds_restraint']:.1f} | "
-                     f"{100 * r['restraint_share_of_step']:.2f} % |")
-    return "\n".join(lines)
-
-
-def _style(name: str) -> dict:
-    color, ls = STYLE.get(name, ("gray", "-"))
-    return {"color": color, "linestyle": ls, "label": LABELS.get(name, name)}
-
-
-def _plot_curves(runs: dict[str, dict], out: Path, before: str, after: str, panels: list[tuple[str, str]], title: str) -> None:
-    """One panel per (key, title): the score at 0 edits (``results[before]``) and at each ``history[after]``."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8))
-    for name, run in runs.items():
-        res = run["results"]
-        rows = [(0, res[before])] if before in res else []
-        rows += [(h["num_edits"], h[after]) for h in res["history"] if after in h]
-        for ax, (key, _) in zip(axes, panels):
-            ax.plot([n for n, _ in rows], [d.get(key, math.nan) for _, d in rows], marker="o", **_style(name))
-    for ax, (_, panel_title) in zip(axes, panels):
-        ax.set_title(panel_title)
-        ax.set_xlabel("edits")
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def plot_spectral(runs: dict[str, dict], out: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for name, run in runs.items():
-        spec = spectral_by_edits(run["spectral"])
-        xs = sorted(n for n in spec if "ratio" in spec[n])
-        axes[0].plot(xs, [spec[n]["ratio"] for n in xs], **_style(name))
-        xk = sorted(n for n in spec if "kappa_w" in spec[n])
-        axes[1].plot(xk, [spec[n]["kappa_w"] for n in xk], marker=".", **_style(name))
-    axes[0].axhline(1.0, color="red", linewidth=1, linestyle=":", label="σ_max(W₀)")
-    axes[0].set_yscale("log")
-    axes[0].set_title("largest σ_max(ΔW) / σ_max(W₀) over edited matrices")
-    axes[1].set_yscale("log")
-    axes[1].set_title("largest κ(W) over edited matrices")
-    for ax in axes:
-        ax.set_xlabel("edits")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> Report:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logs", type=Path, default=Path("logs/study"))
-    p.add_argument("--figures", type=Path, default=Path("docs/figures"))
+    p.add_argument("--study", type=Path, default=Path("logs/study"), help="run_study.sh's STUDY_DIR (logs/<arm>/, timings.tsv)")
+    p.add_argument("--figures", type=Path, default=Path("docs/figures"), help="folder of the study_*.png figures")
     p.add_argument("--prefix", default="study", help="file name prefix of the figures")
+    p.add_argument("--md", type=Path, default=None, help="also write the Markdown tables here")
     p.add_argument("--out", type=Path, default=None, help="also write a JSON summary here")
-    p.add_argument("--no-w0", action="store_true", help="skip κ(W_0) (no model load)")
-    args = p.parse_args()
-    runs = load_runs(args.logs)
-    if not runs:
-        raise SystemExit(f"no finished runs (results.json) under {args.logs}")
-    k0 = {} if args.no_w0 else kappa_w0(runs)
-    print(tables(runs, k0))
-    args.figures.mkdir(parents=True, exist_ok=True)
-    _plot_curves(runs, args.figures / f"{args.prefix}_edits.png", "edits_before", "edits", [(k, k) for k in EDIT_KEYS],
-                 "CounterFact edit metrics over all cases edited so far (SmolLM2-135M)")
-    _plot_curves(runs, args.figures / f"{args.prefix}_downstream.png", "downstream_before", "downstream", DOWNSTREAM,
-                 "Downstream scores (20 examples per task; 0 edits = the unedited model)")
-    plot_spectral(runs, args.figures / f"{args.prefix}_spectral.png")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples per interval / test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-w0", action="store_true", help="skip κ(W₀) of the unedited model (no model load)")
+    p.add_argument("--no-figures", action="store_true")
+    args = p.parse_args(argv)
+    k0 = None if args.no_w0 else kappa_w0(args.study)
+    report = build_report(args.study, args.resamples, args.seed, k0)
+    print(report.markdown)
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(report.markdown + "\n")
     if args.out:
-        summary = {name: {"folder": r["folder"], "history": r["results"]["history"],
-                          "downstream_before": r["results"].get("downstream_before"),
-                          "edits_before": r["results"].get("edits_before"),
-                          "spectral": {str(k): v for k, v in spectral_by_edits(r["spectral"]).items()},
-                          "seconds_editing": r["results"]["seconds_editing"],
-                          "seconds_restraint": r["results"]["seconds_restraint"]} for name, r in runs.items()}
-        summary["kappa_w0"] = k0
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\nfigures: {args.figures}/{args.prefix}_{{edits,downstream,spectral}}.png")
+        args.out.write_text(json.dumps(finite(report.summary), indent=1, default=float, allow_nan=False) + "\n")
+    if not args.no_figures:
+        written = write_figures(report.summary, args.figures, args.prefix)
+        print("\nfigures: " + ", ".join(str(w) for w in written))
+    return report
 
 
 if __name__ == "__main__":

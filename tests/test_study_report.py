@@ -1,0 +1,216 @@
+"""benchmarks/study_report.py on a synthetic study folder: two arms (ROME with its at-end curve, ROME + PRUNE)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location("study_report", Path(__file__).resolve().parents[1] / "benchmarks" / "study_report.py")
+study_report = importlib.util.module_from_spec(_SPEC)
+sys.modules["study_report"] = study_report  # dataclasses look their module up there
+_SPEC.loader.exec_module(study_report)
+
+Z95 = 1.959963984540054
+RNG = np.random.default_rng(0)
+BASE_NLL = RNG.uniform(2.5, 3.5, size=20)  # 20 probe windows
+GSM_BEFORE = [1] * 30 + [0] * 70  # 100 examples, 30 right
+
+
+def wilson_by_hand(p: float, n: int) -> tuple[float, float]:
+    denom = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+def probes(nll: np.ndarray, kl: float) -> dict:
+    return {"perplexity": float(math.exp(nll.mean())), "nll": float(nll.mean()), "kl_from_unedited": kl, "n_tokens": 20 * 255,
+            "seconds": 1.0, "per_window": {"nll": nll.tolist(), "kl": [kl] * len(nll)}}
+
+
+def downstream(gsm: list[int]) -> dict:
+    return {"reasoning/exact_match": float(np.mean(gsm)), "reasoning/time_s": 3.0, "per_example": {"reasoning/exact_match": gsm}}
+
+
+def edits(efficacy: float, n: int) -> dict:
+    return {"efficacy": efficacy, "generalization": 0.5, "neighborhood": 0.8, "locality": 0.9, "rewrite_acc": 0.1, "n": n}
+
+
+def noise() -> np.ndarray:
+    return RNG.normal(0, 0.01, size=20)
+
+
+def results(history: list[dict], name: str) -> dict:
+    return {"edits_before": edits(0.1, 20), "probes_before": probes(BASE_NLL, 0.0), "downstream_before": downstream(GSM_BEFORE),
+            "model": "tiny-llama", "editor": "ROMEEditor", "num_edits": 20, "num_steps": 20, "num_rejected_steps": 0,
+            "seconds_editing": 40.0, "seconds_per_edit": 2.0, "seconds_restraint": 1.0 if name == "rome_prune" else 0.1,
+            "history": history, "edited_case_ids": list(range(20))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    # ROME without restraint: perplexity rises clearly at 20 edits; its at-end curve (restrained copies) does not.
+    # After the last point the weights were restrained once (the *_before_end_restraint sections).
+    rome = results([
+        {"num_edits": 10, "edits": edits(0.9, 10), "probes": probes(BASE_NLL + noise(), 0.01), "downstream": downstream(GSM_BEFORE),
+         "edits_restrained": edits(0.8, 10), "probes_restrained": probes(BASE_NLL + noise(), 0.005),
+         "downstream_restrained": downstream(GSM_BEFORE)},
+        {"num_edits": 20, "edits_restrained": edits(0.7, 20), "probes_restrained": probes(BASE_NLL + noise(), 0.006),
+         "downstream_restrained": downstream(GSM_BEFORE),
+         "edits_before_end_restraint": edits(0.85, 20), "probes_before_end_restraint": probes(BASE_NLL + 0.5 + noise(), 0.2),
+         "edits": edits(0.7, 20), "probes": probes(BASE_NLL + noise(), 0.006), "downstream": downstream(GSM_BEFORE)},
+    ], "rome")
+    # ROME + PRUNE per edit: perplexity stays; GSM8K loses 20 of its 30 right answers at 20 edits (McNemar p = 2^-19).
+    lost = [1] * 10 + [0] * 90
+    rome_prune = results([
+        {"num_edits": 10, "edits": edits(0.7, 10), "probes": probes(BASE_NLL + noise(), 0.004), "downstream": downstream(GSM_BEFORE)},
+        {"num_edits": 20, "edits": edits(0.7, 20), "probes": probes(BASE_NLL + noise(), 0.005), "downstream": downstream(lost)},
+    ], "rome_prune")
+    matrix = "model.layers.1.mlp.down_proj.weight"
+    spectral = {
+        "rome": [{"num_edits": n, "matrix": matrix, "final": False, "sigma_max_w0": 2.0, "sigma_max_delta": float(n), "kappa_w": 10.0 + n}
+                 for n in (10, 20)] + [{"num_edits": 20, "matrix": matrix, "final": True, "sigma_max_w0": 2.0, "sigma_max_delta": 3.0, "kappa_w": 12.0}],
+        "rome_prune": [{"num_edits": n, "matrix": matrix, "final": False, "sigma_max_w0": 2.0, "sigma_max_delta": 2.5} for n in (10, 20)]
+        + [{"num_edits": 20, "matrix": matrix, "final": True, "sigma_max_w0": 2.0, "sigma_max_delta": 2.5, "kappa_w": 11.0}],
+    }
+    for name, res in (("rome", rome), ("rome_prune", rome_prune)):
+        folder = root / "logs" / name / "version_1"  # the newest version is read; version_0 is an older, broken try
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(res))
+        (folder / "spectral.json").write_text(json.dumps({"records": spectral[name]}))
+        (root / "logs" / name / "version_0").mkdir()
+        (root / "logs" / name / "version_0" / "results.json").write_text("{}")
+    (root / "timings.tsv").write_text(
+        "rome\t2026-12-03T10:00:00Z\t100\trc=137\tresume=false\n"
+        "rome\t2026-12-03T11:00:00Z\t50\trc=0\tresume=true\n"
+        "rome_prune\t2026-12-03T09:00:00Z\t999\trc=0\tresume=false\n"  # an earlier run, replaced by a forced rerun
+        "rome_prune\t2026-12-03T12:00:00Z\t70\trc=0\tresume=false\n"
+        "alphaedit\t2026-12-03T12:01:00Z\t3\trc=2\tresume=false\n"
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(study):
+    return study_report.build_report(study, resamples=2000)
+
+
+def _point(summary: dict, editor: str, variant: str, n: int) -> dict:
+    (row,) = [r for r in summary["points"][editor][variant] if r["num_edits"] == n]
+    return row
+
+
+def test_edit_metrics_carry_wilson_intervals_over_cases(report):
+    low, high = wilson_by_hand(0.7, 20)
+    iv = _point(report.summary, "rome", "per-edit", 20)["edits"]["efficacy"]
+    assert (iv["estimate"], iv["n"]) == (0.7, 20)
+    assert iv["low"] == pytest.approx(low, abs=1e-12) and iv["high"] == pytest.approx(high, abs=1e-12)
+    assert f"| ROME, PRUNE per edit | 20 | 20 | 0.700 [{low:.3f}, {high:.3f}] |" in report.markdown
+    # Token accuracies are means of per-prompt shares, not proportions: a table of their own, without intervals.
+    assert "| run | edits | rewrite_acc |" in report.markdown and "| ROME, PRUNE per edit | 20 | 0.100 |" in report.markdown
+    assert _point(report.summary, "rome", "per-edit", 20)["token_accuracy"] == {"rewrite_acc": 0.1}
+
+
+def test_variants_read_the_unrestrained_scores_before_the_end_restraint(report):
+    none20 = _point(report.summary, "rome", "none", 20)
+    at_end20 = _point(report.summary, "rome", "at-end", 20)
+    assert none20["edits"]["efficacy"]["estimate"] == 0.85  # edits_before_end_restraint, not the restrained "edits"
+    assert at_end20["edits"]["efficacy"]["estimate"] == 0.7
+    assert none20["downstream"] is None  # the run kept no unrestrained downstream at its last point
+    assert any("unrestrained downstream" in n for n in report.summary["notes"])
+    # Every variant starts at the unedited model.
+    assert _point(report.summary, "rome", "at-end", 0)["edits"]["efficacy"]["estimate"] == 0.1
+
+
+def test_perplexity_interval_is_over_windows(report):
+    iv = _point(report.summary, "rome", "none", 0)["probes"]["perplexity"]
+    assert iv["estimate"] == pytest.approx(math.exp(BASE_NLL.mean()))
+    assert iv["n"] == 20 and iv["low"] < iv["estimate"] < iv["high"]
+    # The bootstrap interval of the mean NLL of 20 windows spread over [2.5, 3.5] is about ±0.13 nats.
+    assert 0.05 < math.log(iv["high"]) - math.log(iv["estimate"]) < 0.3
+    # The change from the unedited model is paired over the same windows: +0.5 nats, tightly.
+    change = _point(report.summary, "rome", "none", 20)["probes"]["nll_change"]
+    assert change["difference"] == pytest.approx(0.5, abs=0.02) and change["high"] - change["low"] < 0.03
+    assert "nll_change" not in _point(report.summary, "rome", "none", 0)["probes"]
+
+
+def test_downstream_intervals_from_per_example(report):
+    low, high = wilson_by_hand(0.3, 100)
+    iv = _point(report.summary, "rome", "none", 0)["downstream"]["reasoning/exact_match"]
+    assert (iv["estimate"], iv["method"]) == (0.3, "wilson")
+    assert iv["low"] == pytest.approx(low) and iv["high"] == pytest.approx(high)
+    assert f"0.300 [{low:.3f}, {high:.3f}]" in report.markdown
+
+
+def test_plain_answer_finds_the_first_significant_decline(report):
+    answers = {(a["editor"], a["variant"]): a for a in report.summary["plain_answer"]}
+    ppl = answers[("rome", "none")]["perplexity"]
+    assert ppl["num_edits"] == 20 and ppl["difference"] == pytest.approx(0.5, abs=0.02) and ppl["p_value"] < 0.01
+    assert answers[("rome", "at-end")]["perplexity"]["num_edits"] is None
+    assert answers[("rome", "per-edit")]["perplexity"] == {"num_edits": None, "tested": [10, 20], "untested": []}
+    gsm = answers[("rome", "per-edit")]["downstream"]["reasoning/exact_match"]
+    assert gsm["num_edits"] == 20 and gsm["test"] == "mcnemar_exact"
+    assert gsm["p_value"] == pytest.approx(2 * 0.5**20)  # 20 discordant pairs, all one way
+    assert answers[("rome", "none")]["downstream"]["reasoning/exact_match"] == {"num_edits": None, "tested": [10], "untested": []}
+
+
+def test_prune_tests_pair_each_variant_with_no_restraint(report):
+    tests = {(t["variant"], t["num_edits"], t["metric"]): t for t in report.summary["prune_tests"]}
+    per_edit = tests[("per-edit", 20, "NLL / token (perplexity)")]
+    assert per_edit["difference"] == pytest.approx(-0.5, abs=0.02) and per_edit["p_value"] < 0.01 and per_edit["n"] == 20
+    at_end = tests[("at-end", 20, "NLL / token (perplexity)")]
+    assert at_end["difference"] == pytest.approx(-0.5, abs=0.02)
+    # No unrestrained downstream at 20 edits: no downstream test there, one at 10 (identical scores).
+    assert ("per-edit", 20, "reasoning/exact_match") not in tests
+    assert tests[("per-edit", 10, "reasoning/exact_match")]["p_value"] == 1.0
+    row = next(line for line in report.markdown.splitlines() if line.startswith("| ROME | PRUNE per edit | 20 |"))
+    assert "**p=" in row  # significant at 20 edits
+
+
+def test_spectra_and_timings(report):
+    spec = report.summary["spectral"]["rome"]
+    assert spec["none"]["20"]["ratio"] == 10.0 and spec["none"]["20"]["kappa_w"] == 30.0
+    assert spec["at-end"] == {"20": spec["at-end"]["20"]} and spec["at-end"]["20"]["ratio"] == 1.5
+    # A per-edit arm's final measurement is its last point (fills κ, not measured during the run).
+    assert report.summary["spectral"]["rome"]["per-edit"]["20"] == {
+        "ratio": 1.25, "sigma_max_delta": 2.5, "sigma_max_w0": 2.0, "matrix": "model.layers.1.mlp.down_proj.weight", "kappa_w": 11.0}
+    times = report.summary["times"]
+    assert times["rome"]["wall_seconds"] == 150 and len(times["rome"]["tries"]) == 2  # a killed try and its resume
+    assert times["rome_prune"]["wall_seconds"] == 70 and len(times["rome_prune"]["earlier_tries"]) == 1
+    assert times["alphaedit"]["wall_seconds"] == 3 and times["alphaedit"]["tries"][0]["rc"] == 2
+    assert "Arms with a timing but no results.json: alphaedit" in report.markdown
+
+
+def test_main_writes_markdown_json_and_figures(study, tmp_path):
+    md, out, figs = tmp_path / "r.md", tmp_path / "s.json", tmp_path / "fig"
+    study_report.main(["--study", str(study), "--md", str(md), "--out", str(out), "--figures", str(figs), "--no-w0", "--resamples", "500"])
+    assert md.read_text().startswith(f"# Study report: {study}")
+    saved = json.loads(out.read_text())
+    assert set(saved["arms"]) == {"rome", "rome_prune"} and saved["arms"]["rome"]["folder"].endswith("version_1")
+    assert sorted(p.name for p in figs.iterdir()) == [f"study_{n}.png" for n in ("downstream", "edits", "probes", "spectral")]
+
+
+def test_a_study_without_finished_arms_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        study_report.build_report(tmp_path)
+
+
+def test_a_last_point_scored_only_after_the_end_restraint_belongs_to_the_at_end_curve():
+    # N = 25 with evaluation every 10: the run scored its last point only after restraining once at the end.
+    history = [{"num_edits": 10, "edits": edits(0.9, 10), "edits_restrained": edits(0.8, 10)},
+               {"num_edits": 20, "edits": edits(0.85, 20), "edits_restrained": edits(0.75, 20)},
+               {"num_edits": 25, "edits": edits(0.7, 25)}]
+    arm = study_report.Arm("rome", Path("."), results(history, "rome"), [])
+    none, at_end = study_report.curve(arm, "none"), study_report.curve(arm, "at-end")
+    assert sorted(none) == [0, 10, 20] and none[20]["edits"]["efficacy"] == 0.85
+    assert sorted(at_end) == [0, 10, 20, 25] and at_end[25]["edits"]["efficacy"] == 0.7 and at_end[10]["edits"]["efficacy"] == 0.8
+    # Without an at-end restraint every row is the run's own.
+    plain = study_report.Arm("rome", Path("."), results([{"num_edits": 10, "edits": edits(0.9, 10)}], "rome"), [])
+    assert sorted(study_report.curve(plain, "none")) == [0, 10] and study_report.curve(plain, "at-end") == {}
