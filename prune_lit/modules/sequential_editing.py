@@ -116,6 +116,7 @@ class SequentialEditingModule(L.LightningModule):
         self.results: dict[str, Any] = {}
         self._locality_reference: Any = None
         self._probe: GeneralAbilityProbe | None = None
+        self._restrained_copy_fp: tuple[int, list[float]] | None = None  # (edit count, weights) of the last restrained copy
         self._resumed_steps = 0  # test batches already edited by the run this one resumes
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -230,6 +231,13 @@ class SequentialEditingModule(L.LightningModule):
             if getattr(cb, "evaluate_at_end_curve", False) and getattr(cb, "enabled", True):
                 with cb.restrained_copy(self._state()):
                     row.update(self._measure("_restrained", with_edits, with_downstream))
+                    self._restrained_copy_fp = (self._state().requests_seen, self._weights_fp())
+
+    def _weights_fp(self) -> list[float]:
+        """A cheap fingerprint of the edited matrices (float64 sums of |W| and W²)."""
+        state = self._state()
+        ws = [get_weight(state.model, n).double() for n in state.original_weights]
+        return [float(v) for w in ws for v in (w.abs().sum(), (w * w).sum())]
 
     def _measure(self, suffix: str, with_edits: bool, with_downstream: bool) -> dict[str, Any]:
         """``{"edits<suffix>": ..., "probes<suffix>": ..., "downstream<suffix>": ...}`` of the current weights."""
@@ -282,11 +290,15 @@ class SequentialEditingModule(L.LightningModule):
             cb.on_edits_end(self.trainer, state)
         changed = any(not torch.equal(w, get_weight(state.model, n)) for n, w in before_end.items())
         final = state.row()
-        if changed and "edits" in final:  # an at-end restraint ran after this point's evaluation
-            final["edits_before_end_restraint"] = final.pop("edits")
-            if "probes" in final:
-                final["probes_before_end_restraint"] = final.pop("probes")
-            final.pop("downstream", None)
+        if changed:  # an at-end restraint ran after this point's evaluation: keep those numbers under their own names
+            for key in ("edits", "probes", "downstream"):
+                if key in final:
+                    final[f"{key}_before_end_restraint"] = final.pop(key)
+            if self._restrained_copy_fp == (state.requests_seen, self._weights_fp()):
+                # this point's restrained copy was these very weights: its scores are the final ones
+                for key in ("edits", "probes", "downstream"):
+                    if f"{key}_restrained" in final:
+                        final[key] = final[f"{key}_restrained"]
         if "edits" not in final:
             final.update(self._measure("", with_edits=True, with_downstream=False))
         self.results["edits_after"] = final["edits"]
