@@ -152,22 +152,71 @@ def module_io_at(
     return captured[0]
 
 
+def average_template_keys(keys: torch.Tensor, averaging: str = "uniform") -> torch.Tensor:
+    """One key per request from its per-template keys ``[n, T, d]`` -> ``[n, d]``.
+
+    ``"uniform"``: the mean over all T templates (kmeng01/rome compute_u). ``"plain_half"``: ½ · the first
+    template's key (the bare prompt, ``"{}"``) + ½ · the mean of the other T − 1 (kmeng01/memit compute_ks,
+    which averages within each template group, then over the groups).
+    """
+    if keys.dim() != 3:
+        raise ValueError(f"keys must be [n, T, d], got {tuple(keys.shape)}")
+    if averaging == "uniform":
+        return keys.mean(1)
+    if averaging == "plain_half":
+        if keys.shape[1] < 2:
+            return keys[:, 0]
+        return 0.5 * keys[:, 0] + 0.5 * keys[:, 1:].mean(1)
+    raise ValueError(f"averaging must be 'uniform' or 'plain_half', got {averaging!r}")
+
+
 def compute_keys(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
     module_name: str,
     requests: Sequence[EditRequest],
     templates: Sequence[str],
+    *,
+    averaging: str = "uniform",
+    per_template: bool = False,
 ) -> torch.Tensor:
-    """Keys ``[n_requests, d_in]``: ``module_name``'s input at the subject's last token, mean over templates."""
+    """Keys ``[n_requests, d_in]``: ``module_name``'s input at the subject's last token, averaged over templates.
+
+    ``averaging`` as `average_template_keys` (``"plain_half"`` needs ``templates[0] == "{}"``). With
+    ``per_template`` the keys are returned unaveraged, ``[n_requests, n_templates, d_in]``.
+    """
+    if averaging == "plain_half" and templates[0] != "{}":
+        raise ValueError(f"plain_half averaging needs the bare prompt '{{}}' as the first template, got {templates[0]!r}")
     seqs, pos = [], []
     for r in requests:
         for t in templates:
             ids, p = subject_last_token(tok, t, r)
             seqs.append(ids)
             pos.append(p)
-    k = module_io_at(model, module_name, seqs, pos, pad_token_id(tok), "input")
-    return k.view(len(requests), len(templates), -1).mean(1)
+    k = module_io_at(model, module_name, seqs, pos, pad_token_id(tok), "input").view(len(requests), len(templates), -1)
+    return k if per_template else average_template_keys(k, averaging)
+
+
+def value_weight_decay(delta: torch.Tensor, v_init_norm: torch.Tensor, weight: float, form: str = "norm") -> torch.Tensor:
+    """The value search's weight decay: ``weight · ‖δ‖ / ‖v_init‖²`` (``"norm"``, kmeng01/rome compute_v,
+    memit compute_z, PRUNE) or ``weight · ‖δ‖² / ‖v_init‖²`` (``"squared"``). ``delta`` ``[d]``, norm a scalar."""
+    if form == "norm":
+        return weight * delta.norm() / v_init_norm**2
+    if form == "squared":
+        return weight * delta.norm() ** 2 / v_init_norm**2
+    raise ValueError(f"weight decay form must be 'norm' or 'squared', got {form!r}")
+
+
+def targets_are_top1(logits: torch.Tensor, target_ids: torch.Tensor) -> bool:
+    """Most-probable early stopping's rule: every target token is the argmax on every prompt.
+
+    ``logits`` ``[n_prompts, T, V]`` (or log-probs) at the positions predicting each of the T target tokens
+    under teacher forcing, ``target_ids`` ``[T]``. Ties count as not yet most probable only when another
+    token wins ``argmax``.
+    """
+    if logits.dim() != 3 or logits.shape[1] != target_ids.numel():
+        raise ValueError(f"logits must be [n, T={target_ids.numel()}, V], got {tuple(logits.shape)}")
+    return bool((logits.argmax(-1) == target_ids.to(logits.device)[None, :]).all())
 
 
 @dataclass
@@ -198,6 +247,8 @@ def optimise_target(
     clamp_norm_factor: float,
     kl_factor: float,
     early_stop_loss: float = 5e-2,
+    weight_decay_form: str = "norm",
+    mpes: bool = False,
     autocast_dtype: torch.dtype = torch.float32,
     cache_lower_layers: bool = True,
 ) -> TargetResult:
@@ -205,7 +256,11 @@ def optimise_target(
 
     Loss = mean NLL of ``target_new`` after every ``template.format(prompt)``
     + ``kl_factor`` · KL(next-token dist. at the subject of "{subject} is a", vs. unedited)
-    + ``weight_decay`` · ‖δ‖² / ‖v_init‖²;  after each step ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖v_init‖.
+    + `value_weight_decay` (``weight_decay`` · ‖δ‖ / ‖v_init‖², or its square with ``weight_decay_form``);
+    after each step ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖v_init‖. The search stops before a step when
+    the loss is below ``early_stop_loss`` (reference) or, with ``mpes``, when `targets_are_top1` holds on
+    every template prompt (most-probable early stopping, Gupta et al. 2025); it runs at most
+    ``num_steps`` − 1 Adam steps, as the reference does.
     Model weights are never touched; gradients flow only into ``delta``. With ``autocast_dtype``
     bfloat16/float16 the search's forwards and backwards run under autocast (the loss and δ stay
     float32); ``v_init`` and the keys are always computed in the model's own dtype. With ``cache_lower_layers``
@@ -271,11 +326,13 @@ def optimise_target(
             nll = -tok_logp.mean(1).mean()
             kl_cur = logp[-1]
             kl = kl_factor * F.kl_div(kl_init, kl_cur, log_target=True, reduction="sum")
-            wd = weight_decay * delta.norm() ** 2 / v_init.norm() ** 2
+            wd = value_weight_decay(delta, v_init.norm(), weight_decay, weight_decay_form)
             loss = nll + kl + wd
             loss_v, nll_v = float(loss.detach()), float(nll.detach())
             log.debug("case %s step %d: loss %.4f nll %.4f kl %.4f wd %.4f", request.case_id, it, loss_v, nll_v, float(kl.detach()), float(wd.detach()))
             if loss_v < early_stop_loss or it == num_steps - 1:
+                break
+            if mpes and targets_are_top1(logp[:-1].detach().view(n_rw, len(tgt), -1), tgt_t):
                 break
             opt.zero_grad()
             loss.backward()
