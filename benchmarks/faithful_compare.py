@@ -7,7 +7,8 @@ per-token NLLs (ROME's/PRUNE's CounterFact code) and, for reference, summed log-
 the rewrite prompt's P(target_new) (full-sequence probability, mean over cases), ‖ΔW‖_F (all edited
 matrices, W − W₀), the value-search steps per case, seconds per edit step, and with ``--ppl-tokens`` the
 perplexity of the edited model on the first tokens of WikiText-2 *test* (the split the key statistics
-never read). Ratios are against the first variant.
+never read). Ratios are against the first variant; on a shared machine compare the CPU seconds of this
+process (``mean_step_cpu_s``, one torch thread), which other jobs do not inflate as they do wall time.
 
     python benchmarks/faithful_compare.py --editor rome --split val --n 100 \\
         --variants "n10k:mom2_n_samples=10000;n100k:mom2_n_samples=100000" --ppl-tokens 20000 \\
@@ -81,17 +82,18 @@ def run(editor_name: str, name: str, overrides: dict[str, object], args: argpars
     w0 = {n: get_weight(model, n).clone() for n in names}
     reference = record_locality_reference(model, tok, requests, 16)
     batch = args.memit_batch if editor_name == "memit" else 1
-    seconds, steps, applied = [], [], 0
+    seconds, cpu_seconds, steps, applied = [], [], [], 0
     for i in range(0, len(requests), batch):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = editor.edit(model, tok, requests[i : i + batch])
         seconds.append(time.perf_counter() - t)
+        cpu_seconds.append(time.process_time() - c)
         steps.append(result.stats.steps)
         applied += int(result.applied)
     edit_s = sum(seconds)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     mean_scores = evaluate_edits(model, tok, requests, reference, 16, reduction="mean")
-    eval_s = time.perf_counter() - t
+    eval_s, eval_cpu_s = time.perf_counter() - t, time.process_time() - c
     sum_scores = evaluate_edits(model, tok, requests, reference, 16, reduction="sum")
     rewrite = score_targets(model, tok, [r.prompt for r in requests], [r.target_new for r in requests])
     p_new = rewrite.logprob("sum").exp()
@@ -107,9 +109,13 @@ def run(editor_name: str, name: str, overrides: dict[str, object], args: argpars
         "prepare_s": round(prepare_s, 2),
         "step_seconds": [round(s, 3) for s in seconds],
         "mean_step_s": round(edit_s / len(seconds), 3),
+        # CPU seconds of this process (one torch thread): what a step costs, whatever else the machine runs
+        "mean_step_cpu_s": round(sum(cpu_seconds) / len(cpu_seconds), 3),
+        "step_cpu_seconds": [round(s, 3) for s in cpu_seconds],
         "median_step_s": round(statistics.median(seconds), 3),
         "total_edit_s": round(edit_s, 2),
         "eval_s": round(eval_s, 2),
+        "eval_cpu_s": round(eval_cpu_s, 2),
         "value_search_steps_mean": sum(steps) / len(steps),
         "value_search_steps": steps,
         "scores_mean_nll": asdict(mean_scores),
@@ -164,7 +170,8 @@ def main() -> None:
         base = rows[0]
         s = row["scores_mean_nll"]
         print(
-            f"{name:14s} step {row['mean_step_s']:.2f} s ({base['mean_step_s'] / row['mean_step_s']:.2f}x faster than {base['variant']}), "
+            f"{name:14s} step {row['mean_step_s']:.2f} s, {row['mean_step_cpu_s']:.2f} CPU s "
+            f"({base['mean_step_cpu_s'] / row['mean_step_cpu_s']:.2f}x less CPU than {base['variant']}), "
             f"search steps {row['value_search_steps_mean']:.2f} | efficacy {s['efficacy']:.3f} generalization {s['generalization']:.3f} "
             f"neighborhood {s['neighborhood']:.3f} locality_top1 {s['locality_top1']:.3f} | P(new) {row['rewrite_p_new_mean']:.3f} "
             f"||dW|| {row['delta_w_fro']:.2f}" + (f" | ppl {row['ppl_wikitext_test']:.2f}" if "ppl_wikitext_test" in row else ""),

@@ -37,7 +37,7 @@ STYLE = {
     "memit": ("tab:orange", "--"), "memit_prune": ("tab:orange", "-"),
     "mend": ("tab:green", "--"), "mend_prune": ("tab:green", "-"), "mend_prune_a1.2": ("tab:olive", "-."),
 }
-EDIT_KEYS = ["efficacy", "generalization", "locality"]
+EDIT_KEYS = ["efficacy", "generalization", "neighborhood"]  # neighborhood: the papers' locality (P(true) > P(new))
 DOWNSTREAM = [  # (results key, column title)
     ("reasoning/exact_match", "GSM8K EM"),
     ("summarization/rouge1", "SAMSum ROUGE-1"),
@@ -105,7 +105,7 @@ def fmt(x: float | None, digits: int = 2) -> str:
 
 def tables(runs: dict[str, dict], k0: dict[str, float]) -> str:
     lines = []
-    lines.append("| run | edits | efficacy | generalization | locality | " + " | ".join(t for _, t in DOWNSTREAM)
+    lines.append("| run | edits | efficacy | generalization | neighborhood | " + " | ".join(t for _, t in DOWNSTREAM)
                  + " | max σ_max(ΔW) / σ_max(W₀) | max κ(W) |")
     lines.append("|---|---|---|---|---|" + "---|" * len(DOWNSTREAM) + "---|---|")
     for name, run in runs.items():
