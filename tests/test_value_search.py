@@ -134,3 +134,23 @@ def test_mpes_checks_every_template_prompt_and_is_off_by_default(tiny, monkeypat
     calls.clear()
     assert optimise_target(model, tok, MODULE, request, templates, num_steps=4, early_stop_loss=0.0, **SEARCH).steps == 3
     assert calls == []
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_prefix_cache_gives_the_same_search(name):
+    """Forwarding only the tokens from the subject's last token on (the rest from a KV cache) changes nothing."""
+    from prune_lit.models.arch import arch_spec
+
+    lm = load_model(name)
+    model, tok = lm.model, lm.tokenizer
+    module = arch_spec(model).mlp_out_name(1)
+    templates = generate_context_templates(model, tok, [[5, 3]])
+    # subject at the end / at the start of the prompt (single-token subject: position 0 in the bare prompt)
+    for request in (EditRequest(0, PROMPT, SUBJECT, "New York City"), EditRequest(1, "Paris is the capital of", "Paris", "Rome")):
+        kw = dict(num_steps=6, early_stop_loss=0.0, **{**SEARCH, "cache_lower_layers": True})
+        full = optimise_target(model, tok, module, request, templates, **kw)
+        cached = optimise_target(model, tok, module, request, templates, prefix_cache=True, **kw)
+        assert cached.steps == full.steps == 5 and full.delta.norm() > 0
+        torch.testing.assert_close(cached.delta, full.delta, rtol=1e-4, atol=1e-5)
+        assert cached.loss == pytest.approx(full.loss, rel=1e-5)
+        assert not any(m._forward_hooks for m in model.modules())

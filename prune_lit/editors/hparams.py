@@ -45,6 +45,9 @@ class LocateEditHParams:
     v_mpes: bool = False
     v_autocast: str = "float32"  # compute dtype of the value search's forwards/backwards (bfloat16: autocast)
     v_cache_lower_layers: bool = True  # run the blocks below the edited one once per value search, not every step
+    # forward only the tokens from the subject's last token on at each step, the rest from a KV cache (same
+    # numbers up to float rounding; replaces v_cache_lower_layers when on)
+    v_prefix_cache: bool = True
     # [[length_in_tokens, how_many], ...] of model-generated prefixes ("{}" is always included)
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10]])
     context_template_seed: int = 0  # seed of the prefix sampler (deterministic templates)
@@ -91,6 +94,7 @@ class LocateEditHParams:
             early_stop_loss=self.early_stop_loss,
             autocast_dtype=AUTOCAST_DTYPES[self.v_autocast],
             cache_lower_layers=self.v_cache_lower_layers,
+            prefix_cache=self.v_prefix_cache,
         )
 
     def replace(self: T, **overrides: Any) -> T:

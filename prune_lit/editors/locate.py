@@ -15,6 +15,7 @@ real tokens' activations) and forward hooks that are always removed (``try``/``f
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -219,6 +220,57 @@ def targets_are_top1(logits: torch.Tensor, target_ids: torch.Tensor) -> bool:
     return bool((logits.argmax(-1) == target_ids.to(logits.device)[None, :]).all())
 
 
+def _cache_argument(model: nn.Module) -> str:
+    """Name of the KV-cache argument of the model's trunk (transformers 5 renamed ``past_key_values`` in places)."""
+    params = inspect.signature(type(model.base_model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _suffix_search(
+    model: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    pos: Sequence[int],
+    pad: int,
+    P: int,
+    sel_rows: torch.Tensor,
+    sel_cols: torch.Tensor,
+    autocast: contextlib.AbstractContextManager,
+) -> tuple:
+    """The value search's forward on the tokens from the subject's last token on, the rest from a KV cache.
+
+    Row i is left-padded by ``P − pos[i]`` so every subject's last token sits at column P; the keys/values of
+    columns ``[0, P)`` (which δ, added at column P, cannot change) are computed once. Returns (a function giving
+    the logits at ``(sel_rows, sel_cols)`` of the unaligned batch, the column δ goes to in the suffix
+    (zeros), a context manager for the search).
+    """
+    device = model_device(model)
+    left = torch.tensor([P - p for p in pos], device=device)
+    aligned, mask = pad_batch([[pad] * (P - p) + list(s) for s, p in zip(seqs, pos)], pad, device=device)
+    mask[torch.arange(aligned.shape[1], device=device)[None, :] < left[:, None]] = 0  # the left padding
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+    cache_arg = _cache_argument(model)
+    with torch.no_grad(), autocast:
+        out = model.base_model(input_ids=aligned[:, :P], attention_mask=mask[:, :P], position_ids=positions[:, :P], use_cache=True)
+    cache = out[cache_arg] if cache_arg in out else out.past_key_values
+    cols = sel_cols + left[sel_rows] - P  # columns of the selected logits inside the suffix
+    head = model.get_output_embeddings()
+
+    def search_logits() -> torch.Tensor:
+        try:
+            hidden = model.base_model(input_ids=aligned[:, P:], attention_mask=mask, position_ids=positions[:, P:],
+                                      use_cache=True, **{cache_arg: cache}).last_hidden_state
+        finally:
+            extra = cache.get_seq_length() - P
+            if extra > 0:
+                cache.crop(-extra)  # drop the suffix the forward appended: the next step starts from the prefix again
+            for layer_cache in cache.layers:  # the cropped prefix is a view of this step's graph: cut it loose
+                if getattr(layer_cache, "keys", None) is not None:
+                    layer_cache.keys, layer_cache.values = layer_cache.keys.detach(), layer_cache.values.detach()
+        return head(hidden[sel_rows, cols]).float()
+
+    return search_logits, torch.zeros(len(seqs), dtype=torch.long, device=device), contextlib.nullcontext()
+
+
 @dataclass
 class TargetResult:
     """The optimised output shift for one request at one module."""
@@ -251,6 +303,7 @@ def optimise_target(
     mpes: bool = False,
     autocast_dtype: torch.dtype = torch.float32,
     cache_lower_layers: bool = True,
+    prefix_cache: bool = False,
 ) -> TargetResult:
     """ROME's value search: Adam on ``delta`` added to ``module_name``'s output at the subject's last token.
 
@@ -265,6 +318,10 @@ def optimise_target(
     bfloat16/float16 the search's forwards and backwards run under autocast (the loss and δ stay
     float32); ``v_init`` and the keys are always computed in the model's own dtype. With ``cache_lower_layers``
     the blocks below ``module_name``'s run once and the search's passes start at its block (same numbers).
+    With ``prefix_cache`` the prompts are aligned at the subject's last token (left padding, explicit
+    positions); everything before it does not depend on δ, so its keys/values run once and every step
+    forwards only the tokens from the subject's last token on (same numbers up to float rounding; this
+    replaces ``cache_lower_layers``).
     """
     device = model_device(model)
     pad = pad_token_id(tok)
@@ -299,29 +356,37 @@ def optimise_target(
         zero = torch.zeros(1, dtype=torch.long, device=device)
         kl_init = F.log_softmax(logits_at(model, kl_ids_t, kl_mask, zero, zero + kl_pos)[0], dim=-1)
 
-    layer = layer_of(model, module_name) if cache_lower_layers else None
-    if layer:
-        with autocast:  # the blocks below see the same batch at every step: run them once
-            lower = hidden_into_layer(model, layer, ids, mask)
-        skip_lower: contextlib.AbstractContextManager = skip_layers_below(model, layer, lower)
-    else:
-        skip_lower = contextlib.nullcontext()
-
     delta = torch.zeros_like(v_init, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     max_norm = clamp_norm_factor * v_init.norm()
 
+    P = max(pos)
+    if prefix_cache and P > 0:
+        search_logits, add_cols, context = _suffix_search(model, seqs, pos, pad, P, sel_rows, sel_cols, autocast)
+    else:
+        layer = layer_of(model, module_name) if cache_lower_layers else None
+        if layer:
+            with autocast:  # the blocks below see the same batch at every step: run them once
+                lower = hidden_into_layer(model, layer, ids, mask)
+            context = skip_layers_below(model, layer, lower)
+        else:
+            context = contextlib.nullcontext()
+        add_cols = pos_t
+
+        def search_logits() -> torch.Tensor:
+            return logits_at(model, ids, mask, sel_rows, sel_cols)
+
     def hook(_mod: nn.Module, _inp: tuple, output: object) -> object:
         out = _first(output)
         add = torch.zeros_like(out)
-        add[rows, pos_t] = delta.to(out.dtype)
+        add[rows, add_cols] = delta.to(out.dtype)
         return _replace_first(output, out + add)
 
     loss_v = nll_v = float("nan")
     steps = 0
-    with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook), skip_lower:
+    with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook), context:
         for it in range(num_steps):
-            logp = F.log_softmax(logits_at(model, ids, mask, sel_rows, sel_cols), dim=-1)  # [n_rw*T + 1, V]
+            logp = F.log_softmax(search_logits(), dim=-1)  # [n_rw*T + 1, V]
             tok_logp = logp[:-1].gather(1, tgt_t.repeat(n_rw)[:, None]).view(n_rw, len(tgt))  # [n_rw, T]
             nll = -tok_logp.mean(1).mean()
             kl_cur = logp[-1]
