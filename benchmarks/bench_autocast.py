@@ -146,7 +146,7 @@ def main() -> None:
             label = ",".join(f"{k}={v}" for k, v in overrides.items())
             print(
                 f"{name:6s} {label} median step {row['median_step_s']:.2f} s, total {row['total_edit_s']:.1f} s | "
-                f"efficacy {s['efficacy']:.3f} generalization {s['generalization']:.3f} locality {s['locality']:.3f} "
+                f"efficacy {s['efficacy']:.3f} generalization {s['generalization']:.3f} neighborhood {s['neighborhood']:.3f} "
                 f"| mean final NLL {row['mean_final_nll']:.3f}",
                 flush=True,
             )

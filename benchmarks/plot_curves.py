@@ -4,7 +4,7 @@
         --labels ROME "ROME+PRUNE" --out docs/figures/rome_100.png
 
 Reads each run's results.json (edit metrics at the eval_at counts) and spectral.json (σ_max(ΔW) and
-κ(W) per edit step) and draws efficacy / generalization / locality and the spectral diagnostics
+κ(W) per edit step) and draws efficacy / generalization / neighborhood (the papers' locality) and the spectral diagnostics
 against the number of edits.
 """
 
@@ -43,7 +43,7 @@ def main() -> None:
         rows = [(0, before)] if before else []
         rows += [(h["num_edits"], h["edits"]) for h in results["history"] if "edits" in h]
         xs = [n for n, _ in rows]
-        for ax, key in zip(axes[:3], ("efficacy", "generalization", "locality")):
+        for ax, key in zip(axes[:3], ("efficacy", "generalization", "neighborhood")):
             ax.plot(xs, [s[key] for _, s in rows], marker="o", label=label)
             ax.set_title(key)
         # One line per edited matrix would crowd the panel: plot the largest σ_max(ΔW) / σ_max(W_0) per step.

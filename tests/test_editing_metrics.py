@@ -143,7 +143,7 @@ def test_empty_inputs(tiny) -> None:
     s = score_targets(tiny.model, tiny.tokenizer, [], [])
     assert len(s) == 0 and s.logprob().shape == (0,)
     scores = evaluate_edits(tiny.model, tiny.tokenizer, [], LocalityReference())
-    assert scores.n == 0 and math.isnan(scores.efficacy) and math.isnan(scores.locality)
+    assert scores.n == 0 and math.isnan(scores.efficacy) and math.isnan(scores.locality_top1)
 
 
 def test_bad_inputs(tiny) -> None:
@@ -174,10 +174,11 @@ def test_evaluate_edits_matches_metric_definitions(tiny) -> None:
     assert set(ref.predictions) == {0, 1, "z2"} and len(ref.predictions[0]) == 2
     scores = evaluate_edits(model, tok, reqs, ref, batch_size=4)
     assert isinstance(scores, EditScores) and scores.n == 3
-    # unchanged model: locality is perfect by definition
-    assert scores.locality == 1.0 and scores.locality_acc == 1.0
-    # recompute efficacy / neighborhood / rewrite_acc by hand (request z2 has no ground truth: no efficacy)
-    lp = lambda p, t: target_logprobs(model, tok, [p], [t]).item()  # noqa: E731
+    # unchanged model: top-1 locality is perfect by definition
+    assert scores.locality_top1 == 1.0 and scores.locality_acc == 1.0
+    # recompute efficacy / neighborhood / rewrite_acc by hand (request z2 has no ground truth: no efficacy),
+    # comparing mean per-token log-probs as ROME's test_batch_prediction does (the default)
+    lp = lambda p, t: target_logprobs(model, tok, [p], [t], reduction="mean").item()  # noqa: E731
     eff = [lp(r.prompt, r.target_new) > lp(r.prompt, r.ground_truth) for r in reqs[:2]]
     gen = [lp(r.rephrase_prompts[0], r.target_new) > lp(r.rephrase_prompts[0], r.ground_truth) for r in reqs[:2]]
     nb = [lp(p, a) > lp(p, r.target_new) for r in reqs for p, a in zip(r.locality_prompts, r.locality_answers)]
@@ -187,7 +188,33 @@ def test_evaluate_edits_matches_metric_definitions(tiny) -> None:
     assert scores.neighborhood == pytest.approx(sum(nb) / 4)
     assert scores.rewrite_acc == pytest.approx(sum(acc) / 3)
     d = scores.as_dict("edit/")
-    assert d["edit/n"] == 3.0 and set(d) >= {"edit/efficacy", "edit/locality_acc"}
+    assert d["edit/n"] == 3.0 and set(d) >= {"edit/efficacy", "edit/neighborhood", "edit/locality_top1", "edit/locality_acc"}
+    assert "edit/locality" not in d  # one name per meaning: neighborhood (the papers') or locality_top1
+
+
+def test_mean_and_sum_comparisons_differ_where_lengths_differ() -> None:
+    """A 1-token target at log-prob −1.5 against a 3-token target at −1 per token: the per-token mean
+    (ROME's comparison) prefers the 3-token target, the full-sequence sum prefers the 1-token one."""
+    one = TargetScores([torch.tensor([5])], [torch.tensor([-1.5])], [torch.tensor([5])])
+    three = TargetScores([torch.tensor([1, 2, 3])], [torch.tensor([-1.0, -1.0, -1.0])], [torch.tensor([1, 2, 3])])
+    assert three.logprob("mean") > one.logprob("mean") and three.logprob("sum") < one.logprob("sum")
+    for reduction, expected in (("mean", 1.0), ("sum", 0.0)):  # efficacy of new = 3-token target vs true = 1-token
+        m = EditEfficacy()
+        m.update(three.logprob(reduction), one.logprob(reduction))
+        assert float(m.compute()) == expected
+
+
+def test_evaluate_edits_default_is_the_mean_per_token_comparison(tiny) -> None:
+    model, tok = tiny.model, tiny.tokenizer
+    reqs = _requests()
+    default = evaluate_edits(model, tok, reqs, None)
+    assert default == evaluate_edits(model, tok, reqs, None, reduction="mean")
+    # the multi-token targets make the two comparisons disagree somewhere on this random model
+    summed = evaluate_edits(model, tok, reqs, None, reduction="sum")
+    lp = lambda p, t, red: target_logprobs(model, tok, [p], [t], reduction=red).item()  # noqa: E731
+    for red, scores in (("mean", default), ("sum", summed)):
+        nb = [lp(p, a, red) > lp(p, r.target_new, red) for r in reqs for p, a in zip(r.locality_prompts, r.locality_answers)]
+        assert scores.neighborhood == pytest.approx(sum(nb) / 4)
 
 
 def test_evaluate_edits_sees_changed_predictions(tiny) -> None:
@@ -197,8 +224,8 @@ def test_evaluate_edits_sees_changed_predictions(tiny) -> None:
     ref = record_locality_reference(model, tok, reqs)
     flipped = LocalityReference({k: tuple(p + 1 for p in v) for k, v in ref.predictions.items()})
     scores = evaluate_edits(model, tok, reqs, flipped)
-    assert scores.locality == 0.0 and scores.locality_acc == 0.0
-    assert math.isnan(evaluate_edits(model, tok, reqs, None).locality)
+    assert scores.locality_top1 == 0.0 and scores.locality_acc == 0.0
+    assert math.isnan(evaluate_edits(model, tok, reqs, None).locality_top1)
     with pytest.raises(KeyError, match="case 1"):
         evaluate_edits(model, tok, reqs, LocalityReference({0: ref.predictions[0]}))
 
@@ -216,7 +243,7 @@ def test_smollm_prefers_paris() -> None:
                       ("The capital of Germany is",), ("Berlin",))
     ref = record_locality_reference(model, tok, [req])
     scores = evaluate_edits(model, tok, [req], ref)
-    assert scores.efficacy == 0.0 and scores.locality == 1.0
+    assert scores.efficacy == 0.0 and scores.locality_top1 == 1.0
     # padded batch on the real model agrees with one-by-one scoring
     prompts = ["The capital of France is", "The mother tongue of Danielle Darrieux is", "Hi"]
     targets = ["Paris", "French", "there, how are you"]

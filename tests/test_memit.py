@@ -65,3 +65,27 @@ def test_memit_edits_a_batch_of_three_and_each_flips(tmp_path):
         torch.testing.assert_close(get_weight(model, n) - before[n], result.deltas[n], rtol=1e-5, atol=1e-6)
     assert not any(p.requires_grad for p in model.parameters())
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_memit_averages_keys_as_configured(tmp_path, monkeypatch):
+    """The editor's keys: MEMIT's ½ bare prompt + ½ generated templates by default, uniform as an option."""
+    from prune_lit.editors import memit as memit_mod
+
+    lm = load_model("tiny-llama")
+    model, tok = lm.model, lm.tokenizer
+    seen: list[str] = []
+    real = memit_mod.compute_keys
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("averaging", "uniform"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memit_mod, "compute_keys", spy)
+    request = EditRequest(0, "The city that holds the Eiffel Tower", "Eiffel Tower", "Rome")
+    for averaging in ("plain_half", "uniform"):
+        overrides = {} if averaging == "plain_half" else {"key_averaging": "uniform"}
+        editor = MEMITEditor(stats_dir=str(tmp_path), v_num_grad_steps=2, **overrides)
+        editor.prepare(model, tok, "tiny-llama", None)
+        seen.clear()
+        editor.compute_deltas(model, tok, [request])
+        assert seen == [averaging] * len(editor.hp.layers)

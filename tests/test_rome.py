@@ -87,25 +87,51 @@ def test_rome_edit_flips_top1_and_leaves_model_clean(name, v_autocast, stats_dir
     assert no_hooks(model)
 
 
-def test_rome_key_value_identity_on_model(stats_dir):
-    """The ΔW computed inside the editor satisfies (W + ΔW) k* = v* = W k* + δ."""
-    lm = load_model("tiny-llama")
-    model, tok = lm.model, lm.tokenizer
-    editor = ROMEEditor(stats_dir=stats_dir, v_num_grad_steps=5)
-    editor.prepare(model, tok, "tiny-llama", None)
-    request = EditRequest(0, TINY_PROMPT, TINY_SUBJECT, "Rome")
+def test_rome_anchor_formulas_by_hand_float64():
+    """update_anchor: the reference solves at the bare prompt's key, the paper at the template mean."""
+    torch.manual_seed(1)
+    d_out, d_in, T = 5, 7, 4
+    W = torch.randn(d_out, d_in, dtype=torch.float64)
+    A = torch.randn(d_in, 30, dtype=torch.float64)
+    C_inv = torch.linalg.inv(A @ A.T / 30)
+    keys = torch.randn(T, d_in, dtype=torch.float64)  # keys[0]: the bare prompt "{}"
+    k_plain, k_mean = keys[0], keys.mean(0)
+    delta = torch.randn(d_out, dtype=torch.float64)
+    u = C_inv @ k_mean
+    # kmeng01/rome compute_v: right = (target − W k_plain) / (k_plainᵀ u) with target = W k_plain + δ
+    prompt = rome_update(W, C_inv, k_mean, W @ k_plain + delta, k_anchor=k_plain)
+    torch.testing.assert_close(prompt, torch.outer(delta, u) / (k_plain @ u))
+    torch.testing.assert_close((W + prompt) @ k_plain, W @ k_plain + delta)  # all of δ lands on the edit prompt
+    # the paper / MEMIT convention: v* = W k̄ + δ at k̄ (the default of rome_update without k_anchor)
+    mean = rome_update(W, C_inv, k_mean, W @ k_mean + delta)
+    torch.testing.assert_close(mean, torch.outer(delta, u) / (k_mean @ u))
+    torch.testing.assert_close((W + mean) @ k_mean, W @ k_mean + delta)
+    # same direction, scales differ by the ratio of the two denominators
+    torch.testing.assert_close(prompt * (k_plain @ u), mean * (k_mean @ u))
+
+
+@pytest.mark.parametrize("anchor", ["prompt", "mean"])
+def test_rome_editor_puts_delta_at_its_anchor(anchor, stats_dir):
+    """On the model: ΔW k_a equals the searched shift δ, with k_a the bare prompt's key or the template mean."""
     from prune_lit.editors.locate import compute_keys
 
+    lm = load_model("tiny-llama")
+    model, tok = lm.model, lm.tokenizer
+    editor = ROMEEditor(stats_dir=stats_dir, v_num_grad_steps=5, update_anchor=anchor)
+    editor.prepare(model, tok, "tiny-llama", None)
+    assert editor.templates[0] == "{}"
+    request = EditRequest(0, TINY_PROMPT, TINY_SUBJECT, "Rome")
     module = "model.layers.1.mlp.down_proj"
-    k_star = compute_keys(model, tok, module, [request], editor.templates)[0]
+    keys = compute_keys(model, tok, module, [request], editor.templates, per_template=True)[0]
     W = get_weight(model, module + ".weight").clone()
-    deltas, _ = editor.compute_deltas(model, tok, [request])
-    dW = deltas[module + ".weight"]
-    v_star = W @ k_star + (dW @ k_star)
-    torch.testing.assert_close((W + dW) @ k_star, v_star)
-    # Rank one, and the change at k* is exactly the optimised shift (nonzero).
-    assert torch.linalg.matrix_rank(dW.double(), rtol=1e-6) == 1 and (dW @ k_star).norm() > 0
-    torch.testing.assert_close(get_weight(model, module + ".weight"), W)  # compute_delta applies nothing
+    name, dW, res = editor._one_delta(model, tok, request)
+    k_a = keys[0] if anchor == "prompt" else keys.mean(0)
+    assert res.delta.norm() > 0
+    torch.testing.assert_close(dW @ k_a, res.delta, rtol=1e-4, atol=1e-5)
+    assert torch.linalg.matrix_rank(dW.double(), rtol=1e-6) == 1
+    u = editor.C_inv[1] @ keys.mean(0)  # the direction is C⁻¹ k̄ either way
+    torch.testing.assert_close(dW @ u / (u @ u), res.delta * (u @ u) / (k_a @ u) / (u @ u), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(get_weight(model, module + ".weight"), W)  # computing applies nothing
 
 
 def test_nan_update_is_rejected_and_weights_unchanged(stats_dir):
@@ -174,6 +200,18 @@ def test_presets_load_with_the_published_layers():
         load_hparams(ROMEHParams, "rome", None, "gpt2-xl", layers=[1, 2])
     with pytest.raises(ValueError, match="v_autocast must be one of"):
         load_hparams(ROMEHParams, "rome", None, "gpt2-xl", v_autocast="int8")
+    with pytest.raises(ValueError, match="update_anchor must be one of"):
+        load_hparams(ROMEHParams, "rome", None, "gpt2-xl", update_anchor="subject")
+    with pytest.raises(ValueError, match="v_weight_decay_form must be one of"):
+        load_hparams(ROMEHParams, "rome", None, "gpt2-xl", v_weight_decay_form="l1")
+    with pytest.raises(ValueError, match="key_averaging must be one of"):
+        load_hparams(MEMITHParams, "memit", None, "gpt2-xl", key_averaging="median")
+    # the reference's forms are the defaults of every preset
+    for algo, cls in (("rome", ROMEHParams), ("memit", MEMITHParams)):
+        for f in sorted((HPARAMS_DIR / algo).glob("*.yaml")):
+            hp = load_hparams(cls, algo, str(f), f.stem)
+            assert hp.v_weight_decay_form == "norm", f
+            assert getattr(hp, "update_anchor", "prompt") == "prompt" and getattr(hp, "key_averaging", "plain_half") == "plain_half", f
     with pytest.raises(FileNotFoundError, match="no rome preset"):
         load_hparams(ROMEHParams, "rome", None, "no-such-model")
 

@@ -37,7 +37,7 @@ def test_cache_round_trip_reads_the_file_instead_of_recomputing(tmp_path, monkey
     first = second_moments(lm.model, lm.tokenizer, "tiny-llama", [module], n_tokens=512, seq_len=64, root=tmp_path)[module]
     path = stats_path("tiny-llama", module, 512, "float32", tmp_path)
     assert path.is_file() and not list(path.parent.glob("*.tmp*"))
-    assert path.name == f"{module}_512_float32.safetensors"
+    assert path.name == f"{module}_wikitext-2-valid_512_float32.safetensors"
     # Symmetric PSD with a positive diagonal.
     torch.testing.assert_close(first, first.T)
     assert torch.linalg.eigvalsh(first).min() > -1e-8 and (first.diagonal() > 0).all()
@@ -69,3 +69,45 @@ def test_token_chunks_have_the_requested_shape():
     tok = load_model("tiny-gpt2").tokenizer
     chunks = wikitext_token_chunks(tok, n_tokens=300, seq_len=128)
     assert chunks.shape == (3, 128) and chunks.dtype == torch.long
+
+
+def test_statistics_never_read_the_wikitext_test_split(monkeypatch):
+    """wiki.test.raw is reserved for the perplexity probe: the statistics read the validation split only."""
+    read: list[str] = []
+    real = stats_mod.resolve_data_file
+
+    def spy(rel, data_dir=None, *args, **kwargs):
+        read.append(rel)
+        return real(rel, data_dir, *args, **kwargs)
+
+    monkeypatch.setattr(stats_mod, "resolve_data_file", spy)
+    tok = load_model("tiny-gpt2").tokenizer
+    chunks = wikitext_token_chunks(tok, n_tokens=200, seq_len=50)
+    assert read == ["corpus/wiki.valid.raw"]
+    valid = stats_mod.clean_wikitext(real("corpus/wiki.valid.raw").read_text(encoding="utf-8"))
+    assert chunks.reshape(-1).tolist() == tok(valid[:5000], add_special_tokens=False)["input_ids"][:200]
+    monkeypatch.setattr(stats_mod, "WIKI_FILES", ("corpus/wiki.valid.raw", "corpus/wiki.test.raw"))
+    with pytest.raises(RuntimeError, match="perplexity probe"):
+        wikitext_token_chunks(tok, n_tokens=200, seq_len=50)
+
+
+def test_more_tokens_than_the_corpus_holds_gives_all_of_it():
+    tok = load_model("tiny-gpt2").tokenizer
+    seq_len = 4096
+    everything = wikitext_token_chunks(tok, n_tokens=10**9, seq_len=seq_len)
+    valid = stats_mod.clean_wikitext(stats_mod.resolve_data_file("corpus/wiki.valid.raw").read_text(encoding="utf-8"))
+    n_all = len(tok(valid, add_special_tokens=False)["input_ids"])
+    assert everything.numel() == n_all // seq_len * seq_len
+
+
+def test_the_editor_honours_mom2_n_samples_and_caches_by_it(tmp_path):
+    from prune_lit.editors import ROMEEditor
+
+    lm = load_model("tiny-llama")
+    for n in (256, 512):
+        editor = ROMEEditor(stats_dir=str(tmp_path), mom2_n_samples=n, mom2_seq_len=64, v_num_grad_steps=2)
+        editor.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+        path = stats_path("tiny-llama", arch_spec(lm.model).mlp_out_name(1), n, "float32", tmp_path)
+        assert path.is_file() and f"_{stats_mod.CORPUS_TAG}_{n}_" in path.name
+        with stats_mod.safe_open(str(path), framework="pt") as fh:
+            assert fh.metadata()["n_tokens"] == str(n) and "valid" in fh.metadata()["dataset"]

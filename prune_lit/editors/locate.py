@@ -15,6 +15,7 @@ real tokens' activations) and forward hooks that are always removed (``try``/``f
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -152,22 +153,122 @@ def module_io_at(
     return captured[0]
 
 
+def average_template_keys(keys: torch.Tensor, averaging: str = "uniform") -> torch.Tensor:
+    """One key per request from its per-template keys ``[n, T, d]`` -> ``[n, d]``.
+
+    ``"uniform"``: the mean over all T templates (kmeng01/rome compute_u). ``"plain_half"``: ½ · the first
+    template's key (the bare prompt, ``"{}"``) + ½ · the mean of the other T − 1 (kmeng01/memit compute_ks,
+    which averages within each template group, then over the groups).
+    """
+    if keys.dim() != 3:
+        raise ValueError(f"keys must be [n, T, d], got {tuple(keys.shape)}")
+    if averaging == "uniform":
+        return keys.mean(1)
+    if averaging == "plain_half":
+        if keys.shape[1] < 2:
+            return keys[:, 0]
+        return 0.5 * keys[:, 0] + 0.5 * keys[:, 1:].mean(1)
+    raise ValueError(f"averaging must be 'uniform' or 'plain_half', got {averaging!r}")
+
+
 def compute_keys(
     model: nn.Module,
     tok: PreTrainedTokenizerBase,
     module_name: str,
     requests: Sequence[EditRequest],
     templates: Sequence[str],
+    *,
+    averaging: str = "uniform",
+    per_template: bool = False,
 ) -> torch.Tensor:
-    """Keys ``[n_requests, d_in]``: ``module_name``'s input at the subject's last token, mean over templates."""
+    """Keys ``[n_requests, d_in]``: ``module_name``'s input at the subject's last token, averaged over templates.
+
+    ``averaging`` as `average_template_keys` (``"plain_half"`` needs ``templates[0] == "{}"``). With
+    ``per_template`` the keys are returned unaveraged, ``[n_requests, n_templates, d_in]``.
+    """
+    if averaging == "plain_half" and templates[0] != "{}":
+        raise ValueError(f"plain_half averaging needs the bare prompt '{{}}' as the first template, got {templates[0]!r}")
     seqs, pos = [], []
     for r in requests:
         for t in templates:
             ids, p = subject_last_token(tok, t, r)
             seqs.append(ids)
             pos.append(p)
-    k = module_io_at(model, module_name, seqs, pos, pad_token_id(tok), "input")
-    return k.view(len(requests), len(templates), -1).mean(1)
+    k = module_io_at(model, module_name, seqs, pos, pad_token_id(tok), "input").view(len(requests), len(templates), -1)
+    return k if per_template else average_template_keys(k, averaging)
+
+
+def value_weight_decay(delta: torch.Tensor, v_init_norm: torch.Tensor, weight: float, form: str = "norm") -> torch.Tensor:
+    """The value search's weight decay: ``weight · ‖δ‖ / ‖v_init‖²`` (``"norm"``, kmeng01/rome compute_v,
+    memit compute_z, PRUNE) or ``weight · ‖δ‖² / ‖v_init‖²`` (``"squared"``). ``delta`` ``[d]``, norm a scalar."""
+    if form == "norm":
+        return weight * delta.norm() / v_init_norm**2
+    if form == "squared":
+        return weight * delta.norm() ** 2 / v_init_norm**2
+    raise ValueError(f"weight decay form must be 'norm' or 'squared', got {form!r}")
+
+
+def targets_are_top1(logits: torch.Tensor, target_ids: torch.Tensor) -> bool:
+    """Most-probable early stopping's rule: every target token is the argmax on every prompt.
+
+    ``logits`` ``[n_prompts, T, V]`` (or log-probs) at the positions predicting each of the T target tokens
+    under teacher forcing, ``target_ids`` ``[T]``. Ties count as not yet most probable only when another
+    token wins ``argmax``.
+    """
+    if logits.dim() != 3 or logits.shape[1] != target_ids.numel():
+        raise ValueError(f"logits must be [n, T={target_ids.numel()}, V], got {tuple(logits.shape)}")
+    return bool((logits.argmax(-1) == target_ids.to(logits.device)[None, :]).all())
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """Name of the KV-cache argument of the model's trunk (transformers 5 renamed ``past_key_values`` in places)."""
+    params = inspect.signature(type(model.base_model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _suffix_search(
+    model: nn.Module,
+    seqs: Sequence[Sequence[int]],
+    pos: Sequence[int],
+    pad: int,
+    P: int,
+    sel_rows: torch.Tensor,
+    sel_cols: torch.Tensor,
+    autocast: contextlib.AbstractContextManager,
+) -> tuple:
+    """The value search's forward on the tokens from the subject's last token on, the rest from a KV cache.
+
+    Row i is left-padded by ``P − pos[i]`` so every subject's last token sits at column P; the keys/values of
+    columns ``[0, P)`` (which δ, added at column P, cannot change) are computed once. Returns (a function giving
+    the logits at ``(sel_rows, sel_cols)`` of the unaligned batch, the column δ goes to in the suffix
+    (zeros), a context manager for the search).
+    """
+    device = model_device(model)
+    left = torch.tensor([P - p for p in pos], device=device)
+    aligned, mask = pad_batch([[pad] * (P - p) + list(s) for s, p in zip(seqs, pos)], pad, device=device)
+    mask[torch.arange(aligned.shape[1], device=device)[None, :] < left[:, None]] = 0  # the left padding
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
+    cache_arg = _cache_argument(model)
+    with torch.no_grad(), autocast:
+        out = model.base_model(input_ids=aligned[:, :P], attention_mask=mask[:, :P], position_ids=positions[:, :P], use_cache=True)
+    cache = out[cache_arg] if cache_arg in out else out.past_key_values
+    cols = sel_cols + left[sel_rows] - P  # columns of the selected logits inside the suffix
+    head = model.get_output_embeddings()
+
+    def search_logits() -> torch.Tensor:
+        try:
+            hidden = model.base_model(input_ids=aligned[:, P:], attention_mask=mask, position_ids=positions[:, P:],
+                                      use_cache=True, **{cache_arg: cache}).last_hidden_state
+        finally:
+            extra = cache.get_seq_length() - P
+            if extra > 0:
+                cache.crop(-extra)  # drop the suffix the forward appended: the next step starts from the prefix again
+            for layer_cache in cache.layers:  # the cropped prefix is a view of this step's graph: cut it loose
+                if getattr(layer_cache, "keys", None) is not None:
+                    layer_cache.keys, layer_cache.values = layer_cache.keys.detach(), layer_cache.values.detach()
+        return head(hidden[sel_rows, cols]).float()
+
+    return search_logits, torch.zeros(len(seqs), dtype=torch.long, device=device), contextlib.nullcontext()
 
 
 @dataclass
@@ -198,18 +299,29 @@ def optimise_target(
     clamp_norm_factor: float,
     kl_factor: float,
     early_stop_loss: float = 5e-2,
+    weight_decay_form: str = "norm",
+    mpes: bool = False,
     autocast_dtype: torch.dtype = torch.float32,
     cache_lower_layers: bool = True,
+    prefix_cache: bool = False,
 ) -> TargetResult:
     """ROME's value search: Adam on ``delta`` added to ``module_name``'s output at the subject's last token.
 
     Loss = mean NLL of ``target_new`` after every ``template.format(prompt)``
     + ``kl_factor`` · KL(next-token dist. at the subject of "{subject} is a", vs. unedited)
-    + ``weight_decay`` · ‖δ‖² / ‖v_init‖²;  after each step ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖v_init‖.
+    + `value_weight_decay` (``weight_decay`` · ‖δ‖ / ‖v_init‖², or its square with ``weight_decay_form``);
+    after each step ‖δ‖ is clamped to ``clamp_norm_factor`` · ‖v_init‖. The search stops before a step when
+    the loss is below ``early_stop_loss`` (reference) or, with ``mpes``, when `targets_are_top1` holds on
+    every template prompt (most-probable early stopping, Gupta et al. 2025); it runs at most
+    ``num_steps`` − 1 Adam steps, as the reference does.
     Model weights are never touched; gradients flow only into ``delta``. With ``autocast_dtype``
     bfloat16/float16 the search's forwards and backwards run under autocast (the loss and δ stay
     float32); ``v_init`` and the keys are always computed in the model's own dtype. With ``cache_lower_layers``
     the blocks below ``module_name``'s run once and the search's passes start at its block (same numbers).
+    With ``prefix_cache`` the prompts are aligned at the subject's last token (left padding, explicit
+    positions); everything before it does not depend on δ, so its keys/values run once and every step
+    forwards only the tokens from the subject's last token on (same numbers up to float rounding; this
+    replaces ``cache_lower_layers``).
     """
     device = model_device(model)
     pad = pad_token_id(tok)
@@ -244,38 +356,48 @@ def optimise_target(
         zero = torch.zeros(1, dtype=torch.long, device=device)
         kl_init = F.log_softmax(logits_at(model, kl_ids_t, kl_mask, zero, zero + kl_pos)[0], dim=-1)
 
-    layer = layer_of(model, module_name) if cache_lower_layers else None
-    if layer:
-        with autocast:  # the blocks below see the same batch at every step: run them once
-            lower = hidden_into_layer(model, layer, ids, mask)
-        skip_lower: contextlib.AbstractContextManager = skip_layers_below(model, layer, lower)
-    else:
-        skip_lower = contextlib.nullcontext()
-
     delta = torch.zeros_like(v_init, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     max_norm = clamp_norm_factor * v_init.norm()
 
+    P = max(pos)
+    if prefix_cache and P > 0:
+        search_logits, add_cols, context = _suffix_search(model, seqs, pos, pad, P, sel_rows, sel_cols, autocast)
+    else:
+        layer = layer_of(model, module_name) if cache_lower_layers else None
+        if layer:
+            with autocast:  # the blocks below see the same batch at every step: run them once
+                lower = hidden_into_layer(model, layer, ids, mask)
+            context = skip_layers_below(model, layer, lower)
+        else:
+            context = contextlib.nullcontext()
+        add_cols = pos_t
+
+        def search_logits() -> torch.Tensor:
+            return logits_at(model, ids, mask, sel_rows, sel_cols)
+
     def hook(_mod: nn.Module, _inp: tuple, output: object) -> object:
         out = _first(output)
         add = torch.zeros_like(out)
-        add[rows, pos_t] = delta.to(out.dtype)
+        add[rows, add_cols] = delta.to(out.dtype)
         return _replace_first(output, out + add)
 
     loss_v = nll_v = float("nan")
     steps = 0
-    with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook), skip_lower:
+    with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook), context:
         for it in range(num_steps):
-            logp = F.log_softmax(logits_at(model, ids, mask, sel_rows, sel_cols), dim=-1)  # [n_rw*T + 1, V]
+            logp = F.log_softmax(search_logits(), dim=-1)  # [n_rw*T + 1, V]
             tok_logp = logp[:-1].gather(1, tgt_t.repeat(n_rw)[:, None]).view(n_rw, len(tgt))  # [n_rw, T]
             nll = -tok_logp.mean(1).mean()
             kl_cur = logp[-1]
             kl = kl_factor * F.kl_div(kl_init, kl_cur, log_target=True, reduction="sum")
-            wd = weight_decay * delta.norm() ** 2 / v_init.norm() ** 2
+            wd = value_weight_decay(delta, v_init.norm(), weight_decay, weight_decay_form)
             loss = nll + kl + wd
             loss_v, nll_v = float(loss.detach()), float(nll.detach())
             log.debug("case %s step %d: loss %.4f nll %.4f kl %.4f wd %.4f", request.case_id, it, loss_v, nll_v, float(kl.detach()), float(wd.detach()))
             if loss_v < early_stop_loss or it == num_steps - 1:
+                break
+            if mpes and targets_are_top1(logp[:-1].detach().view(n_rw, len(tgt), -1), tgt_t):
                 break
             opt.zero_grad()
             loss.backward()

@@ -74,7 +74,7 @@ class MEMITEditor(LocateEditEditor):
         try:
             for i, layer in enumerate(hp.layers):
                 module = spec.mlp_out_name(layer)
-                K = compute_keys(model, tokenizer, module, requests, self.templates).T  # [d_in, n]
+                K = compute_keys(model, tokenizer, module, requests, self.templates, averaging=hp.key_averaging).T  # [d_in, n]
                 z_now = module_io_at(model, z_module, [p[0] for p in plain], [p[1] for p in plain], pad_token_id(tokenizer), "output").T
                 resid = (z_target.to(z_now.device) - z_now) / (len(hp.layers) - i)  # this layer's share
                 W = get_weight(model, module + ".weight").float()

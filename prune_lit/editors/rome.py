@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import EditStats
 from prune_lit.editors.hparams import ROMEHParams
-from prune_lit.editors.locate import compute_keys, optimise_target
+from prune_lit.editors.locate import average_template_keys, compute_keys, optimise_target
 from prune_lit.editors.locate_edit import LocateEditEditor
 from prune_lit.models.arch import arch_spec, get_weight, set_weight
 from prune_lit.models.batching import model_device
@@ -20,19 +20,31 @@ from prune_lit.models.batching import model_device
 log = logging.getLogger(__name__)
 
 
-def rome_update(W: torch.Tensor, C_inv: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor) -> torch.Tensor:
-    """The rank-one ΔW ``[d_out, d_in]`` with ``(W + ΔW) k* = v*`` that least disturbs keys distributed as C.
+def rome_update(
+    W: torch.Tensor, C_inv: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor, *, k_anchor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The rank-one ΔW ``[d_out, d_in]`` with ``(W + ΔW) k_a = v*`` along the key direction ``u = C⁻¹ k*``.
 
-    ``ΔW = (v* − W k*) (C⁻¹ k*)ᵀ / ((C⁻¹ k*)ᵀ k*)``, with W ``[d_out, d_in]``, C⁻¹ ``[d_in, d_in]``,
-    k* ``[d_in]``, v* ``[d_out]``.
+    ``ΔW = (v* − W k_a) uᵀ / (k_aᵀ u)``, with W ``[d_out, d_in]``, C⁻¹ ``[d_in, d_in]``, k* ``[d_in]`` (the key
+    whose direction the update takes), v* ``[d_out]`` and the anchor key k_a ``[d_in]`` (default k*, the ROME
+    paper's formula). kmeng01/rome's code anchors at the bare prompt's key: ``k_a = k_plain`` with k* the
+    template-averaged key. Keys x with ``uᵀ x = 0`` are untouched either way.
     """
-    if W.dim() != 2 or C_inv.shape != (W.shape[1], W.shape[1]) or k_star.shape != (W.shape[1],) or v_star.shape != (W.shape[0],):
+    k_a = k_star if k_anchor is None else k_anchor
+    if (
+        W.dim() != 2
+        or C_inv.shape != (W.shape[1], W.shape[1])
+        or k_star.shape != (W.shape[1],)
+        or k_a.shape != (W.shape[1],)
+        or v_star.shape != (W.shape[0],)
+    ):
         raise ValueError(
-            f"rome_update shapes: W {tuple(W.shape)}, C_inv {tuple(C_inv.shape)}, k* {tuple(k_star.shape)}, v* {tuple(v_star.shape)}"
+            f"rome_update shapes: W {tuple(W.shape)}, C_inv {tuple(C_inv.shape)}, k* {tuple(k_star.shape)}, "
+            f"k_anchor {tuple(k_a.shape)}, v* {tuple(v_star.shape)}"
         )
     u = C_inv @ k_star  # [d_in] the update's key direction
-    resid = v_star - W @ k_star  # [d_out]
-    return torch.outer(resid, u) / (u @ k_star)
+    resid = v_star - W @ k_a  # [d_out]
+    return torch.outer(resid, u) / (u @ k_a)
 
 
 class ROMEEditor(LocateEditEditor):
@@ -62,12 +74,17 @@ class ROMEEditor(LocateEditEditor):
         hp = self._require_prepared()
         layer = hp.layers[0]
         module = arch_spec(model).mlp_out_name(layer)
-        k_star = compute_keys(model, tokenizer, module, [request], self.templates)[0]
+        keys = compute_keys(model, tokenizer, module, [request], self.templates, per_template=True)[0]  # [T, d_in]
+        k_star = average_template_keys(keys[None], "uniform")[0]  # u = C⁻¹ k̄: the template mean (compute_u)
+        # The anchor where (W + ΔW) k_a = v* holds: the bare prompt's key (templates[0] == "{}", compute_v's
+        # cur_input) or the template mean (the paper's formula).
+        k_anchor = keys[0] if hp.update_anchor == "prompt" else k_star
         res = optimise_target(model, tokenizer, module, request, self.templates, **hp.target_search_kwargs())
         W = get_weight(model, module + ".weight").float()
-        # The optimised shift δ should appear at the (template-averaged) key: v* = W k* + δ.
-        v_star = W @ k_star + res.delta.to(W.device)
-        return module + ".weight", rome_update(W, self.C_inv[layer].to(W.device), k_star.to(W.device), v_star), res
+        # v* = W k_a + δ: with the prompt anchor, W k_plain is v_init, the value the search shifted by δ.
+        v_star = W @ k_anchor.to(W.device) + res.delta.to(W.device)
+        delta_w = rome_update(W, self.C_inv[layer].to(W.device), k_star.to(W.device), v_star, k_anchor=k_anchor.to(W.device))
+        return module + ".weight", delta_w, res
 
     def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
         """The summed ΔW of ``requests`` edited one after another (each sees the previous); the model is left as it was."""

@@ -1,10 +1,13 @@
 """Second-moment statistics ``C = E[k kᵀ]`` of the keys (inputs) of a linear module, on WikiText-2.
 
 ROME and MEMIT weigh their updates by ``C`` so that keys the model commonly sees are disturbed least.
-``C`` is computed once per (model, module, token count, dtype) and cached as safetensors under
-``cache_dir()/stats/<model_name>/<module>_<n_tokens>_<dtype>.safetensors``; the file's metadata holds a
-fingerprint of the weights feeding that module so a different model (e.g. another random seed) never
-reads a stale file.
+``C`` is computed once per (model, module, corpus, token count, dtype) and cached as safetensors under
+``cache_dir()/stats/<model_name>/<module>_<corpus>_<n_tokens>_<dtype>.safetensors``; the file's metadata
+holds a fingerprint of the weights feeding that module so a different model (e.g. another random seed)
+never reads a stale file.
+
+The corpus is WikiText-2's *validation* split only (~250k SmolLM2 tokens): its test split is reserved for
+the perplexity probe of the edited model, so it must never shape the edits.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from prune_lit.models.loader import cache_dir
 
 log = logging.getLogger(__name__)
 
-WIKI_FILES = ("corpus/wiki.test.raw", "corpus/wiki.valid.raw")
+WIKI_FILES = ("corpus/wiki.valid.raw",)  # never wiki.test.raw: reserved for the perplexity probe
+HELD_OUT_FILES = frozenset({"corpus/wiki.test.raw"})
+CORPUS_TAG = "wikitext-2-valid"  # part of the cache file name: statistics of another corpus are another file
 _HEADING = re.compile(r"^\s*=+ .* =+\s*$")
 _STAT_KEY = "mom2"
 
@@ -50,10 +55,13 @@ def clean_wikitext(raw: str) -> str:
 def wikitext_token_chunks(
     tok: PreTrainedTokenizerBase, n_tokens: int, seq_len: int, data_dir: str | None = None
 ) -> torch.Tensor:
-    """The first ``n_tokens`` tokens of cleaned WikiText-2 (test, then valid) as ``[n_seq, seq_len]``.
+    """The first ``n_tokens`` tokens of cleaned WikiText-2 (validation split) as ``[n_seq, seq_len]``.
 
-    The count is ``n_tokens`` rounded up to whole sequences.
+    The count is ``n_tokens`` rounded up to whole sequences; more than the split holds gives all of it
+    (whole sequences), with a warning.
     """
+    if HELD_OUT_FILES & set(WIKI_FILES):
+        raise RuntimeError(f"key statistics must not read {sorted(HELD_OUT_FILES & set(WIKI_FILES))}: reserved for the perplexity probe")
     need = -(-n_tokens // seq_len) * seq_len
     text = "\n".join(clean_wikitext(resolve_data_file(rel, data_dir).read_text(encoding="utf-8")) for rel in WIKI_FILES)
     # Tokenize only a prefix that holds enough tokens (grown if too short): the corpus is ~2.5 MB.
@@ -77,7 +85,7 @@ def _safe_name(name: str) -> str:
 
 def stats_path(model_name: str, module_name: str, n_tokens: int, dtype: str, root: str | os.PathLike | None = None) -> Path:
     base = Path(root) if root is not None else cache_dir() / "stats"
-    return base / _safe_name(model_name) / f"{module_name}_{n_tokens}_{dtype}.safetensors"
+    return base / _safe_name(model_name) / f"{module_name}_{CORPUS_TAG}_{n_tokens}_{dtype}.safetensors"
 
 
 def weights_fingerprint(model: nn.Module, module_name: str) -> str:
@@ -147,14 +155,16 @@ def collect_second_moments(
 
     handles = [get_module(model, n).register_forward_hook(make_hook(n)) for n in module_names]
     try:
-        batches = token_chunks.split(batch_size)
-        for batch in tqdm(batches, desc="key statistics", unit="batch", disable=not progress):
+        bar = tqdm(total=token_chunks.numel(), desc="key statistics", unit="tok", unit_scale=True, disable=not progress)
+        for batch in token_chunks.split(batch_size):
             remaining.update(module_names)
             try:
                 model(input_ids=batch.to(device))
             except StopForward:
                 pass
             count += batch.numel()
+            bar.update(batch.numel())
+        bar.close()
     finally:
         for h in handles:
             h.remove()
@@ -193,7 +203,7 @@ def second_moments(
         computed = collect_second_moments(model, chunks, missing)
         for name, mom2 in computed.items():
             meta = {"fingerprint": prints[name], "n_tokens": str(chunks.numel()), "seq_len": str(seq_len),
-                    "dataset": "wikitext-2-raw (test+valid)", "dtype": dtype, "model": str(model_name)}
+                    "dataset": "wikitext-2-raw (valid)", "dtype": dtype, "model": str(model_name)}
             _write_atomic(stats_path(model_name, name, n_tokens, dtype, root), mom2, meta)
             out[name] = mom2
     return out

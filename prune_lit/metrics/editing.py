@@ -1,9 +1,10 @@
 """Editing metrics as torchmetrics classes; each ``update`` takes scores the caller computed
 (see `prune_lit.metrics.scoring` and `prune_lit.metrics.editing_eval.evaluate_edits`).
 
-Probability metrics follow ROME's CounterFact evaluation (efficacy, paraphrase and neighborhood scores);
-token metrics follow EasyEdit (rewrite/rephrase acc: top-1 agreement with the target under teacher forcing;
-locality acc: top-1 agreement with the unedited model's predictions).
+Probability metrics follow ROME's CounterFact evaluation (efficacy, paraphrase and neighborhood scores; the
+caller picks the comparison, by default the mean per-token NLL as ROME's code); token metrics follow EasyEdit
+(rewrite/rephrase acc: top-1 agreement with the target under teacher forcing; locality acc: top-1 agreement
+with the unedited model's predictions). `EditLocality` is reported as ``locality_top1``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _check_pair(a: Tensor, b: Tensor, names: str) -> None:
 class EditEfficacy(_RateMetric):
     """Share of edit prompts where P(target_new) > P(ground_truth) (CounterFact efficacy score).
 
-    ``update(logp_new [n], logp_true [n])``: log-probs of the two full targets after each edit prompt.
+    ``update(logp_new [n], logp_true [n])``: log-probs of the two targets after each edit prompt (per-token
+    means as ROME's code, or sums: the caller's choice).
     """
 
     def update(self, logp_new: Tensor, logp_true: Tensor) -> None:
@@ -80,7 +82,7 @@ def _check_lists(a: Sequence[Tensor], b: Sequence[Tensor], names: str) -> None:
 
 
 class EditLocality(_RateMetric):
-    """Share of locality prompts whose top-1 predictions over the answer tokens are all unchanged.
+    """Share of locality prompts whose top-1 predictions over the answer tokens are all unchanged (``locality_top1``).
 
     ``update(predictions, reference)``: per prompt, ``[t]`` top-1 token ids under teacher forcing of the
     locality answer, after the edits and before them (`record_locality_reference`).

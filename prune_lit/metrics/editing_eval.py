@@ -23,17 +23,20 @@ CaseId = int | str
 class EditScores:
     """Editing scores over ``n`` requests, each in [0, 1] (NaN when nothing was measurable).
 
+    Probabilities are compared as ROME's/PRUNE's CounterFact code does, by the mean per-token NLL of each
+    target (``reduction`` of `evaluate_edits`):
     efficacy / generalization: share of edit / rephrase prompts with P(target_new) > P(ground_truth);
-    neighborhood: share of locality prompts with P(locality answer) > P(target_new);
-    locality: share of locality prompts whose top-1 answer-token predictions are all as before editing;
+    neighborhood: share of neighborhood (locality) prompts with P(their true answer) > P(target_new), the
+    papers' specificity / "locality" score;
+    locality_top1: share of neighborhood prompts whose top-1 answer-token predictions are all as before editing;
     rewrite_acc / rephrase_acc / locality_acc: EasyEdit's teacher-forced top-1 token accuracies (locality_acc
     against the unedited model's predictions).
     """
 
     efficacy: float
     generalization: float
-    locality: float
     neighborhood: float
+    locality_top1: float
     rewrite_acc: float
     rephrase_acc: float
     locality_acc: float
@@ -96,14 +99,15 @@ def evaluate_edits(
     requests: Sequence[EditRequest],
     locality_reference: LocalityReference | None,
     batch_size: int = 16,
-    reduction: Literal["sum", "mean"] = "sum",
+    reduction: Literal["sum", "mean"] = "mean",
     progress: bool = False,
 ) -> EditScores:
     """Score the current model on ``requests`` (all edited so far, typically).
 
-    ``reduction`` picks how target log-probs are compared: ``"sum"`` (full-sequence probability) or ``"mean"``
-    per token (what ROME's CounterFact code compares). Requests without a ground truth skip efficacy and
-    generalization; without ``locality_reference`` locality and locality_acc are NaN.
+    ``reduction`` picks how target log-probs are compared: ``"mean"`` per token (the default: what
+    kmeng01/rome's and PRUNE's CounterFact code compare, ``test_batch_prediction``) or ``"sum"`` (the
+    full-sequence probability). Requests without a ground truth skip efficacy and generalization; without
+    ``locality_reference`` locality_top1 and locality_acc are NaN.
     """
     pairs = _Pairs()
     edit_pairs: list[tuple[int, int]] = []  # (new, true) on edit prompts
@@ -140,17 +144,17 @@ def evaluate_edits(
         return _value(m)
 
     loc_ans = [a for a, _ in loc_pairs]
-    locality = locality_acc = math.nan
+    locality_top1 = locality_acc = math.nan
     if locality_reference is not None:
         m_loc = EditLocality()
         m_loc.update([s.predictions[i] for i in loc_ans], loc_refs)
-        locality = _value(m_loc)
+        locality_top1 = _value(m_loc)
         locality_acc = acc_metric(loc_ans, loc_refs)
     return EditScores(
         efficacy=prob_metric(EditEfficacy(), edit_pairs),
         generalization=prob_metric(EditGeneralization(), reph_pairs),
-        locality=locality,
         neighborhood=prob_metric(EditNeighborhood(), loc_pairs),
+        locality_top1=locality_top1,
         rewrite_acc=acc_metric(edit_new),
         rephrase_acc=acc_metric(reph_new),
         locality_acc=locality_acc,
