@@ -26,7 +26,7 @@ class Phase(IntEnum):
 class EditStepCallback(L.Callback):
     """A callback of the sequential-editing loop. Subclasses set `phase` and override the two hooks.
 
-    `state_dict` / `load_state_dict` (Lightning's callback API) must return / take JSON-serialisable values:
+    `state_dict` / `load_state_dict` (Lightning's callback API) return / take JSON-serialisable values and tensors:
     the module stores them in its resumable checkpoints.
     """
 

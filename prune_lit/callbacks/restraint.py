@@ -168,10 +168,18 @@ class SpectralRestraint(EditStepCallback):
                 set_weight(state.model, name, w)
 
     def state_dict(self) -> dict[str, Any]:
-        # Warm bases are dropped (recomputed cold after a resume: same result within float tolerance).
-        return {"total_seconds": self.total_seconds, "history": self.history, "pending": self._pending}
+        # The warm bases too: a restraint started cold differs at float tolerance, and later edits (early stopping
+        # decisions) can amplify that, so a resumed run would not repeat the uninterrupted one exactly.
+        return {
+            "total_seconds": self.total_seconds,
+            "history": self.history,
+            "pending": self._pending,
+            "warm_basis": dict(self.warm.basis),
+            "full_rank": sorted(self.warm.full_rank),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.total_seconds = float(state_dict.get("total_seconds", 0.0))
         self.history = list(state_dict.get("history", []))
         self._pending = bool(state_dict.get("pending", False))
+        self.warm = WarmStarts(basis=dict(state_dict.get("warm_basis", {})), full_rank=set(state_dict.get("full_rank", [])))

@@ -4,7 +4,8 @@ A checkpoint is a folder ``step-<requests_seen>`` holding
 
 * ``weights.safetensors``: the edited matrices as they are now (float32). ΔW = W − W_0 with W_0 from the model
   loader; the weights themselves are stored so that a resumed run continues bit-exactly;
-* ``editor.safetensors``: the editor's tensor run state (AlphaEdit's K_pK_pᵀ), if any;
+* ``editor.safetensors``: the tensors of the editor's run state (AlphaEdit's K_pK_pᵀ) and of the callbacks'
+  states (the restraint's warm SVD bases), referenced from ``state.json``;
 * ``rng.safetensors``: torch's CPU RNG state;
 * ``state.json``: counters, history, step times, results so far, callback states, the editor's non-tensor
   state, Python/numpy RNG states, and the run's fingerprint (model, editor settings, edit stream).
@@ -45,9 +46,31 @@ class RunCheckpoint:
 
     path: Path
     weights: dict[str, torch.Tensor]
-    editor_tensors: dict[str, torch.Tensor]
-    state: dict[str, Any]
+    state: dict[str, Any]  # as saved, with the editor's and callbacks' tensors back in place
     torch_rng: torch.Tensor | None
+
+
+def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """``obj`` with every tensor (at any depth of dicts/lists) moved into ``tensors`` and replaced by a reference."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().contiguous().cpu()
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        return {k: split_tensors(v, tensors, f"{path}/{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [split_tensors(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `split_tensors`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
 
 
 def _rng_json() -> dict[str, Any]:
@@ -85,11 +108,11 @@ def save_run_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({n: w.detach().float().contiguous().cpu() for n, w in weights.items()}, str(tmp / "weights.safetensors"))
-    tensors = {k: v.detach().contiguous().cpu() for k, v in editor_state.items() if isinstance(v, torch.Tensor)}
-    plain = {k: v for k, v in editor_state.items() if not isinstance(v, torch.Tensor)}
+    tensors: dict[str, torch.Tensor] = {}
+    plain = split_tensors({"editor_state": editor_state, "callbacks": state.get("callbacks", {})}, tensors)
     save_file(tensors, str(tmp / "editor.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    doc = {"format": FORMAT, **state, "editor_state": plain, "rng": _rng_json()}
+    doc = {"format": FORMAT, **state, **plain, "rng": _rng_json()}
     (tmp / "state.json").write_text(json.dumps(doc, indent=1, default=float) + "\n", encoding="utf-8")
     final = run_dir / name
     if final.exists():
@@ -134,7 +157,12 @@ def load_run_checkpoint(folder: str | os.PathLike) -> RunCheckpoint:
             parts[part] = load_file(str(path))
         except (FileNotFoundError, SafetensorError, OSError) as err:
             raise RunCheckpointError(f"{path} is missing or corrupt ({err}); delete {folder.parent} to start over") from err
-    return RunCheckpoint(folder, parts["weights"], parts["editor"], state, parts["rng"].get("torch"))
+    try:
+        for key in ("editor_state", "callbacks"):
+            state[key] = join_tensors(state.get(key, {}), parts["editor"])
+    except KeyError as err:
+        raise RunCheckpointError(f"{folder / 'editor.safetensors'} lacks tensor {err}; delete {folder.parent} to start over") from err
+    return RunCheckpoint(folder, parts["weights"], state, parts["rng"].get("torch"))
 
 
 def check_fingerprint(ckpt: RunCheckpoint, expected: dict[str, Any]) -> None:

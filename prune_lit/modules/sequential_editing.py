@@ -408,7 +408,7 @@ class SequentialEditingModule(L.LightningModule):
         state.step_seconds = [float(s) for s in ckpt.state.get("step_seconds", [])]
         state.history = list(ckpt.state.get("history", []))
         self.results = dict(ckpt.state.get("results", {}))
-        self.editor.load_state_dict({**ckpt.state.get("editor_state", {}), **ckpt.editor_tensors})
+        self.editor.load_state_dict(ckpt.state.get("editor_state", {}))
         saved_cbs = ckpt.state.get("callbacks", {})
         for key, cb in self._callback_keys().items():
             if key in saved_cbs:
