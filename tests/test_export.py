@@ -54,6 +54,7 @@ def test_edit_your_own_facts_and_export(tmp_path: Path) -> None:
             "--model.init_args.model_name", "tiny-llama",
             "--model.init_args.downstream", "null",
             "--model.init_args.export_dir", str(tmp_path / "edited"),
+            "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt"),
             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
             "--trainer.enable_progress_bar", "false",
         ]

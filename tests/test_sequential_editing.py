@@ -24,6 +24,7 @@ def test_cli_runs_rome_with_prune_and_writes_results(tmp_path):
             "--model.init_args.downstream", "null",
             "--model.init_args.eval_at", "[2]",
             "--data.init_args.num_edits", "4",
+            "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt"),
             "--trainer.logger.init_args.save_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false",
         ]
@@ -66,7 +67,8 @@ class _FlakyEditor(Editor):
 
 
 def test_nan_update_is_rejected_and_the_run_goes_on(tmp_path):
-    module = SequentialEditingModule(editor=_FlakyEditor(), model_name="tiny-llama", downstream=None, evaluate_before=False)
+    module = SequentialEditingModule(editor=_FlakyEditor(), model_name="tiny-llama", downstream=None, evaluate_before=False,
+                                     checkpoint_dir=str(tmp_path / "ckpt"))
     restraint = SpectralRestraint()
     trainer = L.Trainer(
         logger=TensorBoardLogger(tmp_path, name="flaky"), callbacks=[restraint], inference_mode=False,
@@ -88,7 +90,8 @@ def test_nan_update_is_rejected_and_the_run_goes_on(tmp_path):
 
 
 def _run_with_restraint(tmp_path, editor, restraint, num_edits):
-    module = SequentialEditingModule(editor=editor, model_name="tiny-llama", downstream=None, evaluate_before=False)
+    module = SequentialEditingModule(editor=editor, model_name="tiny-llama", downstream=None, evaluate_before=False,
+                                     checkpoint_dir=str(tmp_path / "ckpt"))
     trainer = L.Trainer(
         logger=TensorBoardLogger(tmp_path, name="run"), callbacks=restraint if isinstance(restraint, list) else [restraint],
         inference_mode=False,
