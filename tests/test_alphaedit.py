@@ -231,3 +231,27 @@ def test_every_preset_key_is_commented():
         for i, line in enumerate(f.read_text().splitlines(), 1):
             if re.match(r"^\s*[A-Za-z_0-9]+\s*:", line):
                 assert "#" in line, f"{f.name}:{i} has no comment: {line!r}"
+
+
+def test_cli_runs_alphaedit_with_prune_on_a_tiny_model(tmp_path):
+    import json
+
+    from prune_lit.cli_main import main
+
+    main([
+        "test", "--config", "configs/alphaedit_prune.yaml",
+        "--model.init_args.model_name", "tiny-llama",
+        "--model.init_args.downstream", "null",
+        "--model.init_args.eval_at", "[2]",
+        "--model.init_args.editor.init_args.overrides", "{v_num_grad_steps: 5}",
+        "--data.init_args.num_edits", "4",
+        "--data.init_args.batch_size", "2",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false",
+    ])
+    run = next(tmp_path.glob("alphaedit_prune/version_*"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["editor"] == "AlphaEditEditor" and results["num_edits"] == 4 and results["num_steps"] == 2
+    assert results["num_rejected_steps"] == 0
+    assert "SpectralRestraint" in results["callbacks"] and (run / "spectral.json").exists()
+    assert [row["num_edits"] for row in results["history"]] == [2, 4]
