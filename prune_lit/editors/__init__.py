@@ -1,3 +1,4 @@
+from prune_lit.editors.alphaedit import AlphaEditEditor, AlphaEditHParams, alphaedit_update, null_space_projector  # noqa: F401
 from prune_lit.editors.base import Editor, EditResult, EditStats, apply_deltas  # noqa: F401
 from prune_lit.editors.hparams import MEMITHParams, ROMEHParams  # noqa: F401
 from prune_lit.editors.locate_edit import LocateEditEditor  # noqa: F401

@@ -142,6 +142,10 @@ _TINY: dict[str, dict[str, Any]] = {
     "memit": dict(layers=[1, 2], v_num_grad_steps=20, v_lr=0.5, v_weight_decay=1e-3, clamp_norm_factor=10.0,
                   context_template_length_params=[[5, 3]], mom2_n_samples=4_000, mom2_seq_len=64,
                   mom2_update_weight=100.0),
+    # relative threshold and small L2: the random models' keys (|k|² ~ 1e-2) are far smaller than real ones
+    "alphaedit": dict(layers=[1, 2], v_num_grad_steps=20, v_lr=0.5, v_weight_decay=1e-3, clamp_norm_factor=10.0,
+                      context_template_length_params=[[5, 3]], mom2_n_samples=4_000, mom2_seq_len=64,
+                      nullspace_threshold=0.1, nullspace_threshold_mode="relative", L2=0.01),
 }
 
 

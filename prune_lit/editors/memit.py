@@ -56,6 +56,13 @@ class MEMITEditor(LocateEditEditor):
             d_in = get_weight(model, arch_spec(model).mlp_out_name(layer) + ".weight").shape[1]
             self.C[layer] = torch.eye(d_in, dtype=torch.float64) if C is None else C.double()
 
+    def _layer_update(self, layer: int, W: torch.Tensor, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """ΔW ``[d_out, d_in]`` of one edited layer from its current weight W, the batch's keys K ``[d_in, n]``
+        (computed with the earlier layers of this step already updated) and its residual share R ``[d_out, n]``.
+        Subclasses with another per-layer solve (AlphaEdit) override this."""
+        hp = self._require_prepared()
+        return memit_update(W, K, R, self.C[layer].to(W.device), hp.mom2_update_weight)
+
     def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
         """ΔW per edited layer for the whole batch, on the current weights; the model is left as it was."""
         hp = self._require_prepared()
@@ -78,7 +85,7 @@ class MEMITEditor(LocateEditEditor):
                 z_now = module_io_at(model, z_module, [p[0] for p in plain], [p[1] for p in plain], pad_token_id(tokenizer), "output").T
                 resid = (z_target.to(z_now.device) - z_now) / (len(hp.layers) - i)  # this layer's share
                 W = get_weight(model, module + ".weight").float()
-                delta_w = memit_update(W, K.to(W.device), resid.to(W.device), self.C[layer].to(W.device), hp.mom2_update_weight)
+                delta_w = self._layer_update(layer, W, K.to(W.device), resid.to(W.device))
                 deltas[module + ".weight"] = delta_w
                 if not torch.isfinite(delta_w).all():
                     break  # apply_deltas will reject the whole step
