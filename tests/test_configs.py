@@ -23,8 +23,8 @@ COMPOSITIONS = {
     "memit_prune.yaml": (["base.yaml", "editor/memit.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "memit_prune"]),
     "mend_edit.yaml": (["base.yaml", "editor/mend.yaml"], []),
     "mend_prune.yaml": (["base.yaml", "editor/mend.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "mend_prune"]),
-    # AlphaEdit, once configs/editor/alphaedit.yaml exists and alphaedit*.yaml are rewritten as its compositions:
-    # "alphaedit.yaml": (["base.yaml", "editor/alphaedit.yaml"], []), "alphaedit_prune.yaml": (..., name override)
+    "alphaedit.yaml": (["base.yaml", "editor/alphaedit.yaml"], []),
+    "alphaedit_prune.yaml": (["base.yaml", "editor/alphaedit.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "alphaedit_prune"]),
 }
 FRAGMENT_DIRS = ("editor", "restraint", "data")
 

@@ -231,3 +231,28 @@ def test_mend_training_runs_a_few_steps_on_two_processes(tmp_path):
                "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "max_steps=2` reached" in res.stderr + res.stdout
+
+
+def test_an_extended_alphaedit_run_continues_its_preserved_keys(tmp_path, monkeypatch):
+    """AlphaEdit's K_pK_pᵀ is run state: a run of 4 edits extended to 6 by resuming equals a run of 6."""
+    from prune_lit.editors import AlphaEditEditor
+
+    def run(num_edits, resume, folder):
+        module = SequentialEditingModule(editor=AlphaEditEditor(), model_name="tiny-llama", downstream=None, evaluate_before=False,
+                                         checkpoint_dir=str(tmp_path / folder), run_name="a", resume=resume)
+        trainer = L.Trainer(logger=False, inference_mode=False, enable_progress_bar=False, enable_checkpointing=False)
+        trainer.test(module, datamodule=EditDataModule(num_edits=num_edits, batch_size=2))
+        return module
+
+    def same(a, b):
+        return all(torch.equal(get_weight(a.model, n), get_weight(b.model, n)) for n in a.original_weights)
+
+    straight = run(6, False, "straight")
+    run(4, False, "extended")
+    extended = run(6, True, "extended")
+    assert extended.editor.state_dict()["num_keys"] == straight.editor.state_dict()["num_keys"] > 0
+    assert same(extended, straight)
+    # the state matters: a resume that forgot the preserved keys solves the third step differently
+    run(4, False, "forgetful")
+    monkeypatch.setattr(AlphaEditEditor, "load_state_dict", lambda self, state: None)
+    assert not same(run(6, True, "forgetful"), straight)
