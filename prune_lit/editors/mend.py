@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult, apply_deltas
-from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, finetune_factors, lm_batch
+from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, NetForm, finetune_factors, lm_batch
 from prune_lit.models.arch import get_weight
 from prune_lit.models.batching import model_device
 
@@ -42,7 +42,10 @@ def load_mend_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, to
     if not meta or "state_dict" not in ckpt:
         raise MENDCheckpointError(f"{path} is not a MEND checkpoint (no 'mend_meta'/'state_dict'); {TRAIN_HINT}")
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise MENDCheckpointError(f"{path} has MEND checkpoint format {meta.get('format')}, expected {CHECKPOINT_FORMAT}; retrain it")
+        why = " (format 1 is the first hypernetwork form, before the reference MEND form)" if meta.get("format") == 1 else ""
+        raise MENDCheckpointError(
+            f"{path} has MEND checkpoint format {meta.get('format')}, expected {CHECKPOINT_FORMAT}{why}; {TRAIN_HINT}"
+        )
     state = {k[len("hypernet.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("hypernet.")}
     return meta, state
 
@@ -56,6 +59,8 @@ class MENDEditor(Editor):
         check_model_name: refuse a checkpoint trained for another ``model_name`` (shapes are always checked).
         max_update_norm_ratio: reject an edit step whose ΔW has ‖ΔW‖_F > ratio·‖W‖_F for any inner matrix
             (None = only NaN/Inf are rejected). A hypernetwork can emit finite but exploded updates.
+        lr_scale: multiplies every ΔW at edit time (training is unaffected), as ``lr_scale`` of the MEND
+            hyperparameters of PRUNE / EasyEdit (their LLaMA preset: 0.5). 1.0 = the trained update.
     """
 
     def __init__(
@@ -64,7 +69,11 @@ class MENDEditor(Editor):
         max_length: int | None = None,
         check_model_name: bool = True,
         max_update_norm_ratio: float | None = None,
+        lr_scale: float = 1.0,
     ) -> None:
+        if lr_scale <= 0:
+            raise ValueError(f"lr_scale must be positive, got {lr_scale}")
+        self.lr_scale = float(lr_scale)
         if max_update_norm_ratio is not None and max_update_norm_ratio <= 0:
             raise ValueError(f"max_update_norm_ratio must be positive or None, got {max_update_norm_ratio}")
         self.max_update_norm_ratio = max_update_norm_ratio
@@ -88,7 +97,7 @@ class MENDEditor(Editor):
             if have != want:
                 raise MENDCheckpointError(f"{where}: {n} has shape {have} here but {want} in the checkpoint (trained for {meta['model_name']!r})")
         shapes = {n: tuple(meta["shapes"][n]) for n in meta["inner_params"]}
-        hypernet = MENDHyperNet(shapes, rank=meta["rank"], n_hidden=meta["n_hidden"])
+        hypernet = MENDHyperNet(shapes, rank=meta["rank"], n_hidden=meta["n_hidden"], form=NetForm(**meta["form"]))
         try:
             hypernet.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -112,7 +121,7 @@ class MENDEditor(Editor):
         device = model_device(model)
         loss, factors, _ = finetune_factors(model, batch.to(device), self.meta["inner_params"])
         with torch.no_grad():
-            deltas = {n: d.float() for n, d in self.hypernet(factors).items()}
+            deltas = {n: self.lr_scale * d.float() for n, d in self.hypernet(factors).items()}
         return deltas, float(loss)
 
     def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
