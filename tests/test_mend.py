@@ -194,6 +194,9 @@ def test_edit_changes_only_the_inner_params(tiny_checkpoint, requests):
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     result = editor.edit(lm.model, lm.tokenizer, requests[:1])
     assert result.applied and set(result.deltas) == inner
+    for n, (a, b) in result.factors.items():  # thin factors for the factored restraint: ΔW = A Bᵀ
+        assert a.shape[1] == b.shape[1] < min(a.shape[0], b.shape[0])
+        torch.testing.assert_close(a @ b.T, result.deltas[n])
     for n, p in lm.model.named_parameters():
         if n in inner:
             assert not torch.equal(p, before[n]), n

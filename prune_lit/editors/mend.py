@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,15 @@ from prune_lit.models.batching import model_device
 log = logging.getLogger(__name__)
 
 TRAIN_HINT = "train one with: python cli.py fit --config configs/mend.yaml"
+
+
+@dataclass
+class FactoredEditResult(EditResult):
+    """An `EditResult` that also carries each ΔW as thin factors: ``factors[name] = (A [out, k], B [in, k])``,
+    ΔW = A Bᵀ (MEND: k = token rows of the edit). `prune_lit.callbacks.FactoredSpectralRestraint` uses them to
+    restrain without an m×n SVD."""
+
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class MENDCheckpointError(ValueError):
@@ -112,8 +122,10 @@ class MENDEditor(Editor):
             raise RuntimeError("MENDEditor.prepare must run before weight_names (it reads the checkpoint)")
         return list(self.meta["inner_params"])
 
-    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], float]:
-        """``({name: ΔW [out, in]}, fine-tuning NLL before the edit)`` for ``requests`` on the current model."""
+    def compute_factors(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]
+    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+        """``({name: (A [out, k], B [in, k])}, fine-tuning NLL before the edit)``; ΔW = A Bᵀ (lr_scale included)."""
         if self.hypernet is None:
             raise RuntimeError("MENDEditor.prepare must run before edit")
         max_len = self.max_length or int(self.meta.get("max_length", 64))
@@ -121,12 +133,18 @@ class MENDEditor(Editor):
         device = model_device(model)
         loss, factors, _ = finetune_factors(model, batch.to(device), self.meta["inner_params"])
         with torch.no_grad():
-            deltas = {n: self.lr_scale * d.float() for n, d in self.hypernet(factors).items()}
-        return deltas, float(loss)
+            thin = {n: (self.lr_scale * a.float(), b.float()) for n, (a, b) in self.hypernet.delta_factors(factors).items()}
+        return thin, float(loss)
 
-    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], float]:
+        """``({name: ΔW [out, in]}, fine-tuning NLL before the edit)`` for ``requests`` on the current model."""
+        thin, loss = self.compute_factors(model, tokenizer, requests)
+        return {n: a @ b.T for n, (a, b) in thin.items()}, loss
+
+    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> FactoredEditResult:
         start = time.perf_counter()
-        deltas, loss = self.compute_deltas(model, tokenizer, requests)
+        thin, loss = self.compute_factors(model, tokenizer, requests)
+        deltas = {n: a @ b.T for n, (a, b) in thin.items()}
         applied = apply_deltas(model, deltas, self.max_update_norm_ratio)
         stats = {
             "edit_loss_pre": loss,
@@ -135,4 +153,5 @@ class MENDEditor(Editor):
         }
         if not applied:  # as ROME / MEMIT: a rejected step reports zero ΔW (nothing was added)
             deltas = {n: torch.zeros_like(d) for n, d in deltas.items()}
-        return EditResult(deltas=deltas, applied=applied, stats=stats)
+            thin = {n: (a[:, :0], b[:, :0]) for n, (a, b) in thin.items()}
+        return FactoredEditResult(deltas=deltas, applied=applied, stats=stats, factors=thin)

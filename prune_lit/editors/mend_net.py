@@ -382,9 +382,22 @@ class MENDHyperNet(nn.Module):
         u_t, d_t = self.transforms[_key(self.shapes[name])](u, delta, self.mode[name])
         return outer_gradient(u_t, d_t)
 
-    def forward(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-        """``{name: (u, δ)}`` -> ``{name: ΔW = −lr_name · ∇̃W}`` (each [out, in])."""
+    def delta_factors(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{name: (u [n, d_in], δ [n, d_out])}`` -> ``{name: (A [out, k], B [in, k])}`` with ΔW = A Bᵀ = −lr_name · ∇̃W.
+
+        ``k`` is the number of non-zero token rows: the thin factors of the update, for a restraint that
+        never forms ΔW (`prune_lit.restraint.factored`).
+        """
         unknown = set(factors) - set(self.names)
         if unknown:
             raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
-        return {n: -self.edit_lrs[i] * self.pseudo_gradient(n, *factors[n]) for i, n in enumerate(self.names) if n in factors}
+        out = {}
+        for i, n in enumerate(self.names):
+            if n in factors:
+                u_t, d_t = self.transforms[_key(self.shapes[n])](*factors[n], self.mode[n])
+                out[n] = (-self.edit_lrs[i] * d_t.T, u_t.T)
+        return out
+
+    def forward(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """``{name: (u, δ)}`` -> ``{name: ΔW = −lr_name · ∇̃W}`` (each [out, in])."""
+        return {n: a @ b.T for n, (a, b) in self.delta_factors(factors).items()}
