@@ -45,7 +45,8 @@ class FactoredSpectralRestraint(SpectralRestraint):
         use_bound: skip a matrix while the Weyl bound proves σ_max(ΔW) ≤ σ_max(W_0).
 
     Attributes:
-        method_counts: how many matrix passes went through each path ("bound", "factored", "dense").
+        method_counts: how many matrix passes went through each path ("bound": Weyl certificate, "frobenius":
+            ‖ΔW‖_F ≤ σ_max(W_0), "factored", "dense").
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
         self.use_bound = bool(use_bound)
         self._factors: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._bound: dict[str, float] = {}
+        self._pending_blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.method_counts: Counter[str] = Counter()
 
     # ---- following ΔW through the edits ---------------------------------------------------------------
@@ -83,12 +85,31 @@ class FactoredSpectralRestraint(SpectralRestraint):
             f = given.get(name)
             if f is None:
                 self._factors[name], self._bound[name] = None, math.inf
+                self._pending_blocks.pop(name, None)
                 continue
             a, b = f[0].double(), f[1].double()
-            self._bound[name] += spectral_norm_of_factors(a, b)
-            old = self._factors[name]
-            if old is not None:
-                self._factors[name] = (torch.cat([old[0], a.to(old[0].device)], 1), torch.cat([old[1], b.to(old[1].device)], 1))
+            # (1 + 1e-6): the eigenvalue route is exact to ~1e-8; keep the bound an upper bound
+            self._bound[name] += spectral_norm_of_factors(a, b) * (1 + 1e-6)
+            if self._factors[name] is not None:
+                self._pending_blocks.setdefault(name, []).append((a, b))  # concatenated only when an SVD needs them
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The current factors ``(A [m, r], B [n, r])`` of ΔW of ``name`` (None: unknown, dense path)."""
+        fac = self._factors.get(name)
+        blocks = self._pending_blocks.pop(name, [])
+        if fac is None:
+            return None
+        if blocks:
+            fac = (torch.cat([fac[0], *(a.to(fac[0].device) for a, _ in blocks)], 1), torch.cat([fac[1], *(b.to(fac[1].device) for _, b in blocks)], 1))
+            self._factors[name] = fac
+        return fac
+
+    def rank_of_factors(self, name: str) -> int | None:
+        """Columns of the current factors of ``name`` (None: unknown)."""
+        fac = self._factors.get(name)
+        if fac is None:
+            return None
+        return fac[0].shape[1] + sum(a.shape[1] for a, _ in self._pending_blocks.get(name, []))
 
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -110,8 +131,17 @@ class FactoredSpectralRestraint(SpectralRestraint):
                 self.method_counts["bound"] += 1
                 continue
             w = get_weight(model, name)
-            fac = self._factors.get(name)
-            if fac is not None and fac[0].shape[1] <= self.max_factored_rank_ratio * min(w.shape):
+            if self.use_bound and math.isfinite(self._bound.get(name, math.inf)):
+                # second, tighter certificate: σ_max ≤ ‖ΔW‖_F, one pass over W (what the dense path checks first)
+                fro = float(torch.linalg.vector_norm(w.float() - w0.to(w.device, torch.float32)))
+                if fro <= sigma_max:
+                    self._bound[name] = min(self._bound[name], fro * (1 + 1e-6))
+                    counts[name] = 0
+                    self.method_counts["frobenius"] += 1
+                    continue
+            rank = self.rank_of_factors(name)
+            if rank is not None and rank <= self.max_factored_rank_ratio * min(w.shape):
+                fac = self.factors(name)
                 try:
                     res = restrain_factored(fac[0], fac[1], sigma_max, self.alpha, self.mode)
                 except ValueError as err:
@@ -142,6 +172,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
                 else:
                     set_weight(model, name, res_d.apply_to(w.float()))
             self._factors[name] = None  # the dense path does not keep a factorisation
+            self._pending_blocks.pop(name, None)
             self._bound[name] = res_d.sigma_max_after if res_d.sigma_max_after is not None else res_d.frobenius
             counts[name] = res_d.n_restrained
             self.method_counts["dense"] += 1
