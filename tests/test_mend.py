@@ -307,3 +307,25 @@ def test_checkpoint_carries_the_network_form_and_old_formats_are_refused(tiny_ch
     torch.save(ckpt, old)
     with pytest.raises(MENDCheckpointError, match="format 1 is the first hypernetwork form"):
         MENDEditor(str(old)).prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+
+
+def test_gpu_config_runs_a_reference_form_training_step_on_cpu(tmp_path, monkeypatch):
+    """configs/mend_gpu.yaml parses and trains (tiny-llama, CPU, 2 optimizer steps of 10 accumulated single edits)."""
+    from pathlib import Path
+
+    from prune_lit.cli_main import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "mend_gpu.yaml"
+    monkeypatch.chdir(tmp_path)  # the config's checkpoints/ and logs/ are relative
+    main(
+        args=[
+            "fit", "--config", str(config),
+            "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+            "--model.init_args.model_name", "tiny-llama", "--model.init_args.rank", "8",
+        ]
+    )  # fmt: skip
+    ckpt = torch.load(tmp_path / "checkpoints" / "mend" / "last.ckpt", map_location="cpu", weights_only=True)
+    meta = ckpt["mend_meta"]
+    assert ckpt["global_step"] == 2 and meta["format"] == 2 and meta["rank"] == 8
+    assert meta["form"] == {"modulate": "pre", "relu_last": True, "a_init": "normal"}
+    assert ckpt["hyper_parameters"]["lr"] == 1e-5
