@@ -50,6 +50,15 @@ def test_factored_svd_reconstructs_and_bounds_rank():
     torch.testing.assert_close(svd.U * svd.S @ svd.V.T, a @ b.T)
     torch.testing.assert_close(svd.U.T @ svd.U, torch.eye(20, dtype=torch.float64))
     assert spectral_norm_of_factors(a, b) == pytest.approx(float(torch.linalg.matrix_norm(a @ b.T, ord=2)), rel=1e-10)
+    # continuing from an SVD: only the new columns are orthogonalised; here V already spans all 20 dims of the
+    # short side, so the new right factor lies inside span(V) (its new directions are numerical zeros)
+    a2, b2 = random_factors(50, 20, 6, scale=5.0, seed=1)
+    cont = factored_svd(a2, b2, basis=svd)
+    torch.testing.assert_close(cont.U * cont.S @ cont.V.T, a @ b.T + a2 @ b2.T)
+    assert cont.S.numel() == 20
+    torch.testing.assert_close(cont.U.T @ cont.U, torch.eye(20, dtype=torch.float64))
+    torch.testing.assert_close(cont.V.T @ cont.V, torch.eye(20, dtype=torch.float64))
+    torch.testing.assert_close(cont.S, torch.linalg.svdvals(a @ b.T + a2 @ b2.T))
     # nothing above the threshold: the same ΔW comes back as factors, no correction
     res = restrain_factored(a, b, sigma_max=2 * float(svd.S[0]))
     assert res.n_restrained == 0 and res.corr_left is None

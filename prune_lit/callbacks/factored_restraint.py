@@ -31,7 +31,7 @@ from prune_lit.callbacks.log_utils import log_scalars
 from prune_lit.callbacks.restraint import SpectralRestraint, edits_so_far, original_weights_of, short_name
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.restraint import restrain_delta_with_stats
-from prune_lit.restraint.factored import restrain_factored, spectral_norm_of_factors
+from prune_lit.restraint.factored import FactoredSVD, restrain_factored, spectral_norm_of_factors
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
         every_n_edits: int = 1,
         at_end_only: bool = False,
         enabled: bool = True,
-        max_factored_rank_ratio: float = 0.5,
+        max_factored_rank_ratio: float = 0.25,
         use_bound: bool = True,
     ) -> None:
         super().__init__(alpha=alpha, mode=mode, every_n_edits=every_n_edits, at_end_only=at_end_only, enabled=enabled)
@@ -64,7 +64,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
             raise ValueError(f"max_factored_rank_ratio must be in [0, 1], got {max_factored_rank_ratio}")
         self.max_factored_rank_ratio = float(max_factored_rank_ratio)
         self.use_bound = bool(use_bound)
-        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self._svd: dict[str, FactoredSVD | None] = {}  # ΔW after the last pass (None: unknown, dense path)
         self._bound: dict[str, float] = {}
         self._pending_blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.method_counts: Counter[str] = Counter()
@@ -79,37 +79,33 @@ class FactoredSpectralRestraint(SpectralRestraint):
         given = getattr(result, "factors", None) or {}
         for name, w0 in original_weights_of(pl_module).items():
             if name not in self._bound:  # before the first edit ΔW = 0
-                m, n = w0.shape
-                self._factors[name] = (w0.new_zeros(m, 0, dtype=torch.float64), w0.new_zeros(n, 0, dtype=torch.float64))
+                self._svd[name] = FactoredSVD.zero(*w0.shape, device=w0.device)
                 self._bound[name] = 0.0
             f = given.get(name)
             if f is None:
-                self._factors[name], self._bound[name] = None, math.inf
+                self._svd[name], self._bound[name] = None, math.inf
                 self._pending_blocks.pop(name, None)
                 continue
             a, b = f[0].double(), f[1].double()
             # (1 + 1e-6): the eigenvalue route is exact to ~1e-8; keep the bound an upper bound
             self._bound[name] += spectral_norm_of_factors(a, b) * (1 + 1e-6)
-            if self._factors[name] is not None:
+            if self._svd[name] is not None:
                 self._pending_blocks.setdefault(name, []).append((a, b))  # concatenated only when an SVD needs them
 
-    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The current factors ``(A [m, r], B [n, r])`` of ΔW of ``name`` (None: unknown, dense path)."""
-        fac = self._factors.get(name)
+    def pending(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The edits since the last pass as one pair of factors ``(A [m, k], B [n, k])``, and forget them."""
         blocks = self._pending_blocks.pop(name, [])
-        if fac is None:
-            return None
-        if blocks:
-            fac = (torch.cat([fac[0], *(a.to(fac[0].device) for a, _ in blocks)], 1), torch.cat([fac[1], *(b.to(fac[1].device) for _, b in blocks)], 1))
-            self._factors[name] = fac
-        return fac
+        svd = self._svd[name]
+        assert svd is not None
+        dev = svd.U.device
+        return torch.cat([svd.U[:, :0], *(a.to(dev) for a, _ in blocks)], 1), torch.cat([svd.V[:, :0], *(b.to(dev) for _, b in blocks)], 1)
 
     def rank_of_factors(self, name: str) -> int | None:
-        """Columns of the current factors of ``name`` (None: unknown)."""
-        fac = self._factors.get(name)
-        if fac is None:
+        """Upper bound on the rank of ΔW of ``name`` from its factors (None: unknown)."""
+        svd = self._svd.get(name)
+        if svd is None:
             return None
-        return fac[0].shape[1] + sum(a.shape[1] for a, _ in self._pending_blocks.get(name, []))
+        return svd.rank + sum(a.shape[1] for a, _ in self._pending_blocks.get(name, []))
 
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -141,9 +137,9 @@ class FactoredSpectralRestraint(SpectralRestraint):
                     continue
             rank = self.rank_of_factors(name)
             if rank is not None and rank <= self.max_factored_rank_ratio * min(w.shape):
-                fac = self.factors(name)
+                a, b = self.pending(name)
                 try:
-                    res = restrain_factored(fac[0], fac[1], sigma_max, self.alpha, self.mode)
+                    res = restrain_factored(a, b, sigma_max, self.alpha, self.mode, basis=self._svd[name])
                 except ValueError as err:
                     raise ValueError(f"restraint of {name}: {err}") from err
                 if res.n_restrained:
@@ -151,7 +147,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
                         res.apply_(w)
                     else:
                         set_weight(model, name, res.apply_(w.float()))
-                self._factors[name] = (res.left, res.right)
+                self._svd[name] = res.svd
                 self._bound[name] = res.sigma_max_after
                 counts[name] = res.n_restrained
                 self.method_counts["factored"] += 1
@@ -171,7 +167,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
                     res_d.apply_(w)
                 else:
                     set_weight(model, name, res_d.apply_to(w.float()))
-            self._factors[name] = None  # the dense path does not keep a factorisation
+            self._svd[name] = None  # the dense path does not keep a factorisation
             self._pending_blocks.pop(name, None)
             self._bound[name] = res_d.sigma_max_after if res_d.sigma_max_after is not None else res_d.frobenius
             counts[name] = res_d.n_restrained

@@ -4,7 +4,8 @@ MEND's update of one matrix is a product of thin factors the editor already hold
 column per token row (rank ≤ n tokens). The accumulated ΔW after t edits is therefore ``A Bᵀ`` with
 ``A = [a_1 … a_t]``, ``B = [b_1 … b_t]``. Its SVD needs no m×n work at all: QR of both factors and an SVD of
 the small core ``R_A R_Bᵀ``. The restrained ΔW' = U diag(s') Vᵀ is itself such a factorisation, so the next
-edit continues from ``(U diag(s'), V)``; its rank never exceeds min(m, n).
+edit continues from it: only the new columns are orthogonalised against U and V (`factored_svd` with a
+``basis``); the rank never exceeds min(m, n).
 
 A cheap certificate skips most work: σ_max(ΔW + a bᵀ) ≤ σ_max(ΔW) + ‖a bᵀ‖₂ (Weyl), and ‖a bᵀ‖₂ is the
 largest singular value of a k×k matrix. While that bound stays ≤ σ_max(W_0) no singular value can exceed it
@@ -31,30 +32,52 @@ DROP_RTOL = 1e-12
 
 @dataclass
 class FactoredSVD:
-    """``A Bᵀ = U diag(S) Vᵀ``: ``U [m, q]``, ``S [q]`` (descending), ``V [n, q]``, all float64."""
+    """``U diag(S) Vᵀ`` with orthonormal ``U [m, q]``, ``V [n, q]`` and ``S [q]`` (descending), all float64."""
 
     U: Tensor
     S: Tensor
     V: Tensor
 
+    @classmethod
+    def zero(cls, m: int, n: int, device: torch.device | str | None = None) -> FactoredSVD:
+        """The SVD of the ``[m, n]`` zero matrix (no components)."""
+        z = {"dtype": torch.float64, "device": device}
+        return cls(torch.zeros(m, 0, **z), torch.zeros(0, **z), torch.zeros(n, 0, **z))
+
+    @property
+    def rank(self) -> int:
+        return int(self.S.numel())
+
 
 @dataclass
 class FactoredRestraint:
-    """Outcome of restraining ``A Bᵀ``.
+    """Outcome of restraining ``A Bᵀ`` (or ``basis + A Bᵀ``).
 
-    ``left [m, r]`` / ``right [n, r]`` factor the restrained ΔW' = left @ rightᵀ (the factorisation to add the
-    next edit to). The change ΔW' − ΔW is ``corr_left @ corr_rightᵀ`` (``[m, j]``, ``[n, j]``, j = n_restrained),
-    None when nothing was restrained.
+    ``svd`` is the restrained ΔW' = U diag(s') Vᵀ (the factorisation to add the next edit to). The change
+    ΔW' − ΔW is ``corr_left @ corr_rightᵀ`` (``[m, j]``, ``[n, j]``, j = n_restrained), None when nothing was
+    restrained.
     """
 
-    left: Tensor
-    right: Tensor
+    svd: FactoredSVD
     corr_left: Tensor | None
     corr_right: Tensor | None
     n_restrained: int
     sigma_max_before: float
     sigma_max_after: float
-    rank: int
+
+    @property
+    def left(self) -> Tensor:
+        """``[m, q]`` U diag(s'): ΔW' = left @ rightᵀ."""
+        return self.svd.U * self.svd.S
+
+    @property
+    def right(self) -> Tensor:
+        """``[n, q]`` V."""
+        return self.svd.V
+
+    @property
+    def rank(self) -> int:
+        return self.svd.rank
 
     def apply_(self, w: Tensor) -> Tensor:
         """``w += corr_left @ corr_rightᵀ`` in place (``w``: ``[m, n]``, any float dtype); returns ``w``."""
@@ -63,21 +86,55 @@ class FactoredRestraint:
         return w
 
 
-def factored_svd(a: Tensor, b: Tensor) -> FactoredSVD:
-    """SVD of ``a @ bᵀ`` from its factors. ``a``: [m, r], ``b``: [n, r] -> `FactoredSVD` (rank ≤ min(m, n, r)).
+def _extend(q: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split ``x [m, k]`` against the orthonormal ``q [m, p]``: ``x = q c + e r`` with ``[q, e]`` orthonormal.
 
-    Cost O((m + n) r² + r³) in float64 instead of O(m n min(m, n)) for the dense product.
+    Returns ``(c [p, k], e [m, j], r [j, k])``; directions of ``x`` outside span(q) below 1e-12·‖x‖ are
+    numerical zeros and dropped (j ≤ k). Two projections (classical Gram–Schmidt twice) keep ``e ⟂ q``.
+    """
+    c = q.T @ x
+    y = x - q @ c
+    c2 = q.T @ y
+    y = y - q @ c2
+    c = c + c2
+    if y.shape[1] == 0:
+        return c, y, y.new_zeros(0, 0)
+    e, sig, wt = torch.linalg.svd(y, full_matrices=False)
+    keep = sig > DROP_RTOL * max(float(torch.linalg.vector_norm(x)), 1e-300)
+    e = e[:, keep]
+    e = e - q @ (q.T @ e)  # round-off along q from the SVD
+    e, rr = torch.linalg.qr(e)
+    return c, e, rr @ (sig[keep, None] * wt[keep])
+
+
+def factored_svd(a: Tensor, b: Tensor, basis: FactoredSVD | None = None) -> FactoredSVD:
+    """SVD of ``basis + a @ bᵀ`` (``basis`` = U diag(S) Vᵀ, None = 0). ``a``: [m, k], ``b``: [n, k].
+
+    Without a basis: QR of both factors and an SVD of the k×k core, O((m + n) k² + k³) in float64. With one
+    (q components): the new columns are orthogonalised against U and V only, O((m + n) q k), then a
+    (q + k)-square core SVD and the rotation of ``[U, E_a]`` / ``[V, E_b]``, O((m + n)(q + k)²). Never an m×n
+    matrix. Rank ≤ min(m, n, q + k); components below 1e-12·σ_1 are dropped.
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"factors must be [m, r] and [n, r], got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"factors must be [m, k] and [n, k], got {tuple(a.shape)} and {tuple(b.shape)}")
     a64, b64 = a.double(), b.double()
-    qa, ra = torch.linalg.qr(a64)
-    qb, rb = torch.linalg.qr(b64)
-    uc, s, vch = torch.linalg.svd(ra @ rb.T, full_matrices=False)
-    keep = s > (float(s[0]) * DROP_RTOL if s.numel() else 0.0)
-    if not s.numel() or float(s[0]) == 0.0:
-        keep = torch.zeros_like(s, dtype=torch.bool)
-    return FactoredSVD(qa @ uc[:, keep], s[keep], qb @ vch[keep].T)
+    if basis is None:
+        basis = FactoredSVD.zero(a.shape[0], b.shape[0], a.device)
+    if basis.U.shape[0] != a.shape[0] or basis.V.shape[0] != b.shape[0]:
+        raise ValueError(f"basis is {basis.U.shape[0]}x{basis.V.shape[0]}, factors are for {a.shape[0]}x{b.shape[0]}")
+    q = basis.rank
+    ca, ea, ra = _extend(basis.U, a64)
+    cb, eb, rb = _extend(basis.V, b64)
+    # [U, E_a] K [V, E_b]ᵀ with K = diag(S, 0) + [c_a; r_a] [c_b; r_b]ᵀ
+    left = torch.cat([ca, ra], 0)
+    right = torch.cat([cb, rb], 0)
+    core = left @ right.T
+    core[:q, :q] += torch.diag(basis.S)
+    uc, s, vch = torch.linalg.svd(core, full_matrices=False)
+    keep = s > float(s[0]) * DROP_RTOL if s.numel() and float(s[0]) > 0 else torch.zeros_like(s, dtype=torch.bool)
+    u = torch.cat([basis.U, ea], 1) @ uc[:, keep]
+    v = torch.cat([basis.V, eb], 1) @ vch[keep].T
+    return FactoredSVD(u, s[keep], v)
 
 
 def spectral_norm_of_factors(a: Tensor, b: Tensor) -> float:
@@ -95,29 +152,35 @@ def spectral_norm_of_factors(a: Tensor, b: Tensor) -> float:
 
 @torch.no_grad()
 def restrain_factored(
-    a: Tensor, b: Tensor, sigma_max: float, alpha: float = math.e, mode: RestraintMode = "log"
+    a: Tensor,
+    b: Tensor,
+    sigma_max: float,
+    alpha: float = math.e,
+    mode: RestraintMode = "log",
+    basis: FactoredSVD | None = None,
 ) -> FactoredRestraint:
-    """PRUNE-restrain ΔW = ``a @ bᵀ`` without forming it.
+    """PRUNE-restrain ΔW = ``basis + a @ bᵀ`` without forming it.
 
     Args:
-        a: ``[m, r]`` left factor; b: ``[n, r]`` right factor (any float dtype; computed in float64).
+        a: ``[m, k]`` left factor; b: ``[n, k]`` right factor (any float dtype; computed in float64).
         sigma_max: σ_max(W_0) of the matrix; alpha, mode: the PRUNE map (`restrain_singular_values`).
+        basis: the previous pass's ``FactoredRestraint.svd`` (ΔW so far), or None when ΔW = ``a bᵀ``.
 
     Returns:
-        `FactoredRestraint`: the factors of ΔW' (singular values > ``sigma_max`` mapped, the rest kept) and
+        `FactoredRestraint`: ΔW' (singular values > ``sigma_max`` mapped, the rest kept) as an SVD, and
         the correction ΔW' − ΔW as thin factors.
     """
     check_restraint_args(sigma_max, alpha, mode)
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError("ΔW factors contain NaN or Inf; refusing to restrain them")
-    svd = factored_svd(a, b)
+    svd = factored_svd(a, b, basis)
     s_new = restrain_singular_values(svd.S, sigma_max, alpha, mode)
     n = int((s_new != svd.S).sum())
     before = float(svd.S[0]) if svd.S.numel() else 0.0
     after = float(s_new.max()) if s_new.numel() else 0.0
-    left, right = svd.U * s_new, svd.V
+    out = FactoredSVD(svd.U, s_new, svd.V)
     if n == 0:
-        return FactoredRestraint(left, right, None, None, 0, before, after, int(svd.S.numel()))
+        return FactoredRestraint(out, None, None, 0, before, after)
     # S is sorted and the map is monotone, so the restrained components are the leading n.
     corr_left = svd.U[:, :n] * (s_new[:n] - svd.S[:n])
-    return FactoredRestraint(left, right, corr_left, svd.V[:, :n], n, before, after, int(svd.S.numel()))
+    return FactoredRestraint(out, corr_left, svd.V[:, :n], n, before, after)
