@@ -129,9 +129,9 @@ def test_factored_callback_falls_back_to_dense_without_factors_or_past_the_rank_
     g = torch.Generator().manual_seed(1)
     edits = [{name: (torch.randn(w0.shape[0], 4, generator=g) * sigma0, torch.randn(w0.shape[1], 4, generator=g) / w0.shape[1] ** 0.5)} for _ in range(4)]
     dense = _replay(model, [name], edits, SpectralRestraint())
-    low = FactoredSpectralRestraint(max_factored_rank_ratio=0.0)  # never factored
+    low = FactoredSpectralRestraint(max_factored_rank_ratio=0.0)  # never factored: the float32-Gram + Ritz path
     assert rel(_replay(model, [name], edits, low)[name] - w0, dense[name] - w0) < 1e-4
-    assert low.method_counts["dense"] == 4 and low.method_counts["factored"] == 0
+    assert low.method_counts["gram"] == 4 and low.method_counts["factored"] == 0
     no_factors = [{} for _ in edits]  # an editor that gives no factors: ΔW unknown, dense every time
     cb = FactoredSpectralRestraint()
     originals = {name: w0}
@@ -145,3 +145,27 @@ def test_factored_callback_falls_back_to_dense_without_factors_or_past_the_rank_
     assert cb.method_counts["dense"] == 4 and cb.method_counts["bound"] == 0
     assert rel(get_weight(model, name) - w0, dense[name] - w0) < 1e-4
     set_weight(model, name, w0)
+
+
+@pytest.mark.parametrize("m, n, mode", [(300, 120, "log"), (120, 300, "log"), (200, 200, "linear")])
+def test_high_rank_mixed_precision_restraint_equals_the_dense_restraint(m, n, mode):
+    from prune_lit.restraint.factored import restrain_high_rank
+
+    g = torch.Generator().manual_seed(m + n)
+    # full rank, with a cluster of singular values straddling the threshold
+    u = torch.linalg.qr(torch.randn(m, min(m, n), generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, min(m, n), generator=g, dtype=torch.float64))[0]
+    s = torch.logspace(1.3, -1, min(m, n), dtype=torch.float64)
+    s[5:9] = torch.tensor([3.01, 3.0, 2.999, 2.99], dtype=torch.float64)
+    delta = ((u * s) @ v.T).float()
+    for sigma_max in (3.0, 1.0, 25.0):
+        dense = restrain_delta_with_stats(delta, sigma_max, math.e, mode)
+        fast = restrain_high_rank(delta, sigma_max, math.e, mode)
+        assert fast.n_restrained == dense.n_restrained
+        w = torch.zeros(m, n, dtype=torch.float64)
+        if dense.n_restrained:
+            assert rel(fast.apply_(w.clone()) + delta.double(), dense.delta.double()) < 1e-4
+            assert rel(fast.corr_left @ fast.corr_right.T, dense.correction.double()) < 1e-4
+            assert fast.sigma_max_after == pytest.approx(dense.sigma_max_after, rel=1e-5)
+        else:
+            assert fast.corr_left is None and fast.sigma_max_after <= sigma_max

@@ -8,8 +8,11 @@ Same result as `SpectralRestraint` (up to round-off), cheaper per edit:
 2. **Factored SVD.** While the accumulated ΔW = A Bᵀ has few columns (≤ ``max_factored_rank_ratio`` ·
    min(m, n)), it is restrained from its factors (`prune_lit.restraint.restrain_factored`: QR of both factors
    and a small SVD) and carried on as the restrained factorisation.
-3. Otherwise (the editor gave no factors, or ΔW's rank grew past the threshold) the dense path of
-   `SpectralRestraint` runs, warm-started as there.
+3. Once ΔW's rank grew past that threshold (it never drops again), a dense pass: ‖ΔW‖_F ≤ σ_max(W_0) skips;
+   else `prune_lit.restraint.factored.restrain_high_rank` (float32 Gram eigendecomposition to locate the
+   components above σ_max(W_0), float64 Rayleigh–Ritz for their exact values and vectors).
+4. Without factors from the editor, the dense path of `SpectralRestraint` (warm-started as there), and the
+   Gram path once that finds ΔW full rank.
 
 The editor's `EditResult` must carry ``factors: {name: (A [out, k], B [in, k])}`` with ΔW = A Bᵀ
 (`prune_lit.editors.mend.FactoredEditResult`); a step without them turns the matrix over to the dense path for
@@ -31,7 +34,7 @@ from prune_lit.callbacks.log_utils import log_scalars
 from prune_lit.callbacks.restraint import SpectralRestraint, edits_so_far, original_weights_of, short_name
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.restraint import restrain_delta_with_stats
-from prune_lit.restraint.factored import FactoredSVD, restrain_factored, spectral_norm_of_factors
+from prune_lit.restraint.factored import FactoredSVD, restrain_factored, restrain_high_rank, spectral_norm_of_factors
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
 
     Attributes:
         method_counts: how many matrix passes went through each path ("bound": Weyl certificate, "frobenius":
-            ‖ΔW‖_F ≤ σ_max(W_0), "factored", "dense").
+            ‖ΔW‖_F ≤ σ_max(W_0), "factored", "gram": `restrain_high_rank`, "dense": `restrain_delta_with_stats`).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
         self._svd: dict[str, FactoredSVD | None] = {}  # ΔW after the last pass (None: unknown, dense path)
         self._bound: dict[str, float] = {}
         self._pending_blocks: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._high_rank: set[str] = set()  # ΔW too high in rank for the factored path: float32-Gram + Ritz path
         self.method_counts: Counter[str] = Counter()
 
     # ---- following ΔW through the edits ---------------------------------------------------------------
@@ -127,14 +131,6 @@ class FactoredSpectralRestraint(SpectralRestraint):
                 self.method_counts["bound"] += 1
                 continue
             w = get_weight(model, name)
-            if self.use_bound and math.isfinite(self._bound.get(name, math.inf)):
-                # second, tighter certificate: σ_max ≤ ‖ΔW‖_F, one pass over W (what the dense path checks first)
-                fro = float(torch.linalg.vector_norm(w.float() - w0.to(w.device, torch.float32)))
-                if fro <= sigma_max:
-                    self._bound[name] = min(self._bound[name], fro * (1 + 1e-6))
-                    counts[name] = 0
-                    self.method_counts["frobenius"] += 1
-                    continue
             rank = self.rank_of_factors(name)
             if rank is not None and rank <= self.max_factored_rank_ratio * min(w.shape):
                 a, b = self.pending(name)
@@ -142,33 +138,46 @@ class FactoredSpectralRestraint(SpectralRestraint):
                     res = restrain_factored(a, b, sigma_max, self.alpha, self.mode, basis=self._svd[name])
                 except ValueError as err:
                     raise ValueError(f"restraint of {name}: {err}") from err
-                if res.n_restrained:
-                    if w.dtype == torch.float32:
-                        res.apply_(w)
-                    else:
-                        set_weight(model, name, res.apply_(w.float()))
+                self._write(model, name, w, res)
                 self._svd[name] = res.svd
                 self._bound[name] = res.sigma_max_after
                 counts[name] = res.n_restrained
                 self.method_counts["factored"] += 1
                 continue
-            # dense path, as SpectralRestraint.restrain
-            w0 = w0.to(w.device, torch.float32)
+            if rank is not None:  # ΔW outgrew the factored path: its rank only grows from here
+                self._high_rank.add(name)
+            self._svd[name] = None  # the dense paths do not keep a factorisation
+            self._pending_blocks.pop(name, None)
+            delta = w.float() - w0.to(w.device, torch.float32)
+            fro = float(torch.linalg.vector_norm(delta))
+            if not math.isfinite(fro):
+                raise ValueError(f"restraint of {name}: ΔW contains NaN or Inf; refusing to restrain it")
+            if fro <= sigma_max:  # σ_max ≤ ‖ΔW‖_F: the map is the identity
+                self._bound[name] = min(self._bound.get(name, math.inf), fro * (1 + 1e-6))
+                counts[name] = 0
+                self.method_counts["frobenius"] += 1
+                continue
+            if name in self._high_rank:
+                res_h = restrain_high_rank(delta, sigma_max, self.alpha, self.mode)
+                self._write(model, name, w, res_h)
+                self._bound[name] = res_h.sigma_max_after
+                counts[name] = res_h.n_restrained
+                self.method_counts["gram"] += 1
+                continue
+            # unknown or low rank without factors: the dense path of SpectralRestraint, warm-started
             warm = self.warm.kwargs(name)
             try:
-                res_d = restrain_delta_with_stats(
-                    w.float() - w0, sigma_max, self.alpha, self.mode, init_basis=warm["init"], max_rank=warm["max_rank"]
-                )
+                res_d = restrain_delta_with_stats(delta, sigma_max, self.alpha, self.mode, init_basis=warm["init"], max_rank=warm["max_rank"])
             except ValueError as err:
                 raise ValueError(f"restraint of {name}: {err}") from err
             self.warm.update(name, res_d.method, res_d.basis)
+            if res_d.method == "full":
+                self._high_rank.add(name)
             if res_d.n_restrained:
                 if w.dtype == torch.float32:
                     res_d.apply_(w)
                 else:
                     set_weight(model, name, res_d.apply_to(w.float()))
-            self._svd[name] = None  # the dense path does not keep a factorisation
-            self._pending_blocks.pop(name, None)
             self._bound[name] = res_d.sigma_max_after if res_d.sigma_max_after is not None else res_d.frobenius
             counts[name] = res_d.n_restrained
             self.method_counts["dense"] += 1
@@ -181,3 +190,13 @@ class FactoredSpectralRestraint(SpectralRestraint):
             metrics["restraint/seconds"] = seconds
             log_scalars(trainer, metrics, step=num_edits)
         return counts
+
+    @staticmethod
+    def _write(model, name: str, w: torch.Tensor, res) -> None:
+        """Add ``res``'s correction to the weight ``w`` of ``name`` (in place for float32)."""
+        if not res.n_restrained:
+            return
+        if w.dtype == torch.float32:
+            res.apply_(w)
+        else:
+            set_weight(model, name, res.apply_(w.float()))

@@ -184,3 +184,69 @@ def restrain_factored(
     # S is sorted and the map is monotone, so the restrained components are the leading n.
     corr_left = svd.U[:, :n] * (s_new[:n] - svd.S[:n])
     return FactoredRestraint(out, corr_left, svd.V[:, :n], n, before, after)
+
+
+@dataclass
+class GramRestraint:
+    """Outcome of `restrain_high_rank`: the correction ΔW' − ΔW = ``corr_left @ corr_rightᵀ`` (None: unchanged)."""
+
+    corr_left: Tensor | None  # [m, j]
+    corr_right: Tensor | None  # [n, j]
+    n_restrained: int
+    sigma_max_before: float  # exact when > sigma_max(W_0); else an upper bound ≤ σ_max(W_0)
+    sigma_max_after: float
+    subspace: int  # columns of the Ritz subspace that was used (0: nothing can exceed σ_max(W_0))
+
+    def apply_(self, w: Tensor) -> Tensor:
+        if self.corr_left is not None and self.corr_right is not None:
+            w.addmm_(self.corr_left.to(w.dtype), self.corr_right.T.to(w.dtype))
+        return w
+
+
+# A float32 eigendecomposition of the Gram matrix is trusted only to this share of its largest eigenvalue.
+GRAM32_RTOL = 1e-4
+
+
+@torch.no_grad()
+def restrain_high_rank(
+    delta: Tensor, sigma_max: float, alpha: float = math.e, mode: RestraintMode = "log", margin: int = 8
+) -> GramRestraint:
+    """PRUNE-restrain a dense ΔW of high rank: float32 Gram + ``eigh`` to find the subspace, float64 Rayleigh–Ritz on it.
+
+    ``delta``: ``[m, n]``. The float32 eigendecomposition of the short side's Gram matrix (3× cheaper than
+    float64 here) only *locates* the components above ``sigma_max``: every eigenvalue within
+    ``GRAM32_RTOL``·λ_max of σ_max² or above it, plus ``margin`` more. Their span V goes back to float64, and the
+    SVD of the ``[m, p]`` product ``ΔW V`` gives the singular triplets (Rayleigh–Ritz; error ∝ the square of
+    the float32 subspace error). If the last Ritz value still exceeds ``sigma_max`` the subspace is doubled.
+    Same components and map as `restrain_delta_with_stats`; ``tests/test_restraint_factored.py`` checks ≤ 1e-4.
+    """
+    check_restraint_args(sigma_max, alpha, mode)
+    m, n = delta.shape
+    x = delta if n <= m else delta.T  # x: [long, short]
+    x32 = x.float()
+    lam, vec = torch.linalg.eigh(x32.T @ x32)  # ascending
+    lam_max = float(lam[-1]) if lam.numel() else 0.0
+    cut = sigma_max**2 - GRAM32_RTOL * lam_max
+    p = int((lam > cut).sum())
+    if p == 0:  # every σ² ≤ λ_max·(1 + tol) and below σ_max² by more than the float32 error: nothing to do
+        bound = min(math.sqrt(max(lam_max, 0.0) * (1 + GRAM32_RTOL)), sigma_max)
+        return GramRestraint(None, None, 0, bound, bound, 0)
+    x64 = x.double()
+    short = x.shape[1]
+    while True:
+        p = min(short, p + margin)
+        v = torch.linalg.qr(vec[:, -p:].double())[0]  # top p, orthonormal in float64
+        uy, s, wyt = torch.linalg.svd(x64 @ v, full_matrices=False)
+        if p == short or float(s[-1]) <= sigma_max:
+            break
+        p *= 2  # the subspace may have missed a component above σ_max: widen it
+    s_new = restrain_singular_values(s, sigma_max, alpha, mode)
+    j = int((s_new != s).sum())
+    before, after = float(s[0]), float(s_new.max())
+    if j == 0:
+        return GramRestraint(None, None, 0, before, after, p)
+    left = uy[:, :j] * (s_new[:j] - s[:j])  # [long, j]
+    right = v @ wyt[:j].T  # [short, j]
+    if n > m:  # x was ΔWᵀ
+        left, right = right, left
+    return GramRestraint(left, right, j, before, after, p)
