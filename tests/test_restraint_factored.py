@@ -156,7 +156,7 @@ def test_high_rank_mixed_precision_restraint_equals_the_dense_restraint(m, n, mo
     u = torch.linalg.qr(torch.randn(m, min(m, n), generator=g, dtype=torch.float64))[0]
     v = torch.linalg.qr(torch.randn(n, min(m, n), generator=g, dtype=torch.float64))[0]
     s = torch.logspace(1.3, -1, min(m, n), dtype=torch.float64)
-    s[5:9] = torch.tensor([3.01, 3.0, 2.999, 2.99], dtype=torch.float64)
+    s[5:9] = torch.tensor([3.01, 3.0005, 2.9995, 2.99], dtype=torch.float64)  # ±5e-4 of σ_max = 3: resolvable in float32
     delta = ((u * s) @ v.T).float()
     for sigma_max in (3.0, 1.0, 25.0):
         dense = restrain_delta_with_stats(delta, sigma_max, math.e, mode)
