@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--png", default="docs/figures/mend_training.png")
     p.add_argument("--out", default="benchmarks/results/mend_training.json")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window (logged points) for train/* curves")
+    p.add_argument("--mark", action="append", default=[], help="STEP:LABEL, a vertical line (e.g. a change of c_loc)")
     args = p.parse_args()
     val = read_scalars(args.runs, VAL_TAGS)
     train = read_scalars(args.runs, TRAIN_TAGS)
@@ -72,6 +73,11 @@ def main() -> None:
     smooth = [sum(tl[t] for t in ts[max(0, i - w + 1) : i + 1]) / len(ts[max(0, i - w + 1) : i + 1]) for i in range(len(ts))]
     axes[2].plot([t + 1 for t in ts], smooth, label=f"train/loss (mean of {w} logged points)")
     axes[2].set_title("training loss")
+    for mark in args.mark:
+        step, label = mark.split(":", 1)
+        for ax in axes:
+            ax.axvline(int(step), color="grey", ls="--", lw=1)
+        axes[0].text(int(step), 0.03, " " + label, fontsize=8, color="grey")
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=8)
