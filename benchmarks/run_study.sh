@@ -62,7 +62,7 @@ run() {  # $1 = arm
     alphaedit)        parts="editor/alphaedit.yaml" ;;
     alphaedit_prune)  parts="editor/alphaedit.yaml restraint/prune.yaml" ;;
     mend)             parts="editor/mend.yaml" ;;
-    mend_prune)       parts="editor/mend.yaml restraint/prune.yaml" ;;
+    mend_prune)       parts="editor/mend.yaml restraint/prune_factored.yaml" ;;
     zsre_rome)        parts="editor/rome.yaml data/zsre.yaml" ;;
     zsre_rome_prune)  parts="editor/rome.yaml restraint/prune.yaml data/zsre.yaml" ;;
     *) echo "unknown arm: $arm (known: ${ARMS_ALL[*]})" >&2; return 2 ;;

@@ -22,7 +22,8 @@ COMPOSITIONS = {
     "memit.yaml": (["base.yaml", "editor/memit.yaml"], []),
     "memit_prune.yaml": (["base.yaml", "editor/memit.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "memit_prune"]),
     "mend_edit.yaml": (["base.yaml", "editor/mend.yaml"], []),
-    "mend_prune.yaml": (["base.yaml", "editor/mend.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "mend_prune"]),
+    "mend_prune.yaml": (["base.yaml", "editor/mend.yaml", "restraint/prune_factored.yaml"], ["--trainer.logger.init_args.name", "mend_prune"]),
+    "mend_prune_end.yaml": (["base.yaml", "editor/mend.yaml", "restraint/prune_at_end.yaml"], ["--trainer.logger.init_args.name", "mend_prune_end"]),
     "alphaedit.yaml": (["base.yaml", "editor/alphaedit.yaml"], []),
     "alphaedit_prune.yaml": (["base.yaml", "editor/alphaedit.yaml", "restraint/prune.yaml"], ["--trainer.logger.init_args.name", "alphaedit_prune"]),
 }

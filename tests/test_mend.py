@@ -13,7 +13,10 @@ from prune_lit.editors.mend import MENDCheckpointError, MENDEditor
 from prune_lit.editors.mend_net import (
     IDMLP,
     GradientTransform,
+    LowRankLinear,
+    NetForm,
     RunningMeanStd,
+    low_rank_layer,
     finetune_factors,
     lm_batch,
     masked_nll,
@@ -73,6 +76,46 @@ def test_idmlp_is_the_identity_at_init_and_running_stats_match_torch():
     torch.testing.assert_close(stats.std(), full.std(0), rtol=1e-5, atol=1e-5)
 
 
+def _layer_case() -> dict[str, torch.Tensor]:
+    # x = [1, -2], A = [1, 1] (rank 1), B = [2, -1]ᵀ, bias = 0.5, scale = [2, 3], shift = [-1, 1]
+    return {
+        "x": torch.tensor([[1.0, -2.0]]), "a": torch.tensor([[1.0, 1.0]]), "b": torch.tensor([[2.0], [-1.0]]),
+        "bias": torch.tensor([0.5, 0.5]), "scale": torch.tensor([2.0, 3.0]), "shift": torch.tensor([-1.0, 1.0]),
+    }  # fmt: skip
+
+
+def test_low_rank_layer_forward_by_hand():
+    c = _layer_case()
+    args = (c["x"], c["a"], c["b"], c["bias"], c["scale"], c["shift"])
+    # reference: A x = -1, B A x = [-2, 1], + bias = [-1.5, 1.5], * scale = [-3, 4.5], + shift = [-4, 5.5],
+    # relu = [0, 5.5], x + relu = [1, 3.5]
+    torch.testing.assert_close(low_rank_layer(*args), torch.tensor([[1.0, 3.5]]))
+    torch.testing.assert_close(low_rank_layer(*args, relu=False), torch.tensor([[-3.0, 3.5]]))
+    # first form: x' = s x + t = [1, -5], A x' = -4, B A x' + bias = [-7.5, 4.5], x' + relu = [1, -0.5]
+    torch.testing.assert_close(low_rank_layer(*args, modulate="input"), torch.tensor([[1.0, -0.5]]))
+    torch.testing.assert_close(low_rank_layer(*args, relu=False, modulate="input"), torch.tensor([[-6.5, -0.5]]))
+    # the module computes the same with mode 1 holding (scale, shift)
+    layer = LowRankLinear(2, 1, relu=True, n_modes=2)
+    with torch.no_grad():
+        layer.a.copy_(c["a"]), layer.b.copy_(c["b"]), layer.bias.copy_(c["bias"])
+        layer.mode_scale[1].copy_(c["scale"]), layer.mode_shift[1].copy_(c["shift"])
+    torch.testing.assert_close(layer(c["x"], 1), torch.tensor([[1.0, 3.5]]))
+
+
+def test_reference_form_defaults_and_gradient_reaches_b_at_init():
+    torch.manual_seed(0)
+    mlp = IDMLP(512, rank=64, n_hidden=1)
+    assert NetForm() == NetForm(modulate="pre", relu_last=True, a_init="normal")
+    assert all(layer.relu and layer.modulate == "pre" for layer in mlp.layers)  # ReLU on the last layer too
+    assert 0.9 < mlp.layers[0].a.std().item() < 1.1  # A ~ N(0, 1), as the reference
+    legacy = IDMLP(512, rank=64, n_hidden=1, form=NetForm.legacy())
+    assert not legacy.layers[-1].relu and legacy.layers[0].a.std().item() < 0.1  # N(0, 1/512)
+    # at init every pre-activation is exactly 0; clamp (not a 0-gradient relu) still lets B learn
+    x = torch.randn(5, 512)
+    (mlp(x) ** 2).sum().backward()
+    assert mlp.layers[-1].b.grad.abs().max() > 0 and mlp.layers[0].b.grad.abs().max() > 0
+
+
 def test_gradient_transform_skips_zero_rows_and_refuses_to_run_untrained():
     gt = GradientTransform(d_in=6, d_out=4, rank=3)
     u, d = torch.randn(5, 6), torch.randn(5, 4)
@@ -98,7 +141,7 @@ def _edit_loss(module: MENDTraining, batches: list[list[EditRequest]]) -> float:
 @pytest.mark.parametrize("name, margin", [("tiny-llama", 0.3), ("tiny-gpt2", 0.1)])
 def test_training_lowers_the_post_edit_loss(name, margin, requests):
     torch.manual_seed(0)
-    module = MENDTraining(model_name=name, rank=32, lr=1e-3, lr_lr=1e-3)
+    module = MENDTraining(model_name=name, rank=32, lr=1e-4, lr_lr=1e-3)  # reference form: A ~ N(0, 1)
     module.train()
     opt = module.configure_optimizers()
     train = [requests[i : i + 4] for i in range(0, 100, 4)]  # 25 steps
@@ -151,6 +194,9 @@ def test_edit_changes_only_the_inner_params(tiny_checkpoint, requests):
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     result = editor.edit(lm.model, lm.tokenizer, requests[:1])
     assert result.applied and set(result.deltas) == inner
+    for n, (a, b) in result.factors.items():  # thin factors for the factored restraint: ΔW = A Bᵀ
+        assert a.shape[1] == b.shape[1] < min(a.shape[0], b.shape[0])
+        torch.testing.assert_close(a @ b.T, result.deltas[n])
     for n, p in lm.model.named_parameters():
         if n in inner:
             assert not torch.equal(p, before[n]), n
@@ -230,3 +276,56 @@ def test_validation_logs_edit_success_and_locality(requests):
         lp_new = sequence_logprob(module.model(input_ids=b_new.input_ids, attention_mask=b_new.attention_mask).logits, b_new.labels)
         lp_true = sequence_logprob(module.model(input_ids=b_true.input_ids, attention_mask=b_true.attention_mask).logits, b_true.labels)
     assert metrics["val/edit_success_pre"] == pytest.approx((lp_new > lp_true).float().mean().item())
+
+
+def test_checkpoint_carries_the_network_form_and_old_formats_are_refused(tiny_checkpoint, tmp_path, requests):
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["mend_meta"]["format"] == 2
+    assert ckpt["mend_meta"]["form"] == {"modulate": "pre", "relu_last": True, "a_init": "normal"}
+    lm = load_model("tiny-llama")
+    reference = MENDEditor(tiny_checkpoint)
+    reference.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    ref_deltas, _ = reference.compute_deltas(lm.model, lm.tokenizer, requests[:1])
+    # the same weights read as the first form give another update: the editor builds the stored form
+    ckpt["mend_meta"]["form"] = {"modulate": "input", "relu_last": False, "a_init": "scaled"}
+    legacy_path = tmp_path / "legacy_form.ckpt"
+    torch.save(ckpt, legacy_path)
+    legacy = MENDEditor(str(legacy_path))
+    legacy.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    assert legacy.hypernet.form == NetForm.legacy()
+    legacy_deltas, _ = legacy.compute_deltas(lm.model, lm.tokenizer, requests[:1])
+    assert any(not torch.allclose(ref_deltas[n], legacy_deltas[n]) for n in ref_deltas)
+    # lr_scale multiplies the update (PRUNE's LLaMA preset: 0.5)
+    half = MENDEditor(tiny_checkpoint, lr_scale=0.5)
+    half.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    half_deltas, _ = half.compute_deltas(lm.model, lm.tokenizer, requests[:1])
+    for n in ref_deltas:
+        torch.testing.assert_close(half_deltas[n], 0.5 * ref_deltas[n])
+    # a format-1 checkpoint (the first network form) fails with a message that says why
+    ckpt["mend_meta"]["format"] = 1
+    old = tmp_path / "format1.ckpt"
+    torch.save(ckpt, old)
+    with pytest.raises(MENDCheckpointError, match="format 1 is the first hypernetwork form"):
+        MENDEditor(str(old)).prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+
+
+def test_gpu_config_runs_a_reference_form_training_step_on_cpu(tmp_path, monkeypatch):
+    """configs/mend_gpu.yaml parses and trains (tiny-llama, CPU, 2 optimizer steps of 10 accumulated single edits)."""
+    from pathlib import Path
+
+    from prune_lit.cli_main import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "mend_gpu.yaml"
+    monkeypatch.chdir(tmp_path)  # the config's checkpoints/ and logs/ are relative
+    main(
+        args=[
+            "fit", "--config", str(config),
+            "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+            "--model.init_args.model_name", "tiny-llama", "--model.init_args.rank", "8",
+        ]
+    )  # fmt: skip
+    ckpt = torch.load(tmp_path / "checkpoints" / "mend" / "last.ckpt", map_location="cpu", weights_only=True)
+    meta = ckpt["mend_meta"]
+    assert ckpt["global_step"] == 2 and meta["format"] == 2 and meta["rank"] == 8
+    assert meta["form"] == {"modulate": "pre", "relu_last": True, "a_init": "normal"}
+    assert ckpt["hyper_parameters"]["lr"] == 1e-5

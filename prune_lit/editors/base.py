@@ -51,11 +51,16 @@ class EditStats:
 
 @dataclass
 class EditResult:
-    """What one edit step did. ``deltas`` maps parameter name -> the ΔW added (``[out, in]``; zeros if rejected)."""
+    """What one edit step did. ``deltas`` maps parameter name -> the ΔW added (``[out, in]``; zeros if rejected).
+
+    ``factors``: editors that build ΔW from thin factors (MEND) may also give ``{name: (A [out, k], B [in, k])}``
+    with ΔW = A Bᵀ, so restraint can work from them (`prune_lit.callbacks.FactoredSpectralRestraint`).
+    """
 
     deltas: dict[str, torch.Tensor]
     applied: bool = True
     stats: EditStats = field(default_factory=EditStats)
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def deltas_norm(deltas: dict[str, torch.Tensor]) -> float:

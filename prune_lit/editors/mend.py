@@ -17,8 +17,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
-from prune_lit.editors.base import Editor, EditStats
-from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, finetune_factors, lm_batch
+from prune_lit.editors.base import Editor, EditResult, EditStats
+from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, NetForm, finetune_factors, lm_batch
 from prune_lit.models.arch import get_weight
 from prune_lit.models.batching import model_device
 
@@ -41,7 +41,10 @@ def load_mend_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, to
     if not meta or "state_dict" not in ckpt:
         raise MENDCheckpointError(f"{path} is not a MEND checkpoint (no 'mend_meta'/'state_dict'); {TRAIN_HINT}")
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise MENDCheckpointError(f"{path} has MEND checkpoint format {meta.get('format')}, expected {CHECKPOINT_FORMAT}; retrain it")
+        why = " (format 1 is the first hypernetwork form, before the reference MEND form)" if meta.get("format") == 1 else ""
+        raise MENDCheckpointError(
+            f"{path} has MEND checkpoint format {meta.get('format')}, expected {CHECKPOINT_FORMAT}{why}; {TRAIN_HINT}"
+        )
     state = {k[len("hypernet.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("hypernet.")}
     return meta, state
 
@@ -55,6 +58,8 @@ class MENDEditor(Editor):
         check_model_name: refuse a checkpoint trained for another ``model_name`` (shapes are always checked).
         max_update_norm_ratio: reject an edit step whose ΔW has ‖ΔW‖_F > ratio·‖W‖_F for any inner matrix
             (None = only NaN/Inf are rejected). A hypernetwork can emit finite but exploded updates.
+        lr_scale: multiplies every ΔW at edit time (training is unaffected), as ``lr_scale`` of the MEND
+            hyperparameters of PRUNE / EasyEdit (their LLaMA preset: 0.5). 1.0 = the trained update.
     """
 
     def __init__(
@@ -63,7 +68,11 @@ class MENDEditor(Editor):
         max_length: int | None = None,
         check_model_name: bool = True,
         max_update_norm_ratio: float | None = None,
+        lr_scale: float = 1.0,
     ) -> None:
+        if lr_scale <= 0:
+            raise ValueError(f"lr_scale must be positive, got {lr_scale}")
+        self.lr_scale = float(lr_scale)
         if max_update_norm_ratio is not None and max_update_norm_ratio <= 0:
             raise ValueError(f"max_update_norm_ratio must be positive or None, got {max_update_norm_ratio}")
         self.max_update_norm_ratio = max_update_norm_ratio
@@ -71,6 +80,7 @@ class MENDEditor(Editor):
         self.max_length = max_length
         self.check_model_name = check_model_name
         self.hypernet: MENDHyperNet | None = None
+        self._last_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.meta: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, data_dir: str | None) -> None:
@@ -87,7 +97,7 @@ class MENDEditor(Editor):
             if have != want:
                 raise MENDCheckpointError(f"{where}: {n} has shape {have} here but {want} in the checkpoint (trained for {meta['model_name']!r})")
         shapes = {n: tuple(meta["shapes"][n]) for n in meta["inner_params"]}
-        hypernet = MENDHyperNet(shapes, rank=meta["rank"], n_hidden=meta["n_hidden"])
+        hypernet = MENDHyperNet(shapes, rank=meta["rank"], n_hidden=meta["n_hidden"], form=NetForm(**meta["form"]))
         try:
             hypernet.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -102,8 +112,10 @@ class MENDEditor(Editor):
             raise RuntimeError("MENDEditor.prepare must run before weight_names (it reads the checkpoint)")
         return list(self.meta["inner_params"])
 
-    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
-        """``({name: ΔW [out, in]}, stats)`` for ``requests`` on the current model (``nll``: the fine-tuning NLL before the edit)."""
+    def compute_factors(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]
+    ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+        """``({name: (A [out, k], B [in, k])}, fine-tuning NLL before the edit)``; ΔW = A Bᵀ (lr_scale included)."""
         if self.hypernet is None:
             raise RuntimeError("MENDEditor.prepare must run before edit")
         max_len = self.max_length or int(self.meta.get("max_length", 64))
@@ -111,5 +123,19 @@ class MENDEditor(Editor):
         device = model_device(model)
         loss, factors, _ = finetune_factors(model, batch.to(device), self.meta["inner_params"])
         with torch.no_grad():
-            deltas = {n: d.float() for n, d in self.hypernet(factors).items()}
-        return deltas, EditStats(nll=float(loss))
+            thin = {n: (self.lr_scale * a.float(), b.float()) for n, (a, b) in self.hypernet.delta_factors(factors).items()}
+        return thin, float(loss)
+
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
+        """``({name: ΔW [out, in]}, stats)`` for ``requests`` on the current model (``nll``: the fine-tuning NLL before
+        the edit); the thin factors of the step are kept for `edit`."""
+        thin, loss = self.compute_factors(model, tokenizer, requests)
+        self._last_factors = thin
+        return {n: a @ b.T for n, (a, b) in thin.items()}, EditStats(nll=loss)
+
+    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
+        """`Editor.edit`, with the step's thin factors on the result (empty ones for a rejected step)."""
+        result = super().edit(model, tokenizer, requests)
+        thin = self._last_factors
+        result.factors = thin if result.applied else {n: (a[:, :0], b[:, :0]) for n, (a, b) in thin.items()}
+        return result

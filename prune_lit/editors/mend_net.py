@@ -26,7 +26,10 @@ from transformers import PreTrainedTokenizerBase
 from prune_lit.models.arch import arch_spec, num_layers
 from prune_lit.models.batching import pad_batch, pad_token_id
 
-CHECKPOINT_FORMAT = 1  # version of the checkpoint layout; bump when the hypernetwork changes shape
+# Version of the checkpoint layout; bump when the hypernetwork changes shape or form.
+# 1: first form (scale/shift on the layer input, no ReLU on the last layer, A ~ N(0, 1/d)).
+# 2: the reference MEND form by default; the form is stored in the checkpoint's ``mend_meta["form"]``.
+CHECKPOINT_FORMAT = 2
 
 # ---- pure tensor functions -------------------------------------------------------------------
 
@@ -229,36 +232,90 @@ class RunningMeanStd(nn.Module):
         return (x - self.mean) / (self.std() + 1e-7)
 
 
-class LowRankLinear(nn.Module):
-    """``x + act(B A (s_m ⊙ x + t_m) + b)`` with A: [rank, d], B: [d, rank] (B zero: identity at init).
+MODULATIONS = ("pre", "input")  # where the per-matrix scale/shift act: reference MEND ("pre") / legacy ("input")
+A_INITS = ("normal", "scaled")  # A ~ N(0, 1) (reference MEND) / N(0, 1/d) (legacy)
 
-    ``s_m``, ``t_m`` are the per-matrix ("mode") scale and shift of MEND's shared mode.
+
+def low_rank_layer(x: Tensor, a: Tensor, b: Tensor, bias: Tensor, scale: Tensor, shift: Tensor, relu: bool = True, modulate: str = "pre") -> Tensor:
+    """One residual low-rank layer of MEND's hypernetwork, as a plain function.
+
+    ``x``: [n, d]; ``a``: [r, d]; ``b``: [d, r]; ``bias``, ``scale``, ``shift``: [d] -> [n, d].
+
+    * ``modulate="pre"`` (reference MEND, ``nn.py`` ``LRLinear``): ``pre = s ⊙ (B A x + bias) + t``,
+      output ``x + relu(pre)``.
+    * ``modulate="input"`` (this repo's first form): ``x' = s ⊙ x + t``, output ``x' + act(B A x' + bias)``.
+
+    ``relu=False`` skips the activation (the first form's last layer); the reference clamps every layer.
+    The ReLU is ``clamp(min=0)`` as in the reference: its gradient at exactly 0 is 1, not 0. At init
+    (``b = 0``, ``bias = shift = 0``) every pre-activation is exactly 0, so with a 0-gradient ReLU no
+    gradient would ever reach ``b``.
+    """
+    if modulate == "pre":
+        pre = ((x @ a.T) @ b.T + bias) * scale + shift
+        return x + (pre.clamp(min=0) if relu else pre)
+    if modulate == "input":
+        x = x * scale + shift
+        h = (x @ a.T) @ b.T + bias
+        return x + (h.clamp(min=0) if relu else h)
+    raise ValueError(f"modulate must be one of {MODULATIONS}, got {modulate!r}")
+
+
+class LowRankLinear(nn.Module):
+    """Residual low-rank layer with per-matrix ("mode") scale / shift; see `low_rank_layer`.
+
+    A: [rank, d], B: [d, rank] with B = 0, so the layer is the identity at init. ``a_init="normal"`` draws
+    A from N(0, 1) as the reference; ``"scaled"`` from N(0, 1/d) (the outer lr then does not scale with d).
     """
 
-    def __init__(self, dim: int, rank: int, relu: bool, n_modes: int) -> None:
+    def __init__(self, dim: int, rank: int, relu: bool, n_modes: int, modulate: str = "pre", a_init: str = "normal") -> None:
         super().__init__()
+        if modulate not in MODULATIONS:
+            raise ValueError(f"modulate must be one of {MODULATIONS}, got {modulate!r}")
+        if a_init not in A_INITS:
+            raise ValueError(f"a_init must be one of {A_INITS}, got {a_init!r}")
         mid = min(rank, dim)
-        # A is scaled by 1/sqrt(dim) (MEND uses a unit normal) so the outer lr does not depend on dim.
-        self.a = nn.Parameter(torch.randn(mid, dim) / dim**0.5)
+        a = torch.randn(mid, dim)
+        self.a = nn.Parameter(a if a_init == "normal" else a / dim**0.5)
         self.b = nn.Parameter(torch.zeros(dim, mid))
         self.bias = nn.Parameter(torch.zeros(dim))
         self.mode_scale = nn.Parameter(torch.ones(n_modes, dim))
         self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
         self.relu = relu
+        self.modulate = modulate
 
     def forward(self, x: Tensor, mode: int) -> Tensor:
         """``x``: [n, dim] -> [n, dim]."""
-        x = x * self.mode_scale[mode] + self.mode_shift[mode]
-        h = (x @ self.a.T) @ self.b.T + self.bias
-        return x + (F.relu(h) if self.relu else h)
+        return low_rank_layer(x, self.a, self.b, self.bias, self.mode_scale[mode], self.mode_shift[mode], self.relu, self.modulate)
+
+
+@dataclass(frozen=True)
+class NetForm:
+    """Form of the hypernetwork's MLP. The defaults are the reference MEND (eric-mitchell/mend ``nn.py``).
+
+    ``modulate``: where the per-matrix scale/shift act ("pre": on the pre-activation, reference;
+    "input": on the layer input). ``relu_last``: ReLU on the last layer too (reference: every layer).
+    ``a_init``: "normal" N(0, 1) (reference) or "scaled" N(0, 1/d).
+    """
+
+    modulate: str = "pre"
+    relu_last: bool = True
+    a_init: str = "normal"
+
+    @classmethod
+    def legacy(cls) -> NetForm:
+        """The form of checkpoint format 1 (this repo's first hypernetwork)."""
+        return cls(modulate="input", relu_last=False, a_init="scaled")
 
 
 class IDMLP(nn.Module):
-    """``n_hidden + 1`` residual low-rank layers (ReLU on all but the last): the identity at init."""
+    """``n_hidden + 1`` residual low-rank layers: the identity at init (ReLU per ``form``)."""
 
-    def __init__(self, dim: int, rank: int, n_hidden: int = 1, n_modes: int = 1) -> None:
+    def __init__(self, dim: int, rank: int, n_hidden: int = 1, n_modes: int = 1, form: NetForm = NetForm()) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(LowRankLinear(dim, rank, relu=i < n_hidden, n_modes=n_modes) for i in range(n_hidden + 1))
+        self.layers = nn.ModuleList(
+            LowRankLinear(dim, rank, relu=form.relu_last or i < n_hidden, n_modes=n_modes, modulate=form.modulate, a_init=form.a_init)
+            for i in range(n_hidden + 1)
+        )
 
     def forward(self, x: Tensor, mode: int = 0) -> Tensor:
         for layer in self.layers:
@@ -272,12 +329,12 @@ class GradientTransform(nn.Module):
     The running statistics update only in training mode; in eval mode they must already exist.
     """
 
-    def __init__(self, d_in: int, d_out: int, rank: int, n_hidden: int = 1, n_modes: int = 1) -> None:
+    def __init__(self, d_in: int, d_out: int, rank: int, n_hidden: int = 1, n_modes: int = 1, form: NetForm = NetForm()) -> None:
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
         self.norm_u = RunningMeanStd(d_in)
         self.norm_delta = RunningMeanStd(d_out)
-        self.mlp = IDMLP(d_in + d_out, rank, n_hidden, n_modes)
+        self.mlp = IDMLP(d_in + d_out, rank, n_hidden, n_modes, form)
 
     def forward(self, u: Tensor, delta: Tensor, mode: int = 0) -> tuple[Tensor, Tensor]:
         u, delta = nonzero_rows(u.float(), delta.float())
@@ -301,9 +358,12 @@ class MENDHyperNet(nn.Module):
         shapes: inner param name -> its ``(out, in)`` shape, in a fixed order (the checkpoint's).
         rank, n_hidden: size of each `IDMLP`.
         edit_lr: initial value of every per-matrix edit learning rate.
+        form: the MLP's form (`NetForm`; default: the reference MEND).
     """
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int = 1920, n_hidden: int = 1, edit_lr: float = 1e-4) -> None:
+    def __init__(
+        self, shapes: dict[str, tuple[int, int]], rank: int = 1920, n_hidden: int = 1, edit_lr: float = 1e-4, form: NetForm = NetForm()
+    ) -> None:
         super().__init__()
         self.names = list(shapes)
         self.shapes = {n: (int(s[0]), int(s[1])) for n, s in shapes.items()}
@@ -312,18 +372,32 @@ class MENDHyperNet(nn.Module):
             groups.setdefault(_key(s), []).append(n)
         self.mode = {n: members.index(n) for members in groups.values() for n in members}
         self.transforms = nn.ModuleDict(
-            {k: GradientTransform(self.shapes[m[0]][1], self.shapes[m[0]][0], rank, n_hidden, len(m)) for k, m in groups.items()}
+            {k: GradientTransform(self.shapes[m[0]][1], self.shapes[m[0]][0], rank, n_hidden, len(m), form) for k, m in groups.items()}
         )
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))
+        self.form = form
 
     def pseudo_gradient(self, name: str, u: Tensor, delta: Tensor) -> Tensor:
         """∇̃W for one inner matrix. ``u``: [n, d_in], ``delta``: [n, d_out] -> [d_out, d_in]."""
         u_t, d_t = self.transforms[_key(self.shapes[name])](u, delta, self.mode[name])
         return outer_gradient(u_t, d_t)
 
-    def forward(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-        """``{name: (u, δ)}`` -> ``{name: ΔW = −lr_name · ∇̃W}`` (each [out, in])."""
+    def delta_factors(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{name: (u [n, d_in], δ [n, d_out])}`` -> ``{name: (A [out, k], B [in, k])}`` with ΔW = A Bᵀ = −lr_name · ∇̃W.
+
+        ``k`` is the number of non-zero token rows: the thin factors of the update, for a restraint that
+        never forms ΔW (`prune_lit.restraint.factored`).
+        """
         unknown = set(factors) - set(self.names)
         if unknown:
             raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
-        return {n: -self.edit_lrs[i] * self.pseudo_gradient(n, *factors[n]) for i, n in enumerate(self.names) if n in factors}
+        out = {}
+        for i, n in enumerate(self.names):
+            if n in factors:
+                u_t, d_t = self.transforms[_key(self.shapes[n])](*factors[n], self.mode[n])
+                out[n] = (-self.edit_lrs[i] * d_t.T, u_t.T)
+        return out
+
+    def forward(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """``{name: (u, δ)}`` -> ``{name: ΔW = −lr_name · ∇̃W}`` (each [out, in])."""
+        return {n: a @ b.T for n, (a, b) in self.delta_factors(factors).items()}

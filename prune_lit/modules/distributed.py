@@ -54,8 +54,10 @@ def broadcast_step(trainer: L.Trainer | None, model: nn.Module, result: EditResu
     if size == 1:
         assert result is not None
         return result
-    header = None if result is None else (result.applied, result.stats, {n: tuple(d.shape) for n, d in result.deltas.items()})
-    applied, stats, shapes = broadcast_object(trainer, header)
+    # The thin factors (MEND) are small: they travel pickled, so every rank's factored restraint takes the same path.
+    header = None if result is None else (result.applied, result.stats, {n: tuple(d.shape) for n, d in result.deltas.items()},
+                                          {n: (a.cpu(), b.cpu()) for n, (a, b) in result.factors.items()})
+    applied, stats, shapes, factors = broadcast_object(trainer, header)
     deltas: dict[str, torch.Tensor] = {}
     for name, shape in shapes.items():
         w = get_weight(model, name)
@@ -66,4 +68,4 @@ def broadcast_step(trainer: L.Trainer | None, model: nn.Module, result: EditResu
         return result
     if applied and not apply_deltas(model, deltas):
         raise RuntimeError("rank 0 applied an update that this rank rejects; the model copies would diverge")
-    return EditResult(deltas=deltas, applied=applied, stats=stats if isinstance(stats, EditStats) else EditStats())
+    return EditResult(deltas=deltas, applied=applied, stats=stats if isinstance(stats, EditStats) else EditStats(), factors=factors)

@@ -23,6 +23,7 @@ from prune_lit.editors.mend_net import (
     CHECKPOINT_FORMAT,
     LMBatch,
     MENDHyperNet,
+    NetForm,
     cat_batches,
     default_inner_params,
     finetune_factors,
@@ -91,6 +92,8 @@ class MENDTraining(L.LightningModule):
         c_loc: weight of the locality KL (MEND: 1.0).
         max_length: token cap per prompt + continuation row.
         dtype: base model dtype.
+        modulate, relu_last, a_init: the hypernetwork's form (`NetForm`); the defaults are the reference
+            MEND ("pre", True, "normal"), the first form of this repo was ("input", False, "scaled").
     """
 
     def __init__(
@@ -106,6 +109,9 @@ class MENDTraining(L.LightningModule):
         c_loc: float = 1.0,
         max_length: int = 64,
         dtype: str = "float32",
+        modulate: str = "pre",
+        relu_last: bool = True,
+        a_init: str = "normal",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -115,7 +121,8 @@ class MENDTraining(L.LightningModule):
         self.inner_params = default_inner_params(self.model, inner_layers)
         self.transposed = arch_spec(self.model).transposed
         shapes = {n: tuple(get_weight(self.model, n).shape) for n in self.inner_params}
-        self.hypernet = MENDHyperNet(shapes, rank=rank, n_hidden=n_hidden, edit_lr=edit_lr)
+        form = NetForm(modulate=modulate, relu_last=relu_last, a_init=a_init)
+        self.hypernet = MENDHyperNet(shapes, rank=rank, n_hidden=n_hidden, edit_lr=edit_lr, form=form)
 
     # ---- checkpoints hold the hypernetwork only ------------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -139,6 +146,7 @@ class MENDTraining(L.LightningModule):
             "rank": self.hparams.rank,
             "n_hidden": self.hparams.n_hidden,
             "max_length": self.hparams.max_length,
+            "form": {"modulate": self.hypernet.form.modulate, "relu_last": self.hypernet.form.relu_last, "a_init": self.hypernet.form.a_init},
         }
 
     def train(self, mode: bool = True) -> MENDTraining:

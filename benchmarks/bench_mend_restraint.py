@@ -1,0 +1,135 @@
+"""MEND's per-edit PRUNE restraint: dense `SpectralRestraint` vs `FactoredSpectralRestraint`, on real MEND edits.
+
+1. Runs ``--n-edits`` sequential MEND edits (CounterFact edit split, one case per step) on SmolLM2-135M with a trained
+   hypernetwork, timing each edit step and recording its thin factors (ΔW = A Bᵀ per inner matrix).
+2. Replays the same updates from W_0 through each restraint callback (restraint after every edit), timing only
+   the callback, once per ``--scales`` value s (every A multiplied by s: s > 1 emulates larger edits, so that
+   σ_max(ΔW) exceeds σ_max(W_0) and restraint has work to do).
+3. Reports restraint time / MEND step time (the share), the paths taken, and the largest relative difference of the
+   final ΔW between the two callbacks.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_mend_restraint.py --checkpoint checkpoints/mend/best.ckpt \\
+        --n-edits 100 --scales 1,10 --out benchmarks/results/mend_restraint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from prune_lit.callbacks import SpectralRestraint
+from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
+from prune_lit.callbacks.log_utils import write_json_atomic
+from prune_lit.data.edit_datamodule import load_edit_requests
+from prune_lit.editors.mend import MENDEditor
+from prune_lit.models.arch import get_weight, set_weight
+from prune_lit.models.loader import load_model
+
+
+def record(args: argparse.Namespace, lm) -> tuple[list[float], list[dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
+    """Sequential MEND edits: per-step seconds and thin factors (CPU float32)."""
+    editor = MENDEditor(args.checkpoint)
+    editor.prepare(lm.model, lm.tokenizer, args.model, None)
+    requests = load_edit_requests("counterfact", "edit", limit=args.n_edits)
+    seconds, factors = [], []
+    for req in requests:
+        t = time.perf_counter()
+        with torch.enable_grad():
+            res = editor.edit(lm.model, lm.tokenizer, [req])
+        seconds.append(time.perf_counter() - t)
+        factors.append({n: (a.detach().cpu().clone(), b.detach().cpu().clone()) for n, (a, b) in res.factors.items()} if res.applied else {})
+    return seconds, factors
+
+
+def replay(model, w0: dict[str, torch.Tensor], factors, scale: float, callback) -> tuple[list[float], dict[str, torch.Tensor]]:
+    for n, w in w0.items():
+        set_weight(model, n, w)
+    module = SimpleNamespace(model=model, original_weights=w0, num_edits=0, last_result=None)
+    trainer = SimpleNamespace(loggers=[])
+    for n in w0:  # one-off σ_max(W_0), outside the per-step times
+        callback.sigma_max_w0(n, w0[n])
+    times = []
+    for step, f in enumerate(factors):
+        scaled = {n: (a * scale, b) for n, (a, b) in f.items()}
+        for n, (a, b) in scaled.items():
+            set_weight(model, n, get_weight(model, n) + a @ b.T)  # as apply_deltas: float32 ΔW added to W
+        module.num_edits += 1
+        module.last_result = SimpleNamespace(applied=bool(f), factors=scaled)
+        t = time.perf_counter()
+        callback.on_test_batch_end(trainer, module, None, [None], step)
+        times.append(time.perf_counter() - t)
+    final = {n: get_weight(model, n).clone() for n in w0}
+    return times, final
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--checkpoint", default="checkpoints/mend/best.ckpt")
+    p.add_argument("--n-edits", type=int, default=100)
+    p.add_argument("--scales", default="1,10", help="comma-separated multipliers of every A factor in the replay")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/mend_restraint.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    editor_names = None
+    t0 = time.time()
+    seconds, factors = record(args, lm)
+    editor_names = sorted({n for f in factors for n in f})
+    model = lm.model
+    # W_0: undo the recorded edits exactly is not possible in float32, so reload the weights
+    fresh = load_model(args.model).model
+    w0 = {n: get_weight(fresh, n).clone().float() for n in editor_names}
+    del fresh
+    step_median = statistics.median(seconds)
+    out = {
+        "command": "python benchmarks/bench_mend_restraint.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "machine": {"platform": platform.platform(), "threads": args.threads, "load_avg": os.getloadavg()},
+        "checkpoint": args.checkpoint,
+        "n_edits": args.n_edits,
+        "mend_step_s": {"median": step_median, "mean": statistics.mean(seconds), "total": sum(seconds)},
+        "record_wall_s": time.time() - t0,
+        "runs": [],
+    }
+    print(f"MEND: {len(seconds)} edits, median step {step_median:.3f} s, total {sum(seconds):.1f} s")
+    for scale in [float(s) for s in args.scales.split(",")]:
+        finals = {}
+        for variant in ("dense", "factored"):
+            cb = SpectralRestraint() if variant == "dense" else FactoredSpectralRestraint()
+            times, finals[variant] = replay(model, w0, factors, scale, cb)
+            restrained = sum(sum(h["n_restrained"].values()) for h in cb.history)
+            row = {
+                "scale": scale, "variant": variant, "restraint_total_s": sum(times), "restraint_median_s": statistics.median(times),
+                "restraint_last10_mean_s": statistics.mean(times[-10:]), "share_of_mend_step": sum(times) / sum(seconds),
+                "share_median": statistics.median(times) / step_median, "n_restrained_total": restrained,
+                "method_counts": dict(getattr(cb, "method_counts", {})) or None,
+            }  # fmt: skip
+            out["runs"].append(row)
+            print(
+                f"scale {scale:g} {variant:8s}: restraint {sum(times):7.2f} s in all, median {1e3 * row['restraint_median_s']:7.1f} ms/edit, "
+                f"last 10 {1e3 * row['restraint_last10_mean_s']:7.1f} ms/edit, share {100 * row['share_of_mend_step']:5.1f} % "
+                f"(median {100 * row['share_median']:5.1f} %), σ restrained {restrained}, paths {row['method_counts']}"
+            )
+        diff = max(
+            float((finals["factored"][n] - finals["dense"][n]).norm() / (finals["dense"][n] - w0[n]).norm().clamp_min(1e-30)) for n in w0
+        )
+        out["runs"][-1]["max_rel_diff_vs_dense"] = diff
+        print(f"scale {scale:g}: max relative difference of the final ΔW, factored vs dense: {diff:.2e}")
+        ratio = out["runs"][-2]["restraint_total_s"] / max(out["runs"][-1]["restraint_total_s"], 1e-9)
+        out["runs"][-1]["speedup_vs_dense"] = ratio
+        print(f"scale {scale:g}: factored is {ratio:.1f}x faster than dense")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(args.out), out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

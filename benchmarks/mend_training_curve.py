@@ -1,0 +1,92 @@
+"""MEND hypernetwork training curve from TensorBoard logs: a PNG, a markdown table and a JSON of the val scalars.
+
+    python benchmarks/mend_training_curve.py logs/mend/version_0 [more version dirs, e.g. resumed runs] \\
+        --png docs/figures/mend_training.png --out benchmarks/results/mend_training.json
+
+Several run folders (a run and its resumes) are merged by step; a later folder wins on equal steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+VAL_TAGS = ["val/edit_success", "val/locality", "val/loss", "val/edit_loss", "val/loc_loss"]
+TRAIN_TAGS = ["train/loss", "train/edit_loss", "train/loc_loss", "train/edit_lr_mean"]
+
+
+def read_scalars(run_dirs: list[str], tags: list[str]) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, dict[int, float]] = {t: {} for t in tags}
+    for d in run_dirs:
+        ea = EventAccumulator(d, size_guidance={"scalars": 0})
+        ea.Reload()
+        have = set(ea.Tags()["scalars"])
+        for t in tags:
+            if t in have:
+                out[t].update({int(e.step): float(e.value) for e in ea.Scalars(t)})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="TensorBoard run folders (logs/mend/version_<n>)")
+    p.add_argument("--png", default="docs/figures/mend_training.png")
+    p.add_argument("--out", default="benchmarks/results/mend_training.json")
+    p.add_argument("--smooth", type=int, default=20, help="moving-average window (logged points) for train/* curves")
+    p.add_argument("--mark", action="append", default=[], help="STEP:LABEL, a vertical line (e.g. a change of c_loc)")
+    args = p.parse_args()
+    val = read_scalars(args.runs, VAL_TAGS)
+    train = read_scalars(args.runs, TRAIN_TAGS)
+    steps = sorted(val["val/loss"])
+    rows = [{"step": s, **{t.split("/", 1)[1]: val[t].get(s) for t in VAL_TAGS}} for s in steps]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"runs": args.runs, "val": rows}, indent=2))
+
+    print("| step | edit_success | locality | loss | edit_loss | loc_loss |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['step'] + 1} | {r['edit_success']:.3f} | {r['locality']:.3f} | {r['loss']:.4f} | {r['edit_loss']:.3f} | {r['loc_loss']:.4f} |")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    x = [s + 1 for s in steps]
+    axes[0].plot(x, [val["val/edit_success"][s] for s in steps], "o-", label="val/edit_success")
+    axes[0].plot(x, [val["val/locality"][s] for s in steps], "s-", label="val/locality")
+    axes[0].axhline(0.95, color="C0", ls=":", lw=1, label="target edit success 0.95")
+    axes[0].axhline(0.90, color="C1", ls=":", lw=1, label="target locality 0.90")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].set_title("validation (single edits)")
+    axes[1].plot(x, [val["val/loss"][s] for s in steps], "o-", label="val/loss")
+    axes[1].plot(x, [0.1 * val["val/edit_loss"][s] for s in steps], "^-", label="0.1·val/edit_loss")
+    axes[1].plot(x, [val["val/loc_loss"][s] for s in steps], "s-", label="val/loc_loss (KL)")
+    axes[1].set_title("validation losses")
+    tl = train["train/loss"]
+    ts = sorted(tl)
+    w = max(1, args.smooth)
+    smooth = [sum(tl[t] for t in ts[max(0, i - w + 1) : i + 1]) / len(ts[max(0, i - w + 1) : i + 1]) for i in range(len(ts))]
+    axes[2].plot([t + 1 for t in ts], smooth, label=f"train/loss (mean of {w} logged points)")
+    axes[2].set_title("training loss")
+    for mark in args.mark:
+        step, label = mark.split(":", 1)
+        for ax in axes:
+            ax.axvline(int(step), color="grey", ls="--", lw=1)
+        axes[0].text(int(step), 0.03, " " + label, fontsize=8, color="grey")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.png, dpi=110)
+    print(f"wrote {args.png} and {args.out}")
+
+
+if __name__ == "__main__":
+    main()
