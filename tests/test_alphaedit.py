@@ -133,7 +133,7 @@ def test_batch_edit_flips_answers_and_accumulates_the_applied_keys(stats_dir):
     assert editor.num_keys == 3
     spec = arch_spec(model)
     for layer in layers:
-        K = compute_keys(model, tok, spec.mlp_out_name(layer), reqs, editor.templates).double().T  # [d_in, 3]
+        K = compute_keys(model, tok, spec.mlp_out_name(layer), reqs, editor.templates, averaging=editor.hp.key_averaging).double().T  # [d_in, 3]
         torch.testing.assert_close(editor.KpKp[layer], K @ K.T, rtol=1e-4, atol=1e-6)
 
 
