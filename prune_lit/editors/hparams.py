@@ -135,11 +135,12 @@ class MEMITHParams(LocateEditHParams):
             raise ValueError(f"{source}: key_averaging must be one of {KEY_AVERAGING}, got {self.key_averaging!r}")
 
 
-# Small defaults for the random 4-layer test models (d=64): fast and deterministic.
+# Small defaults for the random 4-layer test models (d=64): fast and deterministic. Their values are small
+# (||v_init|| well below 1), so the reference weight decay lambda*||delta||/||v_init||^2 needs a small lambda.
 _TINY: dict[str, dict[str, Any]] = {
-    "rome": dict(layers=[1], v_num_grad_steps=20, v_lr=0.5, v_weight_decay=1e-3, clamp_norm_factor=10.0,
+    "rome": dict(layers=[1], v_num_grad_steps=20, v_lr=0.5, v_weight_decay=1e-5, clamp_norm_factor=10.0,
                  context_template_length_params=[[5, 3]], mom2_n_samples=4_000, mom2_seq_len=64),
-    "memit": dict(layers=[1, 2], v_num_grad_steps=20, v_lr=0.5, v_weight_decay=1e-3, clamp_norm_factor=10.0,
+    "memit": dict(layers=[1, 2], v_num_grad_steps=20, v_lr=0.5, v_weight_decay=1e-5, clamp_norm_factor=10.0,
                   context_template_length_params=[[5, 3]], mom2_n_samples=4_000, mom2_seq_len=64,
                   mom2_update_weight=100.0),
 }
