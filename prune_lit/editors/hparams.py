@@ -135,9 +135,8 @@ class MEMITHParams(LocateEditHParams):
             raise ValueError(f"{source}: key_averaging must be one of {KEY_AVERAGING}, got {self.key_averaging!r}")
 
 
-# Small defaults for the random 4-layer test models (d=64): fast and deterministic.
-# v_weight_decay 1e-5: the reference form λ‖δ‖/‖v_init‖² is large for these models' small ‖v_init‖ (~1), and at
-# λ = 1e-3 four sequential tiny-llama ROME edits lowered efficacy.
+# Small defaults for the random 4-layer test models (d=64): fast and deterministic. Their values are small
+# (||v_init|| well below 1), so the reference weight decay lambda*||delta||/||v_init||^2 needs a small lambda.
 _TINY: dict[str, dict[str, Any]] = {
     "rome": dict(layers=[1], v_num_grad_steps=20, v_lr=0.5, v_weight_decay=1e-5, clamp_norm_factor=10.0,
                  context_template_length_params=[[5, 3]], mom2_n_samples=4_000, mom2_seq_len=64),
