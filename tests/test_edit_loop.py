@@ -256,3 +256,20 @@ def test_an_extended_alphaedit_run_continues_its_preserved_keys(tmp_path, monkey
     run(4, False, "forgetful")
     monkeypatch.setattr(AlphaEditEditor, "load_state_dict", lambda self, state: None)
     assert not same(run(6, True, "forgetful"), straight)
+
+
+def test_downstream_runs_at_its_own_counts_between_edit_evaluations(tmp_path):
+    class CountingDownstream:
+        calls = 0
+
+        def evaluate(self, model, tokenizer):
+            CountingDownstream.calls += 1
+            return {"task/score": 0.5}
+
+    module = SequentialEditingModule(editor=ROMEEditor(), model_name="tiny-llama", downstream=CountingDownstream(), evaluate_before=False,
+                                     checkpoint_dir=str(tmp_path / "ckpt"), eval_at=[2], downstream_at=[1])
+    trainer = L.Trainer(logger=False, inference_mode=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.test(module, datamodule=EditDataModule(num_edits=2, batch_size=1))
+    rows = {row["num_edits"]: row for row in module.state.history}
+    assert rows[1]["downstream"] == {"task/score": 0.5} and "edits" not in rows[1]  # downstream_at 1, not in eval_at
+    assert CountingDownstream.calls == 3  # before, at 1, after the last edit

@@ -209,7 +209,7 @@ class SequentialEditingModule(L.LightningModule):
         if crossed_any(previous, now, self.eval_at):
             self._evaluate_point(with_downstream=crossed_any(previous, now, self.downstream_at))
         elif crossed_any(previous, now, self.downstream_at):
-            self._evaluate_point(with_edits=False)
+            self._evaluate_point(with_edits=False, with_downstream=True)
         every = self.hparams.checkpoint_every
         if every and crossed(previous, now, every):
             self._save_checkpoint()
