@@ -184,7 +184,7 @@ def test_resume_errors_name_the_file(tmp_path):
     with pytest.raises(RunCheckpointError, match="state.json is from another run.*restraint"):
         module = SequentialEditingModule(editor=ROMEEditor(), model_name="tiny-llama", downstream=None, evaluate_before=False,
                                          checkpoint_dir=str(tmp_path / "a" / "ckpt"), run_name="same", resume=True)
-        L.Trainer(logger=False, callbacks=[SpectralRestraint()], inference_mode=False, enable_progress_bar=False,
+        L.Trainer(logger=False, default_root_dir=str(tmp_path), callbacks=[SpectralRestraint()], inference_mode=False, enable_progress_bar=False,
                   enable_checkpointing=False).test(module, datamodule=EditDataModule(num_edits=3, batch_size=1))
     folder = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
     (folder / "weights.safetensors").write_bytes(b"not a safetensors file")
@@ -240,7 +240,7 @@ def test_an_extended_alphaedit_run_continues_its_preserved_keys(tmp_path, monkey
     def run(num_edits, resume, folder):
         module = SequentialEditingModule(editor=AlphaEditEditor(), model_name="tiny-llama", downstream=None, evaluate_before=False,
                                          checkpoint_dir=str(tmp_path / folder), run_name="a", resume=resume)
-        trainer = L.Trainer(logger=False, inference_mode=False, enable_progress_bar=False, enable_checkpointing=False)
+        trainer = L.Trainer(logger=False, default_root_dir=str(tmp_path), inference_mode=False, enable_progress_bar=False, enable_checkpointing=False)
         trainer.test(module, datamodule=EditDataModule(num_edits=num_edits, batch_size=2))
         return module
 
@@ -268,7 +268,7 @@ def test_downstream_runs_at_its_own_counts_between_edit_evaluations(tmp_path):
 
     module = SequentialEditingModule(editor=ROMEEditor(), model_name="tiny-llama", downstream=CountingDownstream(), evaluate_before=False,
                                      checkpoint_dir=str(tmp_path / "ckpt"), eval_at=[2], downstream_at=[1])
-    trainer = L.Trainer(logger=False, inference_mode=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = L.Trainer(logger=False, default_root_dir=str(tmp_path), inference_mode=False, enable_progress_bar=False, enable_checkpointing=False)
     trainer.test(module, datamodule=EditDataModule(num_edits=2, batch_size=1))
     rows = {row["num_edits"]: row for row in module.state.history}
     assert rows[1]["downstream"] == {"task/score": 0.5} and "edits" not in rows[1]  # downstream_at 1, not in eval_at
