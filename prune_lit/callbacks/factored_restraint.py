@@ -30,11 +30,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from prune_lit.callbacks.restraint import SpectralRestraint, short_name
-from prune_lit.models.arch import get_weight, set_weight
+from prune_lit.callbacks.restraint import SpectralRestraint
+from prune_lit.models.arch import get_weight
 from prune_lit.modules.edit_state import EditState
-from prune_lit.reporting import log_scalars
-from prune_lit.restraint import restrain_delta_with_stats
 from prune_lit.restraint.factored import FactoredSVD, restrain_factored, restrain_high_rank, spectral_norm_of_factors
 
 log = logging.getLogger(__name__)
@@ -175,38 +173,11 @@ class FactoredSpectralRestraint(SpectralRestraint):
                 self.method_counts["gram"] += 1
                 continue
             # unknown or low rank without factors: the dense path of SpectralRestraint, warm-started
-            warm = self.warm.kwargs(name)
-            try:
-                res_d = restrain_delta_with_stats(delta, sigma_max, self.alpha, self.mode, init_basis=warm["init"], max_rank=warm["max_rank"])
-            except ValueError as err:
-                raise ValueError(f"restraint of {name}: {err}") from err
-            self.warm.update(name, res_d.method, res_d.basis)
+            res_d = self._restrain_dense(model, name, w, delta, sigma_max, self.warm)
             if res_d.method == "full":
                 self._high_rank.add(name)
-            if res_d.n_restrained:
-                if w.dtype == torch.float32:
-                    res_d.apply_(w)
-                else:
-                    set_weight(model, name, res_d.apply_to(w.float()))
             self._bound[name] = res_d.sigma_max_after if res_d.sigma_max_after is not None else res_d.frobenius
             counts[name] = res_d.n_restrained
             self.method_counts["dense"] += 1
-        seconds = time.perf_counter() - start
-        self.total_seconds += seconds
-        num_edits = state.requests_seen
-        self.history.append({"num_edits": num_edits, "seconds": seconds, "n_restrained": counts})
-        if trainer is not None:
-            metrics = {f"restraint/{short_name(k)}/n_restrained": float(v) for k, v in counts.items()}
-            metrics["restraint/seconds"] = seconds
-            log_scalars(trainer, metrics, step=num_edits)
+        self._record(state, trainer, counts, time.perf_counter() - start)
         return counts
-
-    @staticmethod
-    def _write(model, name: str, w: torch.Tensor, res) -> None:
-        """Add ``res``'s correction to the weight ``w`` of ``name`` (in place for float32)."""
-        if not res.n_restrained:
-            return
-        if w.dtype == torch.float32:
-            res.apply_(w)
-        else:
-            set_weight(model, name, res.apply_(w.float()))

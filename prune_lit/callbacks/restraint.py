@@ -20,7 +20,7 @@ from prune_lit.callbacks.base import EditStepCallback, Phase
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.modules.edit_state import EditState, crossed
 from prune_lit.reporting import log_scalars
-from prune_lit.restraint import WarmStarts, is_contraction, restrain_delta_with_stats, spectral_norm
+from prune_lit.restraint import RestraintResult, WarmStarts, is_contraction, restrain_delta_with_stats, spectral_norm
 from prune_lit.restraint.spectrum import check_restraint_args
 
 log = logging.getLogger(__name__)
@@ -112,26 +112,41 @@ class SpectralRestraint(EditStepCallback):
         for name, w0 in state.original_weights.items():
             w = get_weight(model, name)
             w0 = w0.to(w.device, torch.float32)
-            delta = w.float() - w0
-            warm_kw = warm_starts.kwargs(name)
             try:
-                res = restrain_delta_with_stats(
-                    delta, self.sigma_max_w0(name, w0), self.alpha, self.mode, init_basis=warm_kw["init"], max_rank=warm_kw["max_rank"]
-                )
+                sigma_max = self.sigma_max_w0(name, w0)
             except ValueError as err:
                 raise ValueError(f"restraint of {name}: {err}") from err
-            counts[name] = res.n_restrained
-            # ΔW only grows by the next edit's few directions: start the next SVD from this one's basis.
-            warm_starts.update(name, res.method, res.basis)
-            if res.n_restrained:
-                # W + U_r (s' − s) V_rᵀ rather than W_0 + ΔW': what is not restrained keeps its exact bits.
-                if w.dtype == torch.float32:
-                    res.apply_(w)  # `w` is a view of the parameter: no m×n temporary
-                else:
-                    set_weight(model, name, res.apply_to(w.float()))
-        seconds = time.perf_counter() - start
-        if not record:
-            return counts
+            counts[name] = self._restrain_dense(model, name, w, w.float() - w0, sigma_max, warm_starts).n_restrained
+        if record:
+            self._record(state, trainer, counts, time.perf_counter() - start)
+        return counts
+
+    def _restrain_dense(self, model: torch.nn.Module, name: str, w: torch.Tensor, delta: torch.Tensor, sigma_max: float,
+                        warm_starts: WarmStarts) -> RestraintResult:
+        """Restrain one matrix from its dense ΔW (warm-started), write the correction into ``w``; the result."""
+        warm_kw = warm_starts.kwargs(name)
+        try:
+            res = restrain_delta_with_stats(delta, sigma_max, self.alpha, self.mode, init_basis=warm_kw["init"], max_rank=warm_kw["max_rank"])
+        except ValueError as err:
+            raise ValueError(f"restraint of {name}: {err}") from err
+        # ΔW only grows by the next edit's few directions: start the next SVD from this one's basis.
+        warm_starts.update(name, res.method, res.basis)
+        self._write(model, name, w, res)
+        return res
+
+    @staticmethod
+    def _write(model: torch.nn.Module, name: str, w: torch.Tensor, res: Any) -> None:
+        """Add ``res``'s correction to the weight ``w`` of ``name``: W + U_r (s' − s) V_rᵀ rather than W_0 + ΔW', so what
+        is not restrained keeps its exact bits; in place for float32 (``w`` is a view of the parameter)."""
+        if not res.n_restrained:
+            return
+        if w.dtype == torch.float32:
+            res.apply_(w)
+        else:
+            set_weight(model, name, res.apply_(w.float()))
+
+    def _record(self, state: EditState, trainer: L.Trainer | None, counts: dict[str, int], seconds: float) -> None:
+        """Count one restraint pass in the timing and history, and log it."""
         self.total_seconds += seconds
         num_edits = state.requests_seen
         self.history.append({"num_edits": num_edits, "seconds": seconds, "n_restrained": counts})
@@ -139,7 +154,6 @@ class SpectralRestraint(EditStepCallback):
             metrics = {f"restraint/{short_name(k)}/n_restrained": float(v) for k, v in counts.items()}
             metrics["restraint/seconds"] = seconds
             log_scalars(trainer, metrics, step=num_edits)
-        return counts
 
     def on_edit_step(self, trainer: L.Trainer, state: EditState) -> None:
         if not self.enabled or self.at_end_only or not state.last_step_applied:
