@@ -34,6 +34,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import matplotlib
@@ -453,6 +454,14 @@ def label(editor: str, variant: str) -> str:
     return f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]}"
 
 
+def each_point(points: dict[str, dict[str, list[dict[str, Any]]]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(editor, variant, row)`` for every evaluation point of every curve, in table order."""
+    for editor, vs in points.items():
+        for variant, rs in vs.items():
+            for r in rs:
+                yield editor, variant, r
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -495,27 +504,24 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
             points.setdefault(editor, {})[variant] = rows
 
     # Edit metrics
-    present = [k for k in EDIT_METRICS if any(r["edits"] and k in r["edits"] for vs in points.values() for rs in vs.values() for r in rs)]
+    present = [k for k in EDIT_METRICS if any(r["edits"] and k in r["edits"] for _, _, r in each_point(points))]
     md += ["## Edit metrics", "",
            "Share of prompts over all cases edited so far (0 edits: every case of the run scored on the unedited "
            "model). 95 % Wilson intervals over the **n edited cases** (results.json has each "
            "metric's share and n, not the per-metric prompt counts; efficacy has one prompt per CounterFact case, the "
            "others several correlated ones per case).", ""]
     rows = []
-    for editor, vs in points.items():
-        for variant, rs in vs.items():
-            for r in rs:
-                if r["edits"] is not None:
-                    n = next((iv["n"] for iv in r["edits"].values() if iv.get("n")), None)
-                    rows.append([label(editor, variant), str(r["num_edits"]), str(n or "—")] + [fmt_iv(r["edits"].get(k)) for k in present])
+    for editor, variant, r in each_point(points):
+        if r["edits"] is not None:
+            n = next((iv["n"] for iv in r["edits"].values() if iv.get("n")), None)
+            rows.append([label(editor, variant), str(r["num_edits"]), str(n or "—")] + [fmt_iv(r["edits"].get(k)) for k in present])
     md += [table(["run", "edits", "n", *present], rows), ""]
-    acc_keys = [k for k in TOKEN_ACCURACIES if any(r["token_accuracy"] and k in r["token_accuracy"]
-                                                   for vs in points.values() for rs in vs.values() for r in rs)]
+    acc_keys = [k for k in TOKEN_ACCURACIES if any(r["token_accuracy"] and k in r["token_accuracy"] for _, _, r in each_point(points))]
     if acc_keys:
         md += ["Token accuracies (EasyEdit's teacher-forced top-1 accuracy over the target tokens, mean over prompts; "
                "locality_acc against the unedited model's predictions). No intervals: results.json holds the means only.", ""]
         rows = [[label(editor, variant), str(r["num_edits"])] + [fmt((r["token_accuracy"] or {}).get(k)) for k in acc_keys]
-                for editor, vs in points.items() for variant, rs in vs.items() for r in rs if r["token_accuracy"]]
+                for editor, variant, r in each_point(points) if r["token_accuracy"]]
         md += [table(["run", "edits", *acc_keys], rows), ""]
 
     # Probes
@@ -525,16 +531,14 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
            "in nats per token, bootstrap over windows. Δ NLL: mean NLL per token minus the unedited model's, with the 95 % "
            "interval and p of a paired bootstrap over the same windows (perplexity ratio to the unedited model = exp Δ).", ""]
     rows = []
-    for editor, vs in points.items():
-        for variant, rs in vs.items():
-            for r in rs:
-                p = r["probes"]
-                if p:
-                    windows = (p.get("perplexity") or {}).get("n")
-                    ch = p.get("nll_change")
-                    change = f"{fmt(ch['difference'], 4)} [{fmt(ch['low'], 4)}, {fmt(ch['high'], 4)}], p={fmt(ch['p_value'], 3)}" if ch else "—"
-                    rows.append([label(editor, variant), str(r["num_edits"]), f"{windows or '—'} / {p.get('n_tokens', '—')}",
-                                 fmt_iv(p.get("perplexity"), 2), change, fmt_iv(p.get("kl"), 4)])
+    for editor, variant, r in each_point(points):
+        p = r["probes"]
+        if p:
+            windows = (p.get("perplexity") or {}).get("n")
+            ch = p.get("nll_change")
+            change = f"{fmt(ch['difference'], 4)} [{fmt(ch['low'], 4)}, {fmt(ch['high'], 4)}], p={fmt(ch['p_value'], 3)}" if ch else "—"
+            rows.append([label(editor, variant), str(r["num_edits"]), f"{windows or '—'} / {p.get('n_tokens', '—')}",
+                         fmt_iv(p.get("perplexity"), 2), change, fmt_iv(p.get("kl"), 4)])
     md += [table(["run", "edits", "windows / tokens", "perplexity", "Δ NLL vs unedited (paired)", "KL"], rows)
            if rows else "No probes in any arm.", ""]
 
@@ -543,14 +547,11 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     md += ["## Downstream", "",
            "95 % intervals from the per-example scores: Wilson for 0/1 scores, percentile bootstrap for ROUGE; n examples per task.", ""]
     rows = []
-    for editor, vs in points.items():
-        for variant, rs in vs.items():
-            for r in rs:
-                d = r["downstream"]
-                if d:
-                    ns = sorted({d[k]["n"] for k in tasks if k in d and d[k].get("n")})
-                    rows.append([label(editor, variant), str(r["num_edits"]), "/".join(map(str, ns)) or "—"]
-                                + [fmt_iv(d.get(k)) for k in tasks])
+    for editor, variant, r in each_point(points):
+        d = r["downstream"]
+        if d:
+            ns = sorted({d[k]["n"] for k in tasks if k in d and d[k].get("n")})
+            rows.append([label(editor, variant), str(r["num_edits"]), "/".join(map(str, ns)) or "—"] + [fmt_iv(d.get(k)) for k in tasks])
     md += [table(["run", "edits", "n", *[DOWNSTREAM.get(k, k) for k in tasks]], rows) if rows else "No downstream scores in any arm.", ""]
 
     # Spectra
