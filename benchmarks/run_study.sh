@@ -18,7 +18,9 @@
 #                   needs no second run
 #   rome_prune      ROME + PRUNE after every edit
 #   memit, memit_prune, alphaedit, alphaedit_prune   batches of the editor config's size (editor/memit.yaml: 10);
-#                                                    the batches of 100: STUDY_BATCH=100
+#                                                    the batches of 100: STUDY_BATCH=100. memit and
+#                                                    alphaedit carry their at-end curve as rome does (a point
+#                                                    where no σ of ΔW exceeds σ_max(W₀) reuses its scores)
 #   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
 #   zsre_rome, zsre_rome_prune                       ZsRE eval cases, ROME ± PRUNE (per edit)
 # Every arm: probes (perplexity and KL from the unedited model on 5,000 WikiText-2 test tokens) and edit
@@ -57,9 +59,9 @@ run() {  # $1 = arm
   case "$arm" in
     rome)             parts="editor/rome.yaml restraint/prune_at_end.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
     rome_prune)       parts="editor/rome.yaml restraint/prune.yaml" ;;
-    memit)            parts="editor/memit.yaml" ;;
+    memit)            parts="editor/memit.yaml restraint/prune_at_end.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
     memit_prune)      parts="editor/memit.yaml restraint/prune.yaml" ;;
-    alphaedit)        parts="editor/alphaedit.yaml" ;;
+    alphaedit)        parts="editor/alphaedit.yaml restraint/prune_at_end.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
     alphaedit_prune)  parts="editor/alphaedit.yaml restraint/prune.yaml" ;;
     mend)             parts="editor/mend.yaml" ;;
     mend_prune)       parts="editor/mend.yaml restraint/prune_factored.yaml" ;;

@@ -87,6 +87,21 @@ def test_at_end_curve_evaluates_a_restrained_copy_and_leaves_the_weights_alone(t
     assert s_plain > sigma0 and s_end == pytest.approx(math.log(s_plain) - math.log(sigma0) + sigma0, rel=1e-4)
 
 
+def test_at_end_curve_reuses_the_scores_when_the_copy_restrains_nothing(tmp_path, monkeypatch):
+    class NeverAbove(SpectralRestraint):  # a bound no σ of ΔW reaches: the restrained copy is the model itself
+        def sigma_max_w0(self, name, w0):
+            return 1e9
+
+    measured = []
+    original = SequentialEditingModule._measure
+    monkeypatch.setattr(SequentialEditingModule, "_measure", lambda self, suffix, *a: measured.append(suffix) or original(self, suffix, *a))
+    _, results = _run(tmp_path, [NeverAbove(at_end_only=True, evaluate_at_end_curve=True)], "same", num_edits=2,
+                      probe_tokens=200, probe_window=40)
+    row = results["history"][0]
+    assert measured == [""]  # the copy was not evaluated a second time
+    assert row["edits_restrained"] == row["edits"] and row["probes_restrained"] == row["probes"]
+
+
 def _run_history_edits(module):
     return module.state.history[-1]["edits"]
 

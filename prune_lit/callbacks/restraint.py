@@ -171,12 +171,14 @@ class SpectralRestraint(EditStepCallback):
             self.restrain(state, trainer)
 
     @contextlib.contextmanager
-    def restrained_copy(self, state: EditState) -> Iterator[None]:
-        """Within the block the edited matrices are restrained as if the run ended now; restored exactly after."""
+    def restrained_copy(self, state: EditState) -> Iterator[dict[str, int]]:
+        """Within the block the edited matrices are restrained as if the run ended now; restored exactly after.
+
+        Yields n_restrained per matrix: all zero means the copy *is* the current model (no σ of ΔW above σ_max(W₀)).
+        """
         saved = {name: get_weight(state.model, name).detach().clone() for name in state.original_weights}
         try:
-            self.restrain(state, None, warm=WarmStarts(), record=False)
-            yield
+            yield self.restrain(state, None, warm=WarmStarts(), record=False)
         finally:
             for name, w in saved.items():
                 set_weight(state.model, name, w)

@@ -14,6 +14,7 @@ does not matter: the module calls them itself, in phase order.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -229,9 +230,27 @@ class SequentialEditingModule(L.LightningModule):
         row.update(self._measure("", with_edits, with_downstream))
         for cb in edit_step_callbacks(self.trainer):
             if getattr(cb, "evaluate_at_end_curve", False) and getattr(cb, "enabled", True):
-                with cb.restrained_copy(self._state()):
-                    row.update(self._measure("_restrained", with_edits, with_downstream))
+                with cb.restrained_copy(self._state()) as counts:
+                    if any(counts.values()):
+                        row.update(self._measure("_restrained", with_edits, with_downstream))
+                    else:  # nothing above the bound: the copy is this model, its scores are the ones just measured
+                        row.update(self._copy_measured(row, "_restrained"))
                     self._restrained_copy_fp = (self._state().requests_seen, self._weights_fp())
+
+    def _copy_measured(self, row: dict[str, Any], suffix: str) -> dict[str, Any]:
+        """This point's scores under ``<key><suffix>`` names, logged as such (for a copy with identical weights)."""
+        out: dict[str, Any] = {}
+        step = self._state().requests_seen
+        for key in ("edits", "probes", "downstream"):
+            if key not in row:
+                continue
+            out[key + suffix] = copy.deepcopy(row[key])
+            scalars = {k: v for k, v in row[key].items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if key == "probes":
+                scalars = {k: row[key][k] for k in ("perplexity", "kl_from_unedited")}
+            log_scalars(self.trainer, {f"{key}{suffix}/{k}": v for k, v in scalars.items()}, step)
+        log.info("restrained copy at %d edits: nothing above σ_max(W₀), scores are the unrestrained ones", step)
+        return out
 
     def _weights_fp(self) -> list[float]:
         """A cheap fingerprint of the edited matrices (float64 sums of |W| and W²)."""
