@@ -149,8 +149,26 @@ def test_prefix_cache_gives_the_same_search(name):
     for request in (EditRequest(0, PROMPT, SUBJECT, "New York City"), EditRequest(1, "Paris is the capital of", "Paris", "Rome")):
         kw = dict(num_steps=6, early_stop_loss=0.0, **{**SEARCH, "cache_lower_layers": True})
         full = optimise_target(model, tok, module, request, templates, **kw)
-        cached = optimise_target(model, tok, module, request, templates, prefix_cache=True, **kw)
-        assert cached.steps == full.steps == 5 and full.delta.norm() > 0
-        torch.testing.assert_close(cached.delta, full.delta, rtol=1e-4, atol=1e-5)
-        assert cached.loss == pytest.approx(full.loss, rel=1e-5)
-        assert not any(m._forward_hooks for m in model.modules())
+        n_blocks = len(list(model.modules()))
+        for lower in (False, True):  # the suffix's blocks below the edited one: every step / once
+            cached = optimise_target(model, tok, module, request, templates, prefix_cache=True, **{**kw, "cache_lower_layers": lower})
+            assert cached.steps == full.steps == 5 and full.delta.norm() > 0
+            torch.testing.assert_close(cached.delta, full.delta, rtol=1e-4, atol=1e-5)
+            assert cached.loss == pytest.approx(full.loss, rel=1e-5)
+            assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+            assert len(list(model.modules())) == n_blocks  # the block list is whole again
+
+
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_v_init_is_the_unedited_output_at_the_subjects_last_token(tiny, prefix_cache):
+    """v_init is read in the first search forward (δ = 0, as the reference compute_v does): it must equal the
+    module's output for the bare prompt alone."""
+    model, tok, templates = tiny
+    request = EditRequest(0, PROMPT, SUBJECT, "Rome")
+    res = optimise_target(model, tok, MODULE, request, templates, num_steps=3, prefix_cache=prefix_cache, **SEARCH)
+    ids, p = subject_last_token(tok, "{}", request)
+    seen = []
+    with torch.no_grad(), hooked(get_module(model, MODULE), lambda _m, _i, out: seen.append(out[0, p].clone())):
+        model(input_ids=torch.tensor([ids]))
+    torch.testing.assert_close(res.v_init, seen[0], rtol=1e-5, atol=1e-6)
+    assert res.delta.norm() > 0

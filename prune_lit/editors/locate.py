@@ -235,13 +235,15 @@ def _suffix_search(
     sel_rows: torch.Tensor,
     sel_cols: torch.Tensor,
     autocast: contextlib.AbstractContextManager,
+    layer: int | None = None,
 ) -> tuple:
     """The value search's forward on the tokens from the subject's last token on, the rest from a KV cache.
 
     Row i is left-padded by ``P − pos[i]`` so every subject's last token sits at column P; the keys/values of
-    columns ``[0, P)`` (which δ, added at column P, cannot change) are computed once. Returns (a function giving
-    the logits at ``(sel_rows, sel_cols)`` of the unaligned batch, the column δ goes to in the suffix
-    (zeros), a context manager for the search).
+    columns ``[0, P)`` (which δ, added at column P, cannot change) are computed once. With ``layer`` (the block
+    δ is added in) the suffix's hidden states entering that block are computed once too, and every step runs
+    only the blocks from ``layer`` on. Returns (a function giving the logits at ``(sel_rows, sel_cols)`` of the
+    unaligned batch, the column δ goes to in the suffix (zeros), a context manager for the search).
     """
     device = model_device(model)
     left = torch.tensor([P - p for p in pos], device=device)
@@ -254,21 +256,30 @@ def _suffix_search(
     cache = out[cache_arg] if cache_arg in out else out.past_key_values
     cols = sel_cols + left[sel_rows] - P  # columns of the selected logits inside the suffix
     head = model.get_output_embeddings()
+    suffix_kw = dict(position_ids=positions[:, P:], use_cache=True, **{cache_arg: cache})
+
+    def back_to_prefix() -> None:
+        """Drop what a forward appended to each layer's cache (per layer: skipped blocks append nothing); the
+        kept prefix may be a view of a step's graph, so cut it loose."""
+        for layer_cache in cache.layers:
+            if getattr(layer_cache, "keys", None) is not None:
+                layer_cache.keys, layer_cache.values = layer_cache.keys[..., :P, :].detach(), layer_cache.values[..., :P, :].detach()
+
+    context: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if layer:
+        with torch.no_grad(), autocast:
+            lower = hidden_into_layer(model, layer, aligned[:, P:], mask, **suffix_kw)
+        back_to_prefix()
+        context = skip_layers_below(model, layer, lower)
 
     def search_logits() -> torch.Tensor:
         try:
-            hidden = model.base_model(input_ids=aligned[:, P:], attention_mask=mask, position_ids=positions[:, P:],
-                                      use_cache=True, **{cache_arg: cache}).last_hidden_state
+            hidden = model.base_model(input_ids=aligned[:, P:], attention_mask=mask, **suffix_kw).last_hidden_state
         finally:
-            extra = cache.get_seq_length() - P
-            if extra > 0:
-                cache.crop(-extra)  # drop the suffix the forward appended: the next step starts from the prefix again
-            for layer_cache in cache.layers:  # the cropped prefix is a view of this step's graph: cut it loose
-                if getattr(layer_cache, "keys", None) is not None:
-                    layer_cache.keys, layer_cache.values = layer_cache.keys.detach(), layer_cache.values.detach()
+            back_to_prefix()  # the next step starts from the prefix again
         return head(hidden[sel_rows, cols]).float()
 
-    return search_logits, torch.zeros(len(seqs), dtype=torch.long, device=device), contextlib.nullcontext()
+    return search_logits, torch.zeros(len(seqs), dtype=torch.long, device=device), context
 
 
 @dataclass
@@ -320,8 +331,8 @@ def optimise_target(
     the blocks below ``module_name``'s run once and the search's passes start at its block (same numbers).
     With ``prefix_cache`` the prompts are aligned at the subject's last token (left padding, explicit
     positions); everything before it does not depend on δ, so its keys/values run once and every step
-    forwards only the tokens from the subject's last token on (same numbers up to float rounding; this
-    replaces ``cache_lower_layers``).
+    forwards only the tokens from the subject's last token on (same numbers up to float rounding); with
+    ``cache_lower_layers`` as well, those tokens' blocks below ``module_name``'s run once too.
     """
     device = model_device(model)
     pad = pad_token_id(tok)
@@ -346,25 +357,22 @@ def optimise_target(
     pred_pos = torch.tensor([[s - 1 + j for j in range(len(tgt))] for s in starts], device=device)  # [n_rw, T]
 
     module = get_module(model, module_name)
-    v_init = module_io_at(model, module_name, seqs[:1], pos[:1], pad, "output")[0].to(device)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32)
+    # v_init and the KL reference come from the first search forward (δ = 0 there), as in the reference
+    # compute_v; under autocast v_init is computed apart, in the model's own dtype.
+    v_init = module_io_at(model, module_name, seqs[:1], pos[:1], pad, "output")[0].to(device) if autocast_dtype != torch.float32 else None
     rw_rows = torch.arange(n_rw, device=device)[:, None].expand_as(pred_pos)
     sel_rows = torch.cat([rw_rows.reshape(-1), torch.tensor([n_rw], device=device)])
     sel_cols = torch.cat([pred_pos.reshape(-1), torch.tensor([kl_pos], device=device)])
-    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32)
-    with torch.no_grad(), autocast:  # the unedited next-token distribution of "{subject} is a", same precision as the search
-        kl_ids_t, kl_mask = pad_batch([kl_ids], pad, device=device)
-        zero = torch.zeros(1, dtype=torch.long, device=device)
-        kl_init = F.log_softmax(logits_at(model, kl_ids_t, kl_mask, zero, zero + kl_pos)[0], dim=-1)
-
-    delta = torch.zeros_like(v_init, requires_grad=True)
+    # every module searched here (an MLP output, a block) writes into the residual stream
+    delta = torch.zeros(model.config.hidden_size, dtype=next(module.parameters()).dtype, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
-    max_norm = clamp_norm_factor * v_init.norm()
 
     P = max(pos)
+    layer = layer_of(model, module_name) if cache_lower_layers else None
     if prefix_cache and P > 0:
-        search_logits, add_cols, context = _suffix_search(model, seqs, pos, pad, P, sel_rows, sel_cols, autocast)
+        search_logits, add_cols, context = _suffix_search(model, seqs, pos, pad, P, sel_rows, sel_cols, autocast, layer)
     else:
-        layer = layer_of(model, module_name) if cache_lower_layers else None
         if layer:
             with autocast:  # the blocks below see the same batch at every step: run them once
                 lower = hidden_into_layer(model, layer, ids, mask)
@@ -377,16 +385,23 @@ def optimise_target(
             return logits_at(model, ids, mask, sel_rows, sel_cols)
 
     def hook(_mod: nn.Module, _inp: tuple, output: object) -> object:
+        nonlocal v_init
         out = _first(output)
+        if v_init is None:
+            v_init = out[0, add_cols[0]].detach().clone()
         add = torch.zeros_like(out)
         add[rows, add_cols] = delta.to(out.dtype)
         return _replace_first(output, out + add)
 
     loss_v = nll_v = float("nan")
     steps = 0
+    kl_init: torch.Tensor | None = None
     with torch.inference_mode(False), torch.enable_grad(), autocast, hooked(module, hook), context:
         for it in range(num_steps):
             logp = F.log_softmax(search_logits(), dim=-1)  # [n_rw*T + 1, V]
+            if kl_init is None:  # δ = 0: the unedited next-token distribution of "{subject} is a"
+                kl_init = logp[-1].detach().clone()
+                max_norm = clamp_norm_factor * v_init.norm()
             tok_logp = logp[:-1].gather(1, tgt_t.repeat(n_rw)[:, None]).view(n_rw, len(tgt))  # [n_rw, T]
             nll = -tok_logp.mean(1).mean()
             kl_cur = logp[-1]

@@ -41,8 +41,12 @@ def _block_list(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def hidden_into_layer(model: nn.Module, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The hidden states ``[batch, seq, d]`` that enter block ``layer`` for ``ids``/``mask``; the forward stops there."""
+def hidden_into_layer(model: nn.Module, layer: int, ids: torch.Tensor, mask: torch.Tensor, **forward_kw: object) -> torch.Tensor:
+    """The hidden states ``[batch, seq, d]`` that enter block ``layer`` for ``ids``/``mask``; the forward stops there.
+
+    ``forward_kw`` go to the trunk's forward (e.g. ``position_ids`` and a KV cache of a prefix: the blocks below
+    ``layer`` then append to that cache, the others do not).
+    """
     parent, attr = _block_list(model)
     blocks = getattr(parent, attr)
     if not 0 <= layer < len(blocks):
@@ -55,7 +59,7 @@ def hidden_into_layer(model: nn.Module, layer: int, ids: torch.Tensor, mask: tor
 
     handle = blocks[layer].register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        model.base_model(input_ids=ids, attention_mask=mask, **({"use_cache": False} | forward_kw))
     except StopForward:
         pass
     finally:
