@@ -93,6 +93,7 @@ class Arm:
     results: dict[str, Any]
     spectral: list[dict[str, Any]]
     timings: list[dict[str, Any]] = field(default_factory=list)
+    partial: int | None = None  # an unfinished arm read from its last checkpoint: the edits it had reached
 
     @property
     def editor(self) -> str:
@@ -131,8 +132,27 @@ def arm_order(name: str) -> tuple[int, int, str]:
     return (EDITORS.index(editor) if editor in EDITORS else len(EDITORS), int(name.endswith(PRUNE_SUFFIX)), name)
 
 
+def load_checkpointed(study: Path, name: str, timings: list[dict[str, Any]]) -> Arm | None:
+    """An unfinished arm from its last run checkpoint (``<study>/checkpoints/<name>/latest``), or None.
+
+    The checkpoint's state.json holds the same history rows, unedited-model scores and spectral records a
+    results.json would; only what the end of a run adds (an at-end restraint, timings) is missing.
+    """
+    pointer = study / "checkpoints" / name / "latest"
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    state = json.loads((folder / "state.json").read_text())
+    seen = int(state["counters"]["requests_seen"])
+    results = {**state.get("results", {}), "history": state.get("history", []), "num_edits": seen,
+               "edited_case_ids": state.get("edited_case_ids"), "model": state.get("fingerprint", {}).get("model_name")}
+    spectral = state.get("callbacks", {}).get("SpectralDiagnostics", {}).get("records", [])
+    return Arm(name, folder, results, spectral, timings, partial=seen)
+
+
 def load_study(study: Path) -> tuple[dict[str, Arm], dict[str, list[dict[str, Any]]]]:
-    """The finished arms under ``study/logs`` (in display order) and every arm's timings (finished or not)."""
+    """The arms under ``study/logs`` (in display order) and every arm's timings (finished or not). An arm
+    without a finished run is read from its last checkpoint, when it has one (``Arm.partial``)."""
     logs = study / "logs"
     timings = read_timings(study / "timings.tsv")
     arms: dict[str, Arm] = {}
@@ -140,6 +160,9 @@ def load_study(study: Path) -> tuple[dict[str, Arm], dict[str, list[dict[str, An
     for name in names:
         folder = newest_version(logs / name)
         if folder is None:
+            arm = load_checkpointed(study, name, timings.get(name, []))
+            if arm is not None:
+                arms[name] = arm
             continue
         results = json.loads((folder / "results.json").read_text())
         spectral_path = folder / "spectral.json"
@@ -188,6 +211,8 @@ def curve(arm: Arm, variant: str) -> dict[int, dict[str, dict]]:
 def has_end_restraint(arm: Arm) -> bool:
     """Whether the run restrained its weights once after its last point: its last history row kept
     ``*_before_end_restraint`` sections, or it has an at-end curve (``*_restrained``: PRUNE at the end)."""
+    if arm.partial is not None:
+        return False  # an unfinished run never reached its end restraint
     rows = arm.results.get("history", []) or []
     return any(f"{s}_before_end_restraint" in row or f"{s}_restrained" in row for row in rows for s in SECTIONS)
 
@@ -472,13 +497,16 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     """Every table (Markdown) and number (JSON-able summary) of the study under ``study``."""
     arms, timings = load_study(study)
     if not arms:
-        raise FileNotFoundError(f"no finished arm (logs/<arm>/version_<n>/results.json) under {study}")
+        raise FileNotFoundError(f"no arm (logs/<arm>/version_<n>/results.json or checkpoints/<arm>/latest) under {study}")
     variants = variants_of(arms)
     notes: list[str] = []
     md: list[str] = [f"# Study report: {study}", ""]
     models = sorted({str(a.results.get("model")) for a in arms.values()})
     md.append(f"Arms found: {', '.join(arms)} (model: {', '.join(models)}). "
               f"Arms with a timing but no results.json: {', '.join(sorted(set(timings) - set(arms))) or 'none'}.")
+    unfinished = [f"{a.name} (to {a.partial} edits)" for a in arms.values() if a.partial is not None]
+    if unfinished:
+        md.append(f"**Unfinished arms**, read from their last checkpoint: {', '.join(unfinished)}.")
     md.append("")
 
     points: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -665,7 +693,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     summary = {
         "study": str(study), "resamples": resamples, "seed": seed, "alpha": ALPHA,
         "arms": {name: {"folder": str(a.folder), "editor": a.editor, "model": a.results.get("model"),
-                        "num_edits": a.results.get("num_edits")} for name, a in arms.items()},
+                        "num_edits": a.results.get("num_edits"), "partial": a.partial} for name, a in arms.items()},
         "points": points, "spectral": spectral_summary, "times": times_summary,
         "plain_answer": answers, "prune_tests": tests, "notes": list(dict.fromkeys(notes)),
         "kappa_w0": kappa_w0 or {},

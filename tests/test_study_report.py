@@ -214,3 +214,28 @@ def test_a_last_point_scored_only_after_the_end_restraint_belongs_to_the_at_end_
     # Without an at-end restraint every row is the run's own.
     plain = study_report.Arm("rome", Path("."), results([{"num_edits": 10, "edits": edits(0.9, 10)}], "rome"), [])
     assert sorted(study_report.curve(plain, "none")) == [0, 10] and study_report.curve(plain, "at-end") == {}
+
+
+def test_an_unfinished_arm_is_read_from_its_last_checkpoint(tmp_path):
+    # alphaedit: started (a log folder without results.json), checkpointed at 20 edits, its at-end curve present
+    (tmp_path / "logs" / "alphaedit" / "version_0").mkdir(parents=True)
+    step = tmp_path / "checkpoints" / "alphaedit" / "step-0000020"
+    step.mkdir(parents=True)
+    (step.parent / "latest").write_text("step-0000020\n")
+    before = results([], "alphaedit")
+    history = [{"num_edits": 10, "edits": edits(0.9, 10), "edits_restrained": edits(0.8, 10)},
+               {"num_edits": 20, "edits": edits(0.85, 20), "edits_restrained": edits(0.75, 20)}]
+    records = [{"num_edits": 20, "matrix": "m", "final": False, "sigma_max_w0": 2.0, "sigma_max_delta": 1.0}]
+    state = {"counters": {"requests_seen": 20}, "history": history, "edited_case_ids": list(range(20)),
+             "fingerprint": {"model_name": "tiny-llama"},
+             "results": {k: before[k] for k in ("edits_before", "probes_before", "downstream_before")},
+             "callbacks": {"SpectralDiagnostics": {"records": records}}}
+    (step / "state.json").write_text(json.dumps(state))
+    arms, _ = study_report.load_study(tmp_path)
+    arm = arms["alphaedit"]
+    assert arm.partial == 20 and arm.spectral == records
+    # no end restraint ran: the last point is the unrestrained run's, the restrained copies are the at-end curve
+    assert study_report.curve(arm, "none")[20]["edits"]["efficacy"] == 0.85
+    assert study_report.curve(arm, "at-end")[20]["edits"]["efficacy"] == 0.75
+    report = study_report.build_report(tmp_path, resamples=200)
+    assert "**Unfinished arms**, read from their last checkpoint: alphaedit (to 20 edits)." in report.markdown
