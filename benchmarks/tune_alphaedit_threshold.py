@@ -25,7 +25,9 @@ import torch
 import prune_lit.editors.memit as memit_module
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.editors import AlphaEditEditor, MEMITEditor, apply_deltas, null_space_projector
-from prune_lit.metrics.editing_eval import evaluate_edits
+from prune_lit.data.wikitext import wikitext_windows
+from prune_lit.metrics.disturbance import held_out_keys, kept_energy, output_shift
+from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.loader import load_model
 
@@ -54,6 +56,9 @@ def main() -> None:
     ap.add_argument("--n-cases", type=int, default=100)
     ap.add_argument("--absolute", type=float, nargs="*", default=[2e-2, 1e-2, 5e-3, 3e-3, 2e-3])
     ap.add_argument("--relative", type=float, nargs="*", default=[1e-2, 5e-3, 2e-3])
+    ap.add_argument("--held-out-tokens", type=int, default=0,
+                    help="also the output shift ‖ΔW K‖/‖W₀ K‖ of every solve on this many WikiText-2 test tokens' keys, "
+                         "their energy share in each null space, and locality (top-1 of the locality prompts)")
     ap.add_argument("--out", default="benchmarks/results/alphaedit_threshold.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -64,9 +69,15 @@ def main() -> None:
     requests = load_counterfact("edit", args.data_dir, limit=args.start + args.n_cases)[args.start:]
     cache = memoise_value_search()
 
-    before = asdict(evaluate_edits(model, tok, requests, None))
+    reference = record_locality_reference(model, tok, requests, 16) if args.held_out_tokens else None
+    before = asdict(evaluate_edits(model, tok, requests, reference))
     log.info("unedited: %s", before)
     rows: list[dict] = []
+    keys: dict[str, torch.Tensor] = {}
+    if args.held_out_tokens:
+        probe_editor = MEMITEditor()
+        probe_editor.prepare(model, tok, args.model, args.data_dir)
+        keys = held_out_keys(model, wikitext_windows(tok, args.held_out_tokens, 256, "test", args.data_dir), probe_editor.weight_names(model))
 
     def run(name: str, editor, **info) -> None:
         editor.prepare(model, tok, args.model, args.data_dir)
@@ -77,12 +88,16 @@ def main() -> None:
             deltas, _ = editor.compute_deltas(model, tok, requests)
         seconds = time.perf_counter() - t0
         applied = apply_deltas(model, deltas)
-        scores = asdict(evaluate_edits(model, tok, requests, None)) if applied else {}
+        scores = asdict(evaluate_edits(model, tok, requests, reference)) if applied else {}
         for n, w in originals.items():
             set_weight(model, n, w)
         kept = getattr(editor, "n_kept", {})
+        shift = {n.split(".")[2]: output_shift(originals[n], deltas[n], keys[n]) for n in deltas if n in keys}
+        energy = {layer: kept_energy(P, keys[n]) for layer, P in getattr(editor, "P", {}).items()
+                  for n in keys if n.split(".")[2] == str(layer)}
         row = dict(name=name, **info, applied=applied, seconds_compute=seconds, kept=kept,
-                   delta_norm=float(sum(float(d.norm()) ** 2 for d in deltas.values()) ** 0.5), **scores)
+                   delta_norm=float(sum(float(d.norm()) ** 2 for d in deltas.values()) ** 0.5), **scores,
+                   held_out_shift=shift, held_out_kept_energy=energy)
         log.info("%s", row)
         rows.append(row)
 
@@ -117,7 +132,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     for r in rows:
         print(f"{r['name']:<22} kept {r['kept']}  eff {r.get('efficacy', float('nan')):.3f} gen {r.get('generalization', float('nan')):.3f} "
-              f"nbh {r.get('neighborhood', float('nan')):.3f}  |dW| {r['delta_norm']:.3g}")
+              f"nbh {r.get('neighborhood', float('nan')):.3f} loc_top1 {r.get('locality_top1', float('nan')):.3f}  |dW| {r['delta_norm']:.3g}"
+              + (f"  shift {max(r['held_out_shift'].values()):.4f} (max over layers)" if r["held_out_shift"] else "")
+              + (f"  kept energy {r['held_out_kept_energy']}" if r["held_out_kept_energy"] else ""))
     print(f"unedited: eff {before['efficacy']:.3f} gen {before['generalization']:.3f} nbh {before['neighborhood']:.3f}")
 
 
