@@ -322,3 +322,36 @@ def test_baseline_refuses_a_data_section(data_dir: Path) -> None:
     trainer = L.Trainer(logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="drop the config's data section"):
         trainer.test(module, datamodule=DownstreamDataModule(limit=1, data_dir=str(data_dir)))
+
+
+def test_unedited_scores_are_reused_only_for_the_same_evaluation(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """downstream_cache: a second run with the same model, examples and settings reuses the unedited model's
+    scores; other settings or other weights are evaluated afresh."""
+    import lightning as L
+
+    from prune_lit.data.edit_datamodule import EditDataModule
+    from prune_lit.editors import ROMEEditor
+    from prune_lit.modules.sequential_editing import SequentialEditingModule
+
+    monkeypatch.setenv("PRUNE_LIT_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+    evaluate = DownstreamEvaluator.evaluate
+    monkeypatch.setattr(DownstreamEvaluator, "evaluate", lambda self, m, t: calls.append(1) or evaluate(self, m, t))
+
+    def run(name: str, limit: int = 2, model: str = "tiny-llama") -> dict:
+        ev = DownstreamEvaluator(tasks=["nli"], limit=limit, data_dir=str(data_dir), batch_size=2, progress=False)
+        module = SequentialEditingModule(editor=ROMEEditor(), model_name=model, downstream=ev, evaluate_before=False,
+                                         checkpoint_dir=str(tmp_path / name), eval_at=[1])
+        trainer = L.Trainer(logger=False, default_root_dir=str(tmp_path / name), inference_mode=False, enable_progress_bar=False,
+                            enable_checkpointing=False)
+        trainer.test(module, datamodule=EditDataModule(num_edits=1, batch_size=1))
+        return module.results["downstream_before"]
+
+    first = run("a")
+    assert len(calls) == 2  # before, and after the edit
+    assert run("b") == first and len(calls) == 3  # the unedited scores came from the cache
+    run("c", limit=1)
+    assert len(calls) == 5  # other examples: scored again
+    run("d", model="tiny-gpt2")
+    assert len(calls) == 7  # other weights: scored again
+    assert len(list((tmp_path / "cache" / "downstream_before").glob("*.json"))) == 3

@@ -9,6 +9,9 @@ through a test loop. Results keep every example's score (``per_example``) for in
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import transformers
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -223,6 +227,25 @@ class DownstreamEvaluator:
     def load(self, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, list[TaskExample]]:
         """The examples of every task (loaded on the first call; ``tokenizer`` cuts long contexts)."""
         return self.data.load(tokenizer)
+
+    def fingerprint(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+        """A digest of everything ``evaluate`` depends on: the examples (after truncation with ``tokenizer``),
+        the generation settings, the batch size (padding), the library versions and the model's weights (per
+        parameter: name, shape, dtype, float64 sums of |w| and w²). Equal digests give equal scores."""
+        examples = self.load(tokenizer)
+        digest = hashlib.sha256()
+        settings = {
+            "examples": {t: [dataclasses.asdict(e) for e in examples[t]] for t in self.tasks},
+            "max_new_tokens": self.max_new_tokens, "stop_strings": self.stop_strings, "chat_template": self.chat_template,
+            "batch_size": self.batch_size, "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizer": [type(tokenizer).__name__, len(tokenizer), tokenizer.padding_side],
+        }
+        digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        with torch.no_grad():
+            for name, p in model.state_dict().items():
+                w = p.detach().double()
+                digest.update(f"{name}|{tuple(p.shape)}|{p.dtype}|{float(w.abs().sum())!r}|{float((w * w).sum())!r}".encode())
+        return digest.hexdigest()[:32]
 
     # ---- batch by batch (the baseline's test loop), or all at once (``evaluate``) ----------------
     def start(self) -> None:

@@ -32,7 +32,7 @@ from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_refer
 from prune_lit.metrics.probes import GeneralAbilityProbe
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.export import check_export_path, export_model
-from prune_lit.models.loader import load_model
+from prune_lit.models.loader import cache_dir, load_model
 from prune_lit.modules.distributed import broadcast_object, broadcast_step, shard, world
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
 from prune_lit.modules.edit_state import EditState, crossed, crossed_any
@@ -76,6 +76,9 @@ class SequentialEditingModule(L.LightningModule):
         probe_tokens: WikiText-2 *test* tokens of the general-ability probes (perplexity and KL from the unedited
             model, `prune_lit.metrics.probes`) run before editing and at every ``eval_at`` point; 0 = no probes.
         probe_window: length of the probes' non-overlapping token windows.
+        downstream_cache: reuse the unedited model's downstream scores from an earlier run with the very same
+            weights, examples and generation settings (`DownstreamEvaluator.fingerprint`), stored under
+            ``$PRUNE_LIT_CACHE/downstream_before/``; every arm of a study scores the same unedited model.
         export_dir: save the final (restrained) model and its tokenizer there as a Hugging Face directory
             (`prune_lit.models.export.export_model`; must not exist or be empty). None = not saved.
     """
@@ -100,6 +103,7 @@ class SequentialEditingModule(L.LightningModule):
         export_dir: str | None = None,
         probe_tokens: int = 0,
         probe_window: int = 256,
+        downstream_cache: bool = True,
     ) -> None:
         super().__init__()
         if checkpoint_every < 0:
@@ -181,7 +185,7 @@ class SequentialEditingModule(L.LightningModule):
         if self._probe is not None:
             self.results["probes_before"] = self._run_probe("probes_before", step=0)
         if self.downstream is not None:
-            self.results["downstream_before"] = self._downstream(step=0, tag="downstream_before")
+            self.results["downstream_before"] = self._downstream_before()
 
     # ---- one edit step ------------------------------------------------------------------------
     def test_step(self, batch: list[EditRequest], batch_idx: int) -> None:
@@ -292,6 +296,23 @@ class SequentialEditingModule(L.LightningModule):
         log_scalars(self.trainer, {f"{tag}/perplexity": out["perplexity"], f"{tag}/kl_from_unedited": out["kl_from_unedited"]}, step)
         log.info("%s at %d edits: perplexity %.3f, KL %.4g", tag, step, out["perplexity"], out["kl_from_unedited"])
         return out
+
+    def _downstream_before(self) -> dict[str, Any]:
+        """The unedited model's downstream scores: from the cache when this exact evaluation ran before."""
+        assert self.downstream is not None
+        if not self.hparams.downstream_cache or not hasattr(self.downstream, "fingerprint"):
+            return self._downstream(step=0, tag="downstream_before")
+        state = self._state()
+        path = cache_dir() / "downstream_before" / f"{self.downstream.fingerprint(state.model, state.tokenizer)}.json"
+        if path.is_file():
+            scores = json.loads(path.read_text())
+            log_scalars(self.trainer, {f"downstream_before/{k}": v for k, v in scores.items() if isinstance(v, (int, float))}, 0)
+            log.info("downstream_before: the unedited model's scores from %s (same weights, examples and settings)", path)
+            return scores
+        scores = self._downstream(step=0, tag="downstream_before")
+        if world(self.trainer)[0] == 0:
+            write_json_atomic(path, scores)
+        return scores
 
     def _downstream(self, step: int, tag: str) -> dict[str, float]:
         assert self.downstream is not None
