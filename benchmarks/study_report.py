@@ -774,7 +774,7 @@ def plot_probes(summary: dict[str, Any], out: Path) -> bool:
         top.legend(fontsize=7)
     axes[0, 0].set_ylabel("perplexity (WikiText-2 test)")
     axes[1, 0].set_ylabel("KL(unedited ‖ edited), nats/token")
-    fig.suptitle(f"General ability vs sequential edits ({_model(summary)})\nbands: 95 % bootstrap over probe windows, "
+    fig.suptitle(f"General ability vs sequential edits ({_model(summary)})\nbands: 95 % bootstrap over probe windows,\n"
                  "paired with the unedited model (perplexity), of the mean (KL)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
