@@ -28,7 +28,7 @@ from prune_lit.editors import AlphaEditEditor, MEMITEditor, apply_deltas, null_s
 from prune_lit.data.wikitext import wikitext_windows
 from prune_lit.metrics.disturbance import held_out_keys, kept_energy, output_shift
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
-from prune_lit.models.arch import get_weight, set_weight
+from prune_lit.models.arch import arch_spec, get_weight, set_weight
 from prune_lit.models.loader import load_model
 
 log = logging.getLogger("tune_alphaedit_threshold")
@@ -93,8 +93,9 @@ def main() -> None:
             set_weight(model, n, w)
         kept = getattr(editor, "n_kept", {})
         shift = {n.split(".")[2]: output_shift(originals[n], deltas[n], keys[n]) for n in deltas if n in keys}
-        energy = {layer: kept_energy(P, keys[n]) for layer, P in getattr(editor, "P", {}).items()
-                  for n in keys if n.split(".")[2] == str(layer)}
+        spec = arch_spec(model)
+        energy = {layer: kept_energy(P, keys[spec.mlp_out_name(layer) + ".weight"])
+                  for layer, P in getattr(editor, "P", {}).items() if keys}
         row = dict(name=name, **info, applied=applied, seconds_compute=seconds, kept=kept,
                    delta_norm=float(sum(float(d.norm()) ** 2 for d in deltas.values()) ** 0.5), **scores,
                    held_out_shift=shift, held_out_kept_energy=energy)
@@ -113,7 +114,6 @@ def main() -> None:
     ed = AlphaEditEditor()
     ed.prepare(model, tok, args.model, args.data_dir)
     from prune_lit.editors.stats import second_moments
-    from prune_lit.models.arch import arch_spec
     hp = ed.hp
     mods = [arch_spec(model).mlp_out_name(layer) for layer in hp.layers]
     moments = second_moments(model, tok, args.model, mods, hp.mom2_n_samples, hp.mom2_seq_len, hp.mom2_dtype, args.data_dir, None)

@@ -172,3 +172,9 @@ def test_v_init_is_the_unedited_output_at_the_subjects_last_token(tiny, prefix_c
         model(input_ids=torch.tensor([ids]))
     torch.testing.assert_close(res.v_init, seen[0], rtol=1e-5, atol=1e-6)
     assert res.delta.norm() > 0
+
+
+def test_a_search_without_steps_is_refused(tiny):
+    model, tok, templates = tiny
+    with pytest.raises(ValueError, match="num_steps"):
+        optimise_target(model, tok, MODULE, EditRequest(0, PROMPT, SUBJECT, "Rome"), templates, num_steps=0, **SEARCH)

@@ -334,6 +334,8 @@ def optimise_target(
     forwards only the tokens from the subject's last token on (same numbers up to float rounding); with
     ``cache_lower_layers`` as well, those tokens' blocks below ``module_name``'s run once too.
     """
+    if num_steps < 1:  # v_init and the KL reference are read in the first step's forward
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     device = model_device(model)
     pad = pad_token_id(tok)
     tgt = target_token_ids(tok, request.target_new)

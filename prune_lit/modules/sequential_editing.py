@@ -181,7 +181,7 @@ class SequentialEditingModule(L.LightningModule):
         if self.hparams.evaluate_before and requests:
             scores = self._score_edits(requests)
             self.results["edits_before"] = scores
-            log_scalars(self.trainer, {f"edits_before/{k}": v for k, v in scores.items() if k != "n"}, 0)
+            self._log_section("edits_before", scores, 0)
         if self._probe is not None:
             self.results["probes_before"] = self._run_probe("probes_before", step=0)
         if self.downstream is not None:
@@ -241,18 +241,23 @@ class SequentialEditingModule(L.LightningModule):
                         row.update(self._copy_measured(row, "_restrained"))
                     self._restrained_copy_fp = (self._state().requests_seen, self._weights_fp())
 
+    def _log_section(self, tag: str, scores: dict[str, Any], step: int) -> None:
+        """Log one evaluation section's scalars under ``tag/``: a probe's perplexity and KL (not its per-window
+        lists), every other section's numbers but the case count ``n``."""
+        if tag.startswith("probes"):
+            scalars = {k: scores[k] for k in ("perplexity", "kl_from_unedited")}
+        else:
+            scalars = {k: v for k, v in scores.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scalars.items()}, step)
+
     def _copy_measured(self, row: dict[str, Any], suffix: str) -> dict[str, Any]:
         """This point's scores under ``<key><suffix>`` names, logged as such (for a copy with identical weights)."""
         out: dict[str, Any] = {}
         step = self._state().requests_seen
         for key in ("edits", "probes", "downstream"):
-            if key not in row:
-                continue
-            out[key + suffix] = copy.deepcopy(row[key])
-            scalars = {k: v for k, v in row[key].items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if key == "probes":
-                scalars = {k: row[key][k] for k in ("perplexity", "kl_from_unedited")}
-            log_scalars(self.trainer, {f"{key}{suffix}/{k}": v for k, v in scalars.items()}, step)
+            if key in row:
+                out[key + suffix] = copy.deepcopy(row[key])
+                self._log_section(key + suffix, row[key], step)
         log.info("restrained copy at %d edits: nothing above σ_max(W₀), scores are the unrestrained ones", step)
         return out
 
@@ -276,7 +281,7 @@ class SequentialEditingModule(L.LightningModule):
     def _evaluate_edited(self, tag: str) -> dict[str, float]:
         state = self._state()
         scores = self._score_edits(state.edited)
-        log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scores.items() if k != "n"}, state.requests_seen)
+        self._log_section(tag, scores, state.requests_seen)
         log.info("%s after %d edits: %s", tag, state.requests_seen, _fmt(scores))
         return scores
 
@@ -293,7 +298,7 @@ class SequentialEditingModule(L.LightningModule):
             n = sum(len(p["nll"]) for p in parts)
             out["per_window"] = {k: [parts[i % size][k][i // size] for i in range(n)] for k in ("nll", "kl")}
         step = state.requests_seen if step is None else step
-        log_scalars(self.trainer, {f"{tag}/perplexity": out["perplexity"], f"{tag}/kl_from_unedited": out["kl_from_unedited"]}, step)
+        self._log_section(tag, out, step)
         log.info("%s at %d edits: perplexity %.3f, KL %.4g", tag, step, out["perplexity"], out["kl_from_unedited"])
         return out
 
@@ -306,7 +311,7 @@ class SequentialEditingModule(L.LightningModule):
         path = cache_dir() / "downstream_before" / f"{self.downstream.fingerprint(state.model, state.tokenizer)}.json"
         if path.is_file():
             scores = json.loads(path.read_text())
-            log_scalars(self.trainer, {f"downstream_before/{k}": v for k, v in scores.items() if isinstance(v, (int, float))}, 0)
+            self._log_section("downstream_before", scores, 0)
             log.info("downstream_before: the unedited model's scores from %s (same weights, examples and settings)", path)
             return scores
         scores = self._downstream(step=0, tag="downstream_before")
@@ -319,7 +324,7 @@ class SequentialEditingModule(L.LightningModule):
         state = self._state()
         scores = self.downstream.evaluate(state.model, state.tokenizer) if world(self.trainer)[0] == 0 else None
         scores = broadcast_object(self.trainer, scores)
-        log_scalars(self.trainer, {f"{tag}/{k}": v for k, v in scores.items() if isinstance(v, (int, float))}, step)
+        self._log_section(tag, scores, step)
         log.info("%s at %d edits: %s", tag, step, _fmt(scores))
         return scores
 
