@@ -40,12 +40,13 @@ from prune_lit.modules.run_checkpoint import (
     RunCheckpoint,
     RunCheckpointError,
     check_fingerprint,
-    latest_checkpoint,
-    load_run_checkpoint,
+    find_run_checkpoint,
+    prepare_run_folder,
     restore_rng,
     save_run_checkpoint,
 )
-from prune_lit.reporting import log_scalars, run_dir, write_json_atomic
+from prune_lit.modules.run_checks import check_marks, check_request_lengths
+from prune_lit.reporting import RemoveRunFolderOnFailure, log_scalars, run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,11 @@ class SequentialEditingModule(L.LightningModule):
         checkpoint_dir: resumable checkpoints go to ``<checkpoint_dir>/<run_name>/`` (None: no checkpoints).
         checkpoint_every: write one every this many edit requests (and at the end); 0 = only at the end.
         resume: continue from the run's latest checkpoint (an error if there is none, or if it is from another
-            model, editor setting or edit stream); False starts over and replaces the run's checkpoints.
+            model, editor setting or edit stream; a corrupt one falls back to the one before it, with a warning).
+        overwrite: with resume False and checkpoints already under the run's name: move them aside to
+            ``<run_name>.old-<time>`` and start over (False: refuse, naming both ways out). Nothing is deleted.
+        keep_checkpoints: how many of the newest checkpoints to keep (>= 1; the older ones are the fallback
+            when the newest is corrupt).
         run_name: the checkpoint folder's name (None: the logger's name, e.g. ``rome_prune``).
         restraint: a restraint callback (e.g. `SpectralRestraint`) added to the trainer's callbacks, so a
             config can set it without replacing ``trainer.callbacks`` (None = none from the module).
@@ -97,6 +102,8 @@ class SequentialEditingModule(L.LightningModule):
         checkpoint_dir: str | None = "checkpoints",
         checkpoint_every: int = 100,
         resume: bool = False,
+        overwrite: bool = False,
+        keep_checkpoints: int = 2,
         run_name: str | None = None,
         restraint: L.Callback | None = None,
         diagnostics: L.Callback | None = None,
@@ -108,6 +115,10 @@ class SequentialEditingModule(L.LightningModule):
         super().__init__()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
+        if keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
+        if resume and overwrite:
+            raise ValueError("resume: true and overwrite: true contradict each other; set one of them")
         if probe_tokens < 0 or probe_window < 2:
             raise ValueError(f"probe_tokens must be >= 0 and probe_window >= 2, got {probe_tokens}, {probe_window}")
         self.save_hyperparameters(ignore=["editor", "downstream", "restraint", "diagnostics"])
@@ -123,6 +134,7 @@ class SequentialEditingModule(L.LightningModule):
         self._probe: GeneralAbilityProbe | None = None
         self._restrained_copy_fp: tuple[int, list[float]] | None = None  # (edit count, weights) of the last restrained copy
         self._resumed_steps = 0  # test batches already edited by the run this one resumes
+        self._checkpointed_at: int | None = None  # requests_seen of the checkpoint last written or resumed from
 
     # ---- set-up -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -140,6 +152,11 @@ class SequentialEditingModule(L.LightningModule):
         self.state = EditState(model=loaded.model, tokenizer=loaded.tokenizer, original_weights=w0)
 
     @property
+    def edit_steps_done(self) -> int:
+        """Edit steps this process has run (not counting those of a run it resumed)."""
+        return 0 if self.state is None else self.state.steps - self._resumed_steps
+
+    @property
     def tokenizer(self) -> Any:
         return None if self.state is None else self.state.tokenizer
 
@@ -155,7 +172,7 @@ class SequentialEditingModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         # Lightning appends these after trainer.callbacks (replacing any of the same type there); the phase
         # order, not this list, puts restraint before diagnostics.
-        return [cb for cb in (self.restraint, self.diagnostics) if cb is not None]
+        return [cb for cb in (self.restraint, self.diagnostics, RemoveRunFolderOnFailure()) if cb is not None]
 
     def _all_requests(self) -> list[EditRequest]:
         dm = getattr(self.trainer, "datamodule", None)
@@ -168,6 +185,8 @@ class SequentialEditingModule(L.LightningModule):
         state = self._state()
         state.original_weights = {n: w.to(self.device) for n, w in state.original_weights.items()}
         requests = self._all_requests()
+        check_marks(len(requests), eval_at=self.eval_at, downstream_at=self.downstream_at)
+        check_request_lengths(requests, state.tokenizer, state.model)
         ckpt = self._checkpoint_to_resume(requests)
         # Locality compares against what the *unedited* model predicted, so record that first (this rank's share).
         self._locality_reference = record_locality_reference(state.model, state.tokenizer, shard(requests, self.trainer), self.hparams.eval_batch_size)
@@ -176,7 +195,14 @@ class SequentialEditingModule(L.LightningModule):
                 state.model, state.tokenizer, self.hparams.probe_tokens, self.hparams.probe_window, data_dir=self.hparams.data_dir
             )
         if ckpt is not None:
+            # An extended run (more edits than the checkpoint's) scores the 'before' column of all its cases, as a
+            # fresh run of that length does; the model is still unedited here.
+            before = ckpt.state.get("results", {}).get("edits_before")
+            rescored = self._score_edits(requests) if before is not None and before.get("n") != len(requests) else None
             self._restore(ckpt, requests)
+            if rescored is not None:
+                self.results["edits_before"] = rescored
+                self._log_section("edits_before", rescored, 0)
             return
         if self.hparams.evaluate_before and requests:
             scores = self._score_edits(requests)
@@ -329,6 +355,9 @@ class SequentialEditingModule(L.LightningModule):
         return scores
 
     def on_test_epoch_end(self) -> None:
+        # Checkpoint *before* the end-of-run restraint and final evaluation: the checkpoint holds the unrestrained
+        # state, so an extension continues from it and a resumed finished run repeats the end exactly once.
+        self._save_checkpoint()
         state = self._state()
         before_end = {n: get_weight(state.model, n).clone() for n in state.original_weights}
         for cb in edit_step_callbacks(self.trainer):
@@ -353,7 +382,6 @@ class SequentialEditingModule(L.LightningModule):
             if "downstream" not in final:
                 final["downstream"] = self._downstream(step=state.requests_seen, tag="downstream")
             self.results["downstream_after"] = final["downstream"]
-        self._save_checkpoint()
         if self.trainer.is_global_zero:
             self._write_results()
             if self.hparams.export_dir is not None:
@@ -418,16 +446,16 @@ class SequentialEditingModule(L.LightningModule):
 
     def _checkpoint_to_resume(self, requests: list[EditRequest]) -> RunCheckpoint | None:
         folder = self._checkpoint_folder()
+        if folder is not None:
+            prepare_run_folder(folder, self.hparams.resume, self.hparams.overwrite, write=self.trainer.is_global_zero)
         if not self.hparams.resume:
-            if folder is not None and latest_checkpoint(folder) is not None:
-                log.warning("starting over: the checkpoints in %s will be replaced (resume: true continues them)", folder)
             return None
         if folder is None:
             raise RunCheckpointError("resume: true needs checkpoint_dir")
-        latest = latest_checkpoint(folder)
-        if latest is None:
+        ckpt = find_run_checkpoint(folder)
+        if ckpt is None:
             raise RunCheckpointError(f"resume: true, but {folder} holds no checkpoint (no {folder / 'latest'})")
-        ckpt = load_run_checkpoint(latest)
+        latest = ckpt.path
         check_fingerprint(ckpt, self._fingerprint())
         ids = ckpt.state.get("edited_case_ids", [])
         stream = [r.case_id for r in requests[: len(ids)]]
@@ -460,6 +488,7 @@ class SequentialEditingModule(L.LightningModule):
                 cb.load_state_dict(saved_cbs[key])
         restore_rng(ckpt)
         self._resumed_steps = state.steps
+        self._checkpointed_at = state.requests_seen
         log.info("resumed from %s: %d requests seen in %d steps", ckpt.path, state.requests_seen, state.steps)
 
     def _callback_keys(self) -> dict[str, Any]:
@@ -475,9 +504,9 @@ class SequentialEditingModule(L.LightningModule):
 
     def _save_checkpoint(self) -> None:
         folder = self._checkpoint_folder()
-        if folder is None or not self.trainer.is_global_zero:
-            return
         state = self._state()
+        if folder is None or not self.trainer.is_global_zero or self._checkpointed_at == state.requests_seen:
+            return  # (the same count again: nothing changed since)
         doc = {
             "fingerprint": self._fingerprint(),
             "counters": state.counters(),
@@ -488,7 +517,8 @@ class SequentialEditingModule(L.LightningModule):
             "callbacks": {k: cb.state_dict() for k, cb in self._callback_keys().items()},
         }
         weights = {n: get_weight(state.model, n) for n in state.original_weights}
-        path = save_run_checkpoint(folder, weights, doc, self.editor.state_dict())
+        path = save_run_checkpoint(folder, weights, doc, self.editor.state_dict(), keep=self.hparams.keep_checkpoints)
+        self._checkpointed_at = state.requests_seen
         log.info("checkpoint after %d edits: %s", state.requests_seen, path)
 
     def configure_optimizers(self) -> None:  # editing needs no optimiser; editors own their inner loops
