@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -82,3 +83,5 @@ class RemoveRunFolderOnFailure(L.Callback):
             return
         if all(p.is_file() and p.name.startswith(_SETUP_ONLY) for p in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # logs/<name>/ too, when this was its only run
