@@ -272,7 +272,7 @@ def find_run_checkpoint(run_dir: str | os.PathLike) -> RunCheckpoint | None:
             log.warning("%s; trying the checkpoint before it", err)
             continue
         if problems:
-            log.warning("resuming from the older checkpoint %s because: %s", folder, "; ".join(problems))
+            log.warning("resuming from the checkpoint %s instead, because: %s", folder, "; ".join(problems))
         return ckpt
     raise RunCheckpointError(f"no usable checkpoint in {run_dir}: " + "; ".join(problems))
 
