@@ -142,3 +142,32 @@ def test_results_and_checkpoints_are_strict_json_with_null_for_metrics_without_c
         _strict_load(path)  # raises on NaN / Infinity
     results = _strict_load(next(tmp_path.rglob("results.json")))
     assert any(v is None for v in results["edits_after"].values())  # a metric without cases is null, not NaN
+
+
+def test_user_mistakes_are_one_line_errors_with_exit_status_2(tmp_path, capsys):
+    from prune_lit.cli_main import main
+
+    (tmp_path / "not_a_model").mkdir()
+    long_prompt = tmp_path / "long.jsonl"  # far past the tiny model's context: refused at load, naming the record
+    long_prompt.write_text(json.dumps({"case_id": "huge", "prompt": "word " * 50_000 + "Paris is in", "subject": "Paris", "target_new": "Rome"}) + "\n")
+    common = ["test", "--config", "rome.yaml", "--model.init_args.model_name", "tiny-llama", "--model.init_args.downstream", "null",
+              "--data.init_args.num_edits", "2", "--model.init_args.eval_at", "[1]", "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+              "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt"), "--trainer.enable_progress_bar", "false"]
+    for extra, needle in (
+        (["--config", str(tmp_path / "missing.yaml")], "error: File does not exist"),
+        (["--model.init_args.evall_at", "[1]"], "error: prune_lit.modules.SequentialEditingModule has no setting 'evall_at'; did you mean 'eval_at'?"),
+        (["--trainer.max_stepz", "3"], "error: unknown setting '--trainer.max_stepz'; did you mean 'trainer.max_steps'?"),
+        (["--data.init_args.data_dir", str(tmp_path / "nope")], f"error: data_dir '{tmp_path / 'nope'}' does not exist"),
+        (["--model.init_args.data_dir", str(tmp_path / "nope")], f"error: data_dir '{tmp_path / 'nope'}' does not exist"),
+        (["--model.init_args.data_dir", str(tmp_path), "--data.init_args.data_dir", str(tmp_path / "x")], "error: model.init_args.data_dir"),
+        (["--model.init_args.model_name", str(tmp_path / "not_a_model")], "error: model_name"),
+        (["--model.init_args.eval_at", "[0, 3]"], "error: eval_at [0, 3] outside 1..2"),
+        (["--model.init_args.resume", "true"], "error: resume: true, but"),
+        (["--data.init_args.dataset", str(long_prompt), "--data.init_args.num_edits", "null"], "error: case huge: prompt of"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main([*common, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2 and err[-1].startswith(needle), (extra, err[-3:])
+        assert not any("Traceback" in line or line.startswith("usage:") for line in err), (extra, err)
+    assert not list((tmp_path / "logs").rglob("version_*"))  # no failed start left a log folder
