@@ -224,10 +224,12 @@ def test_ddp_applies_every_edit_on_every_rank_and_matches_one_process(tmp_path, 
     assert one.returncode == 0, one.stderr[-3000:]
     if devices == 1:
         return
-    many = _cli(tmp_path / "two", *common, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    many = _cli(tmp_path / "two", *common, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt_two"))  # another run: not over the first one's checkpoints
     assert many.returncode == 0, many.stderr[-3000:]
     files = list((tmp_path / "two").rglob("results.json"))
     assert len(files) == 1  # only rank 0 writes
+    assert many.stderr.count("edits after 4 edits") == 1  # and only rank 0 prints INFO lines (every rank evaluates)
     r2 = json.loads(files[0].read_text())
     r1 = json.loads(next((tmp_path / "one").rglob("results.json")).read_text())
     assert r2["world_size"] == 2 and r2["num_edits"] == 5 and r2["edited_case_ids"] == r1["edited_case_ids"]
