@@ -171,3 +171,23 @@ def test_user_mistakes_are_one_line_errors_with_exit_status_2(tmp_path, capsys):
         assert done.value.code == 2 and err[-1].startswith(needle), (extra, err[-3:])
         assert not any("Traceback" in line or line.startswith("usage:") for line in err), (extra, err)
     assert not list((tmp_path / "logs").rglob("version_*"))  # no failed start left a log folder
+
+
+def test_checkpoints_of_the_older_format_resume_unverified_unless_restrained_at_the_end(tmp_path):
+    from prune_lit.modules.run_checkpoint import load_run_checkpoint
+
+    def legacy(restraint, history):
+        folder = save_run_checkpoint(tmp_path / str(len(list(tmp_path.iterdir()))), {"w": torch.ones(2, 2)},
+                                     {"counters": {"requests_seen": 3}, "fingerprint": {"restraint": [restraint]},
+                                      "callbacks": {"SpectralRestraint": {"history": history, "pending": False}}}, {})
+        doc = json.loads((folder / "state.json").read_text())
+        doc["format"] = 1
+        for key in ("checksum", "sha256"):
+            doc.pop(key)
+        (folder / "state.json").write_text(json.dumps(doc))
+        return folder
+
+    assert torch.equal(load_run_checkpoint(legacy({"at_end_only": True}, [])).weights["w"], torch.ones(2, 2))
+    assert load_run_checkpoint(legacy({"at_end_only": False}, [{"num_edits": 3}])).state["counters"]["requests_seen"] == 3
+    with pytest.raises(RunCheckpointError, match="after the end-of-run restraint"):
+        load_run_checkpoint(legacy({"at_end_only": True}, [{"num_edits": 3}]))

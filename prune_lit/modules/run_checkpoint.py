@@ -40,6 +40,7 @@ from prune_lit.reporting import strict_json
 log = logging.getLogger(__name__)
 
 FORMAT = 2
+LEGACY_FORMAT = 1  # before checksums, and with the final checkpoint written after the end-of-run restraint
 LATEST = "latest"
 PARTS = ("weights", "editor", "rng")
 
@@ -287,17 +288,21 @@ def load_run_checkpoint(folder: str | os.PathLike) -> RunCheckpoint:
         raise RunCheckpointError(f"checkpoint {folder} has no state.json") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RunCheckpointError(f"{state_file} is corrupt (not JSON: {err})") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (LEGACY_FORMAT, FORMAT):
         raise RunCheckpointError(f"{state_file}: not a prune-lit run checkpoint of format {FORMAT}")
-    claimed = state.pop("checksum", None)
-    if claimed != hashlib.sha256(_canonical(state).encode()).hexdigest():
-        raise RunCheckpointError(f"{state_file} is corrupt (its content does not match its checksum)")
+    legacy = state["format"] == LEGACY_FORMAT
+    if legacy:
+        _check_legacy(state, state_file)
+    else:
+        claimed = state.pop("checksum", None)
+        if claimed != hashlib.sha256(_canonical(state).encode()).hexdigest():
+            raise RunCheckpointError(f"{state_file} is corrupt (its content does not match its checksum)")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for part in PARTS:
         path = folder / f"{part}.safetensors"
         if not path.is_file():
             raise RunCheckpointError(f"{path} is missing")
-        if _sha256(path) != state.get("sha256", {}).get(path.name):
+        if not legacy and _sha256(path) != state.get("sha256", {}).get(path.name):
             raise RunCheckpointError(f"{path} is corrupt (its SHA-256 differs from the one in state.json)")
         try:
             parts[part] = load_file(str(path))
@@ -309,6 +314,18 @@ def load_run_checkpoint(folder: str | os.PathLike) -> RunCheckpoint:
     except KeyError as err:
         raise RunCheckpointError(f"{folder / 'editor.safetensors'} lacks tensor {err}") from err
     return RunCheckpoint(folder, parts["weights"], state, parts["rng"].get("torch"))
+
+
+def _check_legacy(state: dict[str, Any], state_file: Path) -> None:
+    """Accept a format-1 checkpoint (no checksums) unless an at-end restraint already ran on its weights."""
+    at_end = any(r.get("at_end_only") and r.get("enabled", True) for r in state.get("fingerprint", {}).get("restraint", []))
+    restrained = any(isinstance(cb, dict) and cb.get("history") for cb in state.get("callbacks", {}).values())
+    if at_end and restrained:
+        raise RunCheckpointError(
+            f"{state_file} (written by an older prune-lit) holds weights after the end-of-run restraint; it cannot be "
+            f"resumed or extended exactly: start over (overwrite: true)"
+        )
+    log.warning("%s is of the older format %d (no checksums): resumed unverified", state_file, LEGACY_FORMAT)
 
 
 def check_fingerprint(ckpt: RunCheckpoint, expected: dict[str, Any]) -> None:
