@@ -191,3 +191,19 @@ def test_checkpoints_of_the_older_format_resume_unverified_unless_restrained_at_
     assert load_run_checkpoint(legacy({"at_end_only": False}, [{"num_edits": 3}])).state["counters"]["requests_seen"] == 3
     with pytest.raises(RunCheckpointError, match="after the end-of-run restraint"):
         load_run_checkpoint(legacy({"at_end_only": True}, [{"num_edits": 3}]))
+
+
+def test_leftovers_of_a_killed_checkpoint_write_are_cleared_and_a_moved_aside_checkpoint_put_back(tmp_path):
+    from prune_lit.modules.run_checkpoint import remove_stale_temporaries
+
+    save_run_checkpoint(tmp_path, {"w": torch.ones(1)}, {"counters": {"requests_seen": 4}}, {})
+    save_run_checkpoint(tmp_path, {"w": torch.full((1,), 2.0)}, {"counters": {"requests_seen": 5}}, {})
+    # killed while re-saving step 5: the old one moved aside, the new one still a temporary folder
+    (tmp_path / "step-0000005").rename(tmp_path / ".replaced-step-0000005-99")
+    (tmp_path / ".tmp-step-0000005-99").mkdir()
+    (tmp_path / ".latest.tmp99").write_text("step-0000005\n")
+    remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-0000004", "step-0000005"]
+    assert float(find_run_checkpoint(tmp_path).weights["w"]) == 2.0
+    save_run_checkpoint(tmp_path, {"w": torch.ones(1)}, {"counters": {"requests_seen": 6}}, {}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000005", "step-0000006"]  # the newest two

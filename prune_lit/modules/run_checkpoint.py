@@ -142,6 +142,10 @@ def _step_folders(run_dir: Path) -> list[Path]:
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Delete what a killed checkpoint write left behind (``.tmp-*`` folders, ``.latest.tmp*`` files); returns them."""
     run_dir = Path(run_dir)
+    for old in run_dir.glob(".replaced-step-*"):  # killed between moving a checkpoint aside and its successor in
+        original = run_dir / old.name.removeprefix(".replaced-").rsplit("-", 1)[0]
+        if not original.exists():
+            old.rename(original)
     stale = [*run_dir.glob(".tmp-*"), *run_dir.glob(f".{LATEST}.tmp*"), *run_dir.glob(".replaced-*")]
     for p in stale:
         if p.is_dir():
