@@ -33,7 +33,7 @@ import yaml
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.data.paths import resolve_data_file
 from prune_lit.editors import MEMITEditor, ROMEEditor
-from prune_lit.editors.stats import clean_wikitext
+from prune_lit.data.wikitext import clean_wikitext
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.metrics.scoring import score_targets
 from prune_lit.models.arch import get_weight
