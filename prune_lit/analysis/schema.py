@@ -216,3 +216,13 @@ def newest_version(run: Path) -> Path | None:
     """The ``version_<n>`` folder of ``run`` with the largest n that holds a results.json, or None."""
     versions = [p for p in Path(run).glob("version_*") if (p / "results.json").is_file()]
     return max(versions, key=lambda p: int("".join(c for c in p.name if c.isdigit()) or 0)) if versions else None
+
+
+def read_spectral(run: Path) -> list[dict[str, Any]]:
+    """The SpectralDiagnostics records in ``run/spectral.json`` (``{"records": [...]}``, or the bare list older runs
+    wrote); [] where the run has none."""
+    path = Path(run) / "spectral.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, list) else data.get("records", [])

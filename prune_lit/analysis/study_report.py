@@ -40,7 +40,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prune_lit.analysis.schema import BEFORE_END_RESTRAINT, RESTRAINED, SECTIONS, RunResults, newest_version  # noqa: E402
+from prune_lit.analysis.schema import (  # noqa: E402
+    BEFORE_END_RESTRAINT,
+    RESTRAINED,
+    SECTIONS,
+    RunResults,
+    newest_version,
+    read_spectral,
+)
 from prune_lit.metrics.intervals import (  # noqa: E402
     bootstrap_interval,
     compare_paired,
@@ -154,10 +161,7 @@ def load_study(study: Path) -> tuple[dict[str, Arm], dict[str, list[dict[str, An
             if arm is not None:
                 arms[name] = arm
             continue
-        results = RunResults.read(folder / "results.json")
-        spectral_path = folder / "spectral.json"
-        spectral = json.loads(spectral_path.read_text()).get("records", []) if spectral_path.is_file() else []
-        arms[name] = Arm(name, folder, results, spectral, timings.get(name, []))
+        arms[name] = Arm(name, folder, RunResults.read(folder / "results.json"), read_spectral(folder), timings.get(name, []))
     return arms, timings
 
 
