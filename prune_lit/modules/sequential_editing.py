@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from prune_lit.analysis.schema import RunResults
 from prune_lit.callbacks.base import edit_step_callbacks
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
@@ -381,7 +382,7 @@ class SequentialEditingModule(L.LightningModule):
             edited_case_ids=[r.case_id for r in state.edited],
         )
         path = run_dir(self.trainer) / "results.json"
-        write_json_atomic(path, self.results, default=float)
+        RunResults.from_dict(self.results).write(path)  # typed and versioned: prune_lit.analysis.schema
         log.info("results written to %s", path)
 
     # ---- checkpoints ----------------------------------------------------------------------------
