@@ -300,13 +300,13 @@ def edit(
         model = load(model)
     if export_dir is not None:
         check_export_path(export_dir)
+    L.seed_everything(seed, verbose=False)  # before anything is built, as LightningCLI does
     with tempfile.TemporaryDirectory(prefix="prune-lit-run-") as tmp:
         trainer, module, datamodule = build(
             model, facts, editor, restraint, batch_size=batch_size, evaluate=evaluate, eval_at=eval_at, diagnostics=diagnostics,
             downstream=downstream, export_dir=export_dir, log_dir=tmp if log_dir is None else log_dir, run_name=run_name,
             checkpoint_dir=checkpoint_dir, progress=progress, data_dir=data_dir,
         )  # fmt: skip
-        L.seed_everything(seed, verbose=False)
         trainer.test(module, datamodule=datamodule, verbose=False)
     recorder = next(cb for cb in trainer.callbacks if isinstance(cb, StepRecorder))
     spectra = module.diagnostics.records if isinstance(module.diagnostics, SpectralDiagnostics) else []

@@ -82,7 +82,8 @@ class PosthocRestraint:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         label = "α = e" if self.alpha == math.e else f"α = {self.alpha:g}"
-        head = (f"PRUNE ({self.mode}, {label}): {len(self.matrices)} changed matrices of {self.n_parameters} parameters, "
+        n = len(self.matrices)
+        head = (f"PRUNE ({self.mode}, {label}): {n} changed {'matrix' if n == 1 else 'matrices'} of {self.n_parameters} parameters, "
                 f"{self.n_restrained} with σ(ΔW) above σ_max(W₀)")
         return "\n".join([head, *lines])
 
