@@ -41,6 +41,7 @@ from prune_lit.models.loader import PRESETS, LoadedModel, load_model
 from prune_lit.modules.edit_state import EditState
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 from prune_lit.restraint.posthoc import CheckpointMismatchError, PosthocError, PosthocRestraint, restrain_weights
+from prune_lit.restraint.spectrum import check_restraint_args
 
 EDITORS: dict[str, type[Editor]] = {"rome": ROMEEditor, "memit": MEMITEditor, "alphaedit": AlphaEditEditor, "mend": MENDEditor}
 RESTRAINTS = ("prune", "prune_at_end", "prune_factored", "none")
@@ -62,8 +63,9 @@ def load(
 
     ``name`` keys the editor's hyperparameter preset (``prune_lit/hparams/<editor>/<basename of name>.yaml``)
     and its key-statistics cache; it defaults to the preset / directory, or to the held model's
-    ``config.name_or_path``. A held model is used as it is (not copied): editing changes it in place. Its
-    tokenizer gets a pad token (EOS) if it has none and left padding, as every model the loader returns.
+    ``config.name_or_path``. A held model is used as it is (not copied): editing changes it in place; it is put
+    in eval mode with gradients off, and its tokenizer gets a pad token (EOS) if it has none and left padding, as
+    every model the loader returns.
     """
     if isinstance(model, nn.Module):
         if tokenizer is None:
@@ -141,7 +143,7 @@ class FactsDataModule(EditDataModule):
 
     def __init__(self, requests: Sequence[EditRequest], batch_size: int = 1) -> None:
         super().__init__(dataset="counterfact", num_edits=None, batch_size=batch_size)  # dataset unused: requests are given
-        self.dataset = "<facts in memory>"
+        self.dataset = self.hparams["dataset"] = f"<{len(requests)} facts in memory>"  # what the run's hparams.yaml records
         self._requests = list(requests)
 
 
@@ -356,6 +358,10 @@ def _load_checkpoint(source: Checkpoint, role: str, dtype: str) -> LoadedModel:
 
 def _compare(original: Checkpoint, edited: Checkpoint, alpha: float, mode: str, matrices: Sequence[str] | None,
              dtype: str) -> tuple[LoadedModel, LoadedModel, PosthocRestraint]:
+    try:  # bad settings fail before two models load
+        check_restraint_args(1.0, alpha, mode)
+    except ValueError as err:
+        raise PosthocError(str(err)) from err
     orig = _load_checkpoint(original, "original", dtype)
     ed = _load_checkpoint(edited, "edited", dtype)
     kinds = [getattr(m.model.config, "model_type", type(m.model).__name__) for m in (orig, ed)]

@@ -114,6 +114,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         ("broken", "error: the edited checkpoint"),
         ("missing", "error: the original checkpoint"),
         ("unknown_matrix", "error: matrices: no parameter 'layers.9.mlp.down_proj'"),
+        ("bad_alpha", "error: alpha (the log base) must be > 1, got 1.0"),
     ],
 )
 def test_refusals_are_one_line_and_write_nothing(case, needle, checkpoints, tmp_path, capsys):
@@ -134,6 +135,8 @@ def test_refusals_are_one_line_and_write_nothing(case, needle, checkpoints, tmp_
         original = tmp_path / "no_such_dir"
     elif case == "unknown_matrix":
         extra = ["--matrices", "layers.9.mlp.down_proj"]
+    elif case == "bad_alpha":
+        extra = ["--alpha", "1"]
     with pytest.raises(SystemExit) as done:
         command_main(["restrain", "--original", str(original), "--edited", str(edited), "--out", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
