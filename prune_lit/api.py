@@ -279,6 +279,9 @@ def edit(
 ) -> EditRun:
     """Edit ``facts`` into ``model`` one step after another (``batch_size`` facts a step) and return the result.
 
+    W₀ (what PRUNE and the diagnostics measure ΔW against) is the model as passed in: a second call on an edited
+    model restrains only that call's edits; edit the whole list in one call to restrain them all.
+
     Args:
         model: from `load`, or a preset name / Hugging Face directory to load.
         facts: fact records (dicts as in a ``.jsonl`` fact file) or `EditRequest`s, or the path of a fact file.
