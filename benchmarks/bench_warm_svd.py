@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from prune_lit.modules.edit_state import EditState
+from prune_lit.contracts import EditState
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.reporting import write_json_atomic
 from prune_lit.editors.mend_net import default_inner_params
