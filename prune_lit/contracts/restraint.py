@@ -53,7 +53,9 @@ class MatrixContext:
 
     ``weight``: W before this step's update ``[out, in]`` (the model's dtype and device); ``original``: W₀
     ``[out, in]`` float32; ``key_second_moment``: C = E[k kᵀ] ``[in, in]`` of the keys entering this matrix as the
-    editor estimated it (ROME, MEMIT and AlphaEdit with ``mom2_adjustment``), None when the editor has none (MEND).
+    editor estimated it (ROME, MEMIT and AlphaEdit with ``mom2_adjustment``: float64 on the CPU, as
+    `prune_lit.editors.stats.second_moments` returns it), None when the editor has none (MEND). For GPT-2's Conv1D
+    layers too, ``weight`` and ΔW are ``[out, in]``: a key k maps as W k.
     """
 
     weight: torch.Tensor

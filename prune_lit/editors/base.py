@@ -34,7 +34,8 @@ def deltas_norm(deltas: dict[str, torch.Tensor]) -> float:
 class Editor(ABC):
     """Edits a model in place, one step (1 request for ROME, a batch for MEMIT/AlphaEdit/MEND) at a time.
 
-    Subclasses implement `weight_names` and `compute_deltas`; `prepare` loads what they need once. State
+    Subclasses implement `weight_names` and `compute_deltas` (editors with thin factors of ΔW, MEND, override
+    `compute_update` to hand them over); `prepare` loads what they need once. State
     that later steps depend on and that is not in the weights (AlphaEdit's K_pK_pᵀ) goes through
     `state_dict` / `load_state_dict`, so a resumed run continues exactly.
     """
