@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from prune_lit.analysis.schema import RunResults
+from prune_lit.contracts.results import RunResults
 from prune_lit.contracts import EditRequest, EditRequestSource, EditState, Restraint, crossed, crossed_any, restraints
 from prune_lit.editors.base import Editor
 from prune_lit.models.arch import get_weight
@@ -230,7 +230,7 @@ class SequentialEditingModule(L.LightningModule):
             edited_case_ids=[r.case_id for r in state.edited],
         )
         path = run_dir(self.trainer) / "results.json"
-        RunResults.from_dict(self.results).write(path)  # typed and versioned: prune_lit.analysis.schema
+        RunResults.from_dict(self.results).write(path)  # typed and versioned: prune_lit.contracts.results
         log.info("results written to %s", path)
 
     def configure_optimizers(self) -> None:  # editing needs no optimiser; editors own their inner loops
