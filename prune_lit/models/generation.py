@@ -2,10 +2,18 @@
 
 Both functions sort prompts by token length before batching (less left padding) and return results in
 the caller's order. The tokenizer must pad on the left (``load_model`` sets this); it is enforced here.
+
+Generation has two engines with the same greedy outputs: ``"loop"`` (default), a plain KV-cache loop in which a
+row leaves the batch as soon as it meets its stop rule (EOS or a stop string, checked on that row's new tokens
+only), so finished rows cost nothing; and ``"hf"``, Hugging Face's ``generate``, which keeps finished rows in the
+batch (padding them) until every row is done and decodes every row's text at every step for the stop strings.
+Both prefill with logits at the last position only, and feed the same ids, mask and positions.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 from prune_lit.models.batching import model_device
 
 log = logging.getLogger(__name__)
+
+GENERATION_ENGINES: tuple[str, ...] = ("loop", "hf")
 
 
 def apply_chat_template(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[str]:
@@ -71,10 +81,10 @@ def _length_order(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
     return sorted(range(len(prompts)), key=lambda i: lengths[i])
 
 
-def _count_new_tokens(new_ids: Tensor, eos_ids: set[int]) -> list[int]:
+def _count_new_tokens(new_ids: Sequence[Sequence[int]], eos_ids: set[int]) -> list[int]:
     """Per row, the generated tokens up to and including the first EOS (the rest is padding)."""
     counts = []
-    for row in new_ids.tolist():
+    for row in new_ids:
         n = len(row)
         for j, tok in enumerate(row):
             if tok in eos_ids:
@@ -82,6 +92,87 @@ def _count_new_tokens(new_ids: Tensor, eos_ids: set[int]) -> list[int]:
                 break
         counts.append(n)
     return counts
+
+
+@functools.lru_cache(maxsize=16)
+def _forward_kwargs(model_cls: type) -> tuple[bool, str]:
+    """(forward accepts ``logits_to_keep``, name of its KV-cache argument: transformers 5 calls it ``cache``)."""
+    params = inspect.signature(model_cls.forward).parameters
+    return "logits_to_keep" in params, "cache" if "cache" in params else "past_key_values"
+
+
+def _hf_generate_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    enc: dict[str, Tensor],
+    max_new_tokens: int,
+    eos_ids: set[int],
+    stop_strings: Sequence[str] | None,
+) -> list[list[int]]:
+    """Per row, the new token ids from ``model.generate`` (finished rows padded to the batch's longest)."""
+    prompt_len = enc["input_ids"].shape[1]
+    stopping = StoppingCriteriaList([_StopOnStrings(tokenizer, prompt_len, stop_strings)]) if stop_strings else None
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(eos_ids) or None,
+        stopping_criteria=stopping,
+        # instruct models ship sampling defaults; unset them so greedy decoding does not warn
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+    return out[:, prompt_len:].tolist()
+
+
+def _greedy_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    enc: dict[str, Tensor],
+    max_new_tokens: int,
+    eos_ids: set[int],
+    stop_strings: Sequence[str] | None,
+) -> list[list[int]]:
+    """Per row, the greedy new token ids up to and including the token that meets the row's stop rule (EOS, a
+    stop string in its continuation after leading whitespace, or ``max_new_tokens``).
+
+    Feeds what ``model.generate`` feeds (positions counted over real tokens, the mask grown by one column per
+    step, logits at the last position only), so every row gets the same tokens; a finished row is dropped from
+    the batch and its KV cache, so a collapsed model that never stops early costs only its own rows' steps.
+    """
+    keep_ok, cache_arg = _forward_kwargs(type(model))
+    keep = {"logits_to_keep": 1} if keep_ok else {}
+    input_ids, mask = enc["input_ids"], enc["attention_mask"]
+    position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True, **keep)
+    cache = out[cache_arg]
+    position = position[:, -1:]
+    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    active = list(range(input_ids.shape[0]))  # batch row -> caller's row
+    stops = tuple(stop_strings or ())
+    for step in range(max_new_tokens):
+        next_ids = out.logits[:, -1, :].float().argmax(-1)
+        keep_rows = []
+        for b, (r, tok) in enumerate(zip(active, next_ids.tolist())):
+            rows[r].append(tok)
+            done = tok in eos_ids or (stops and any(s in tokenizer.decode(rows[r], skip_special_tokens=True).lstrip() for s in stops))
+            if not done:
+                keep_rows.append(b)
+        if step == max_new_tokens - 1 or not keep_rows:
+            break
+        if len(keep_rows) < len(active):
+            sel = torch.tensor(keep_rows, device=mask.device)
+            cache.batch_select_indices(sel)
+            mask, position, next_ids = mask[sel], position[sel], next_ids[sel]
+            active = [active[b] for b in keep_rows]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        position = position + 1
+        out = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position, use_cache=True, **{cache_arg: cache}, **keep)
+    return rows
 
 
 @torch.no_grad()
@@ -93,8 +184,14 @@ def generate_texts(
     batch_size: int = 8,
     stop_strings: Sequence[str] | None = None,
     progress: bool = True,
+    engine: str = "loop",
 ) -> GenerationResult:
-    """Greedy continuations of ``prompts`` (batched, left-padded, KV cache) plus the generated-token count."""
+    """Greedy continuations of ``prompts`` (batched, left-padded, KV cache) plus the generated-token count.
+
+    ``engine``: ``"loop"`` (finished rows leave the batch) or ``"hf"`` (``model.generate``); same outputs.
+    """
+    if engine not in GENERATION_ENGINES:
+        raise ValueError(f"unknown generation engine {engine!r}; expected one of {GENERATION_ENGINES}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
@@ -110,25 +207,12 @@ def generate_texts(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc="generate", disable=not progress or len(batches) < 2, leave=False):
         enc = _tokenize(tokenizer, [prompts[i] for i in idx], device)
-        prompt_len = enc["input_ids"].shape[1]
-        stopping = StoppingCriteriaList([_StopOnStrings(tokenizer, prompt_len, stop_strings)]) if stop_strings else None
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            use_cache=True,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(eos_ids) or None,
-            stopping_criteria=stopping,
-            # instruct models ship sampling defaults; unset them so greedy decoding does not warn
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-        new_ids = out[:, prompt_len:]
-        decoded = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        for i, text, n in zip(idx, decoded, _count_new_tokens(new_ids, eos_ids)):
+        if engine == "loop":
+            rows = _greedy_rows(model, tokenizer, enc, max_new_tokens, eos_ids, stop_strings)
+        else:
+            rows = _hf_generate_rows(model, tokenizer, enc, max_new_tokens, eos_ids, stop_strings)
+        decoded = tokenizer.batch_decode(rows, skip_special_tokens=True)
+        for i, text, n in zip(idx, decoded, _count_new_tokens(rows, eos_ids)):
             texts[i] = cut_at_stop(text, stop_strings)
             total_new += n
     return GenerationResult(texts, total_new)
