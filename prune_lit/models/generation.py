@@ -3,11 +3,12 @@
 Both functions sort prompts by token length before batching (less left padding) and return results in
 the caller's order. The tokenizer must pad on the left (``load_model`` sets this); it is enforced here.
 
-Generation has two engines with the same greedy outputs: ``"loop"`` (default), a plain KV-cache loop in which a
-row leaves the batch as soon as it meets its stop rule (EOS or a stop string, checked on that row's new tokens
-only), so finished rows cost nothing; and ``"hf"``, Hugging Face's ``generate``, which keeps finished rows in the
-batch (padding them) until every row is done and decodes every row's text at every step for the stop strings.
-Both prefill with logits at the last position only, and feed the same ids, mask and positions.
+Generation has two engines with bit-identical logits, hence the same greedy outputs: ``"loop"`` (default), a plain
+KV-cache loop in a preallocated cache, in which a row leaves the batch (down to 4 rows) as soon as it meets its stop
+rule (EOS or a stop string, checked on that row's new tokens only); and ``"hf"``, Hugging Face's ``generate``,
+which keeps finished rows in the batch until every row is done, concatenates its cache at every step and decodes
+every row's text at every step for the stop strings. Both prefill with logits at the last position only, and feed
+the same ids, mask and positions. Prefill dominates either way (docs/benchmarks.md, issue 19).
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
-from transformers.cache_utils import DynamicLayer
+
+try:  # transformers whose caches are built from layer objects; with older ones the cache concatenates as before
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # pragma: no cover
+    DynamicLayer = None
 
 from prune_lit.models.batching import model_device
 
@@ -104,7 +109,7 @@ def _forward_kwargs(model_cls: type) -> tuple[bool, str]:
     return "logits_to_keep" in params, "cache" if "cache" in params else "past_key_values"
 
 
-class _PreallocatedLayer(DynamicLayer):
+class _PreallocatedLayer(DynamicLayer or object):
     """A full-attention KV-cache layer with room for ``extra`` more positions: a step writes its keys and values
     in place instead of concatenating (``DynamicLayer`` copies the whole layer's cache at every step, ~25 % of a
     batch-8 decode step on SmolLM2). Attention sees views of exactly the filled positions, the same values and
@@ -142,7 +147,7 @@ class _PreallocatedLayer(DynamicLayer):
 def _preallocate(cache, extra: int) -> None:
     """Swaps the plain ``DynamicLayer``s of ``cache`` for `_PreallocatedLayer`s (other cache kinds stay as they are)."""
     layers = getattr(cache, "layers", None)
-    if not isinstance(layers, list):
+    if DynamicLayer is None or not isinstance(layers, list):
         return
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
