@@ -9,8 +9,6 @@ targets runs once, and the targets' remaining tokens run on its KV cache.
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.models.batching import model_device, pad_batch, pad_token_id
+from prune_lit.models.generation import forward_kwargs
 
 
 @dataclass
@@ -50,11 +49,6 @@ class TargetScores:
         return torch.stack([(p == t).all() for p, t in zip(self.predictions, self.target_ids)]) if self.target_ids else torch.zeros(0, dtype=torch.bool)
 
 
-@functools.lru_cache(maxsize=16)
-def _forward_args(model_cls: type) -> tuple[bool, str]:
-    """(accepts ``logits_to_keep``, name of the KV-cache argument): transformers 5 renamed ``past_key_values``."""
-    params = inspect.signature(model_cls.forward).parameters
-    return "logits_to_keep" in params, "cache" if "cache" in params else "past_key_values"
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str], target_prefix: str = " ") -> tuple[list[list[int]], list[list[int]]]:
@@ -117,7 +111,7 @@ def score_targets(
         batch = uniq[s : s + batch_size]
         ids, mask = pad_batch([p_ids[groups[p][0]] for p in batch], pad_id, side="left")
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's real tokens start at position 0
-        keep_ok, cache_arg = _forward_args(type(model))
+        keep_ok, cache_arg = forward_kwargs(type(model))
         kw = {"logits_to_keep": 1} if keep_ok else {}
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=True, **kw)
         first = out.logits[:, -1, :].float().log_softmax(-1)  # [B, V]: predicts every target's first token
