@@ -71,7 +71,7 @@ pin_threads(ARGS.threads)  # before torch loads its BLAS
 import torch  # noqa: E402
 
 from flop_count import LinearFlops, matmul_rate  # noqa: E402
-from prune_lit.modules.edit_state import EditState, crossed  # noqa: E402
+from prune_lit.contracts import EditState, crossed  # noqa: E402
 from prune_lit.callbacks import restraint as restraint_mod  # noqa: E402
 from prune_lit.callbacks.restraint import SpectralRestraint  # noqa: E402
 from prune_lit.data import load_counterfact  # noqa: E402

@@ -18,7 +18,7 @@ import time
 import torch
 from _common import add_output_args, machine_meta, pin_threads, write_result  # benchmarks/ is on sys.path
 
-from prune_lit.modules.edit_state import EditState
+from prune_lit.contracts import EditState
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.editors.mend_net import default_inner_params
 from prune_lit.models.arch import get_weight, set_weight

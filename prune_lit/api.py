@@ -23,8 +23,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from prune_lit.callbacks.base import EditStepCallback, Phase
 from prune_lit.callbacks.diagnostics import SpectralDiagnostics
+from prune_lit.contracts import EditState, EditStepCallback, Phase, Restraint
 from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
 from prune_lit.callbacks.restraint import SpectralRestraint
 from prune_lit.data.counterfact import is_fact_file, parse_fact_record
@@ -38,7 +38,6 @@ from prune_lit.editors.mend import MENDEditor
 from prune_lit.editors.rome import ROMEEditor
 from prune_lit.models.export import check_export_path, export_model
 from prune_lit.models.loader import PRESETS, LoadedModel, load_model
-from prune_lit.modules.edit_state import EditState
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 from prune_lit.restraint.posthoc import CheckpointMismatchError, PosthocError, PosthocRestraint, restrain_weights
 from prune_lit.restraint.spectrum import check_restraint_args
@@ -98,7 +97,7 @@ def get_editor(name: str, hparams: str | None = None, **overrides: Any) -> Edito
     return EDITORS[key](hparams=hparams, stats_dir=stats_dir, overrides=overrides)
 
 
-def get_restraint(name: str | None = "prune", **options: Any) -> EditStepCallback | None:
+def get_restraint(name: str | None = "prune", **options: Any) -> Restraint | None:
     """A restraint by name, as the configs in ``configs/restraint/`` set it: ``prune`` (after every edit),
     ``prune_at_end`` (once after the last edit, as the reference code), ``prune_factored`` (MEND's factored
     edits), ``none`` / None. ``options`` are the callback's arguments (``alpha=1.2``, ``mode="linear"``, ...)."""
@@ -212,7 +211,7 @@ def build(
     model: LoadedModel,
     facts: Iterable[Fact] | str | os.PathLike,
     editor: str | Editor = "rome",
-    restraint: str | EditStepCallback | None = "prune",
+    restraint: str | Restraint | None = "prune",
     *,
     batch_size: int = 1,
     evaluate: bool = False,
@@ -262,7 +261,7 @@ def edit(
     model: LoadedModel | str | os.PathLike,
     facts: Iterable[Fact] | str | os.PathLike,
     editor: str | Editor = "rome",
-    restraint: str | EditStepCallback | None = "prune",
+    restraint: str | Restraint | None = "prune",
     *,
     batch_size: int = 1,
     evaluate: bool = False,

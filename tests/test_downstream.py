@@ -26,7 +26,8 @@ from prune_lit.metrics.downstream import (
     extract_number,
 )
 from prune_lit.modules.downstream_eval import DownstreamEvaluator, run_task_batch
-from prune_lit.models.generation import choice_logprobs, cut_at_stop, generate, generate_texts
+from prune_lit.metrics.scoring import choice_logprobs
+from prune_lit.models.generation import cut_at_stop, generate, generate_texts
 
 # ---------------------------------------------------------------- fixtures: small task files
 
@@ -192,6 +193,29 @@ def test_batched_generation_equals_one_by_one(tiny) -> None:
     assert all(isinstance(t, str) and t for t in batched)
     res = generate_texts(model, tok, PROMPTS, max_new_tokens=6, batch_size=3, progress=False)
     assert res.texts == batched and 0 < res.new_tokens <= 6 * len(PROMPTS)
+
+
+def test_loop_engine_gives_hf_generate_texts_and_drops_finished_rows(tiny) -> None:
+    """The KV-cache loop returns model.generate's texts, while finished rows leave the batch (down to 4 rows)."""
+    model, tok = tiny.model, tiny.tokenizer
+    prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
+    full = generate_texts(model, tok, prompts, max_new_tokens=10, batch_size=8, progress=False, engine="hf").texts
+    # stop strings that end rows at different steps: a piece of several rows' continuations
+    stops = sorted({t[3:5] for t in full if len(t) > 5})[:3]
+    assert stops
+    rows_fed: list[int] = []
+    hook = model.register_forward_hook(lambda m, a, kw, o: rows_fed.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None, with_kwargs=True)
+    try:
+        loop = generate_texts(model, tok, prompts, max_new_tokens=10, batch_size=8, stop_strings=stops, progress=False, engine="loop")
+    finally:
+        hook.remove()
+    hf = generate_texts(model, tok, prompts, max_new_tokens=10, batch_size=8, stop_strings=stops, progress=False, engine="hf")
+    assert loop.texts == hf.texts
+    assert loop.texts != full  # the stop strings did cut
+    assert rows_fed[0] == 8 and min(rows_fed) >= 4 and min(rows_fed) < 8  # rows left, never below 4
+    assert loop.new_tokens <= hf.new_tokens  # hf also counts a pad after a row's stop string while others ran on
+    with pytest.raises(ValueError, match="engine"):
+        generate_texts(model, tok, prompts, max_new_tokens=2, engine="beam")
 
 
 def test_stop_strings_cut_output(tiny) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+import prune_lit.modules.evaluation as evaluation
 import prune_lit.modules.run_checkpoint as run_checkpoint
 import prune_lit.modules.sequential_editing as sequential_editing
 import prune_lit.callbacks.diagnostics as diagnostics
@@ -28,7 +29,7 @@ TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "rest
 # Where a kill may land: (module, attribute) of functions wrapped so that the k-th call of any of them dies.
 SITES = {
     "edit": (ROMEEditor, "edit"),  # after the editor wrote the update into the weights, before the step is counted
-    "evaluation": (sequential_editing, "evaluate_edits"),  # in the middle of scoring
+    "evaluation": (evaluation, "evaluate_edits"),  # in the middle of scoring
     "checkpoint file": (run_checkpoint, "save_file"),  # between the files of a checkpoint
     "checkpoint flush": (run_checkpoint, "_fsync"),  # between flushes, renames and the `latest` pointer
 }

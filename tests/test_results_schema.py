@@ -1,4 +1,4 @@
-"""prune_lit.analysis.schema: the results.json a run writes and the analysis reads."""
+"""prune_lit.contracts.results: the results.json a run writes and the analysis reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prune_lit.analysis.schema import SCHEMA_VERSION, EvalPoint, ResultsSchemaError, RunResults, find_results
+from prune_lit.contracts.results import SCHEMA_VERSION, EvalPoint, ResultsSchemaError, RunResults, find_results
 
 REPO = Path(__file__).resolve().parents[1]
 

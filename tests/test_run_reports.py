@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from prune_lit.analysis import alphaedit_report, plot_curves
-from prune_lit.analysis.schema import SCHEMA_VERSION
+from prune_lit.contracts.results import SCHEMA_VERSION
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prune_lit"
 EDITS = {"efficacy": 1.0, "generalization": 0.5, "neighborhood": 0.8, "locality": 0.9, "rewrite_acc": 0.9,

@@ -88,7 +88,7 @@ def test_factored_restraint_state_survives_a_checkpoint_bit_for_bit(tmp_path):
 
     from types import SimpleNamespace
     from prune_lit.editors.base import EditResult
-    from prune_lit.modules.edit_state import EditState
+    from prune_lit.contracts import EditState
 
     first = FactoredSpectralRestraint(at_end_only=True, max_factored_rank_ratio=1.0)
     state = EditState(model=model, tokenizer=None, original_weights=w0)
@@ -207,3 +207,14 @@ def test_leftovers_of_a_killed_checkpoint_write_are_cleared_and_a_moved_aside_ch
     assert float(find_run_checkpoint(tmp_path).weights["w"]) == 2.0
     save_run_checkpoint(tmp_path, {"w": torch.ones(1)}, {"counters": {"requests_seen": 6}}, {}, keep=2)
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000005", "step-0000006"]  # the newest two
+
+
+def test_a_state_json_damaged_into_other_valid_json_is_caught_by_its_checksum(tmp_path):
+    from prune_lit.modules.run_checkpoint import load_run_checkpoint
+
+    folder = save_run_checkpoint(tmp_path, {"w": torch.ones(1)}, {"counters": {"requests_seen": 5}, "seconds": 1.5}, {})
+    text = (folder / "state.json").read_text()
+    for damaged in (text.replace("1.5", "1e999"), text.replace("1.5", "2.5")):  # a number read as inf; another value
+        (folder / "state.json").write_text(damaged)
+        with pytest.raises(RunCheckpointError, match="state.json is corrupt"):
+            load_run_checkpoint(folder)

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from prune_lit.analysis.schema import SCHEMA_VERSION, RunResults
+from prune_lit.contracts.results import SCHEMA_VERSION, RunResults
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.cli_main import main
 from prune_lit.data.edit_datamodule import EditDataModule

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prune_lit.analysis import study_report
-from prune_lit.analysis.schema import RunResults
+from prune_lit.contracts.results import RunResults
 
 Z95 = 1.959963984540054
 RNG = np.random.default_rng(0)

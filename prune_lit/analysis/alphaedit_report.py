@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prune_lit.analysis.schema import RunResults, find_results, read_spectral
+from prune_lit.contracts.results import RunResults, find_results, read_spectral
 from prune_lit.reporting import write_json_atomic
 
 METRICS = ("efficacy", "generalization", "neighborhood", "locality", "rewrite_acc", "rephrase_acc", "locality_acc")

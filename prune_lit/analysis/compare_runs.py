@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prune_lit.analysis.schema import RunResults, find_results
+from prune_lit.contracts.results import RunResults, find_results
 from prune_lit.metrics.intervals import compare_paired, score_interval
 
 PER_EXAMPLE_KEYS = ("per_example", "per_window")  # section keys holding {name: [score per example]}

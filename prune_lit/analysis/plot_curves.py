@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prune_lit.analysis.schema import RunResults, find_results, read_spectral  # noqa: E402
+from prune_lit.contracts.results import RunResults, find_results, read_spectral  # noqa: E402
 
 
 def load_run(run: Path) -> tuple[RunResults, list[dict]]:

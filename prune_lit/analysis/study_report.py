@@ -40,7 +40,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prune_lit.analysis.schema import (  # noqa: E402
+from prune_lit.contracts.results import (  # noqa: E402
     BEFORE_END_RESTRAINT,
     RESTRAINED,
     SECTIONS,

@@ -9,8 +9,7 @@ targets runs once, and the targets' remaining tokens run on its KV cache.
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.models.batching import model_device, pad_batch, pad_token_id
+from prune_lit.models.generation import forward_kwargs
 
 
 @dataclass
@@ -49,11 +49,6 @@ class TargetScores:
         return torch.stack([(p == t).all() for p, t in zip(self.predictions, self.target_ids)]) if self.target_ids else torch.zeros(0, dtype=torch.bool)
 
 
-@functools.lru_cache(maxsize=16)
-def _forward_args(model_cls: type) -> tuple[bool, str]:
-    """(accepts ``logits_to_keep``, name of the KV-cache argument): transformers 5 renamed ``past_key_values``."""
-    params = inspect.signature(model_cls.forward).parameters
-    return "logits_to_keep" in params, "cache" if "cache" in params else "past_key_values"
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], targets: list[str], target_prefix: str = " ") -> tuple[list[list[int]], list[list[int]]]:
@@ -116,7 +111,7 @@ def score_targets(
         batch = uniq[s : s + batch_size]
         ids, mask = pad_batch([p_ids[groups[p][0]] for p in batch], pad_id, side="left")
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's real tokens start at position 0
-        keep_ok, cache_arg = _forward_args(type(model))
+        keep_ok, cache_arg = forward_kwargs(type(model))
         kw = {"logits_to_keep": 1} if keep_ok else {}
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=True, **kw)
         first = out.logits[:, -1, :].float().log_softmax(-1)  # [B, V]: predicts every target's first token
@@ -169,3 +164,28 @@ def greedy_prefix_match(
 ) -> Tensor:
     """``[n]`` bool: greedy decoding after ``prompts[i]`` begins with the tokens of ``" " + targets[i]``."""
     return score_targets(model, tokenizer, prompts, targets, batch_size).exact()
+
+
+@torch.no_grad()
+def choice_logprobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    choices: Sequence[str] = (" True", " False"),
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Tensor:
+    """log p(choice | prompt), summed over the choice's tokens: float32 [n_prompts, n_choices].
+
+    Choices are tokenized on their own (no special tokens) and appended to the prompt's ids, and scored by
+    `score_targets` (one forward per batch of prompts; single-token choices such as SmolLM2's " True" / " False"
+    need nothing more).
+    """
+    if not choices:
+        raise ValueError("choices must not be empty")
+    if not prompts:
+        return torch.empty(0, len(choices))
+    pairs_p = [p for p in prompts for _ in choices]
+    pairs_c = [c for _ in prompts for c in choices]
+    scores = score_targets(model, tokenizer, pairs_p, pairs_c, batch_size, progress, target_prefix="")
+    return scores.logprob("sum").view(len(prompts), len(choices)).float()

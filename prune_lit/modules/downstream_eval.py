@@ -36,7 +36,8 @@ from prune_lit.metrics.downstream import (
     QATokenF1,
     SummarizationRouge,
 )
-from prune_lit.models.generation import apply_chat_template, choice_logprobs, generate_texts
+from prune_lit.metrics.scoring import choice_logprobs
+from prune_lit.models.generation import GENERATION_ENGINES, apply_chat_template, generate_texts
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,13 @@ def run_task_batch(
     stop_strings: Sequence[str] = (),
     batch_size: int | None = None,
     chat_template: bool = False,
+    engine: str = "loop",
 ) -> TaskBatchOutput:
     """Model outputs for ``examples`` (all of one task): greedy generation, or True/False scoring for nli.
 
     ``chat_template``: wrap each prompt as a user turn of the tokenizer's chat template (instruct models);
-    the default feeds PRUNE's raw prompts, as the paper does with base models.
+    the default feeds PRUNE's raw prompts, as the paper does with base models. ``engine``: the generation
+    engine of `prune_lit.models.generation.generate_texts` (``"loop"`` or ``"hf"``; same outputs).
     """
     if not examples:
         return TaskBatchOutput([], 0, 0.0)
@@ -111,7 +114,7 @@ def run_task_batch(
         preds: list[Any] = (scores[:, 0] > scores[:, 1]).tolist()
         n_new = 0
     else:
-        res = generate_texts(model, tokenizer, prompts, max_new_tokens, bs, stop_strings or None, progress=False)
+        res = generate_texts(model, tokenizer, prompts, max_new_tokens, bs, stop_strings or None, progress=False, engine=engine)
         preds, n_new = res.texts, res.new_tokens
     return TaskBatchOutput(preds, n_new, time.perf_counter() - start)
 
@@ -196,6 +199,8 @@ class DownstreamEvaluator:
     the first use (with that call's tokenizer, for truncation) and reused, so evaluations before and after
     editing see identical prompts. ``chat_template``: wrap prompts in the tokenizer's chat template
     (instruct models); ``keep_samples`` example predictions per task go to ``last_samples``.
+    ``generation_engine``: ``"loop"`` (finished rows leave the batch) or ``"hf"`` (``model.generate``, the
+    engine before issue 19); both give the same greedy outputs (tests/test_generation_smollm2.py).
     """
 
     def __init__(
@@ -212,7 +217,11 @@ class DownstreamEvaluator:
         chat_template: bool = False,
         keep_samples: int = 5,
         progress: bool = True,
+        generation_engine: str = "loop",
     ) -> None:
+        if generation_engine not in GENERATION_ENGINES:
+            raise ValueError(f"unknown generation_engine {generation_engine!r}; expected one of {GENERATION_ENGINES}")
+        self.generation_engine = generation_engine
         self.data = DownstreamDataModule(tasks, limit, data_dir, seed, batch_size, max_context_tokens, reasoning_style)
         self.tasks, self.batch_size = self.data.tasks, batch_size
         self.chat_template, self.keep_samples, self.progress = chat_template, keep_samples, progress
@@ -255,7 +264,9 @@ class DownstreamEvaluator:
     def step(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: Sequence[TaskExample]) -> TaskBatchOutput:
         """Run the model on one batch (all of one task) and add it to that task's scores."""
         task = batch[0].task
-        out = run_task_batch(model, tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template)
+        out = run_task_batch(
+            model, tokenizer, batch, self.max_new_tokens[task], self.stop_strings[task], chat_template=self.chat_template, engine=self.generation_engine
+        )
         self.scorers[task].update(batch, out)
         return out
 

@@ -299,7 +299,11 @@ def load_run_checkpoint(folder: str | os.PathLike) -> RunCheckpoint:
         _check_legacy(state, state_file)
     else:
         claimed = state.pop("checksum", None)
-        if claimed != hashlib.sha256(_canonical(state).encode()).hexdigest():
+        try:
+            actual = hashlib.sha256(_canonical(state).encode()).hexdigest()
+        except ValueError:  # a damaged number that reads as inf (e.g. 1e999) cannot be written back
+            actual = None
+        if claimed != actual:
             raise RunCheckpointError(f"{state_file} is corrupt (its content does not match its checksum)")
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for part in PARTS:
