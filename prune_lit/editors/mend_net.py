@@ -78,6 +78,28 @@ def masked_kl(base_logits: Tensor, edited_logits: Tensor, mask: Tensor) -> Tenso
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
+def position_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean NLL of ``targets`` [k] under ``logits`` [k, V] (one row per read position): `masked_nll` on gathered positions."""
+    picked = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))
+    return -picked.mean() if picked.numel() else picked.sum()
+
+
+def position_kl(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
+    """Mean over positions of KL(p_base ‖ p_edited); both [k, V]: `masked_kl` on gathered positions."""
+    base_logp = base_logits.float().log_softmax(-1)
+    kl = (base_logp.exp() * (base_logp - edited_logits.float().log_softmax(-1))).sum(-1)
+    return kl.mean() if kl.numel() else kl.sum()
+
+
+def row_logprob(logits: Tensor, targets: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """Summed log-prob of ``targets`` per batch row: `sequence_logprob` on gathered positions.
+
+    ``logits``: [k, V], ``targets``, ``rows``: [k] (row of each position, 0..n_rows-1) -> [n_rows].
+    """
+    picked = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(n_rows, device=logits.device).index_add(0, rows, picked)
+
+
 # ---- tokenisation ------------------------------------------------------------------------------
 
 
@@ -171,20 +193,44 @@ def capture_io(model: nn.Module, param_names: Sequence[str]) -> Iterator[dict[st
             h.remove()
 
 
-def finetune_factors(
-    model: nn.Module, batch: LMBatch, param_names: Sequence[str]
-) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
-    """NLL of ``batch`` on ``model`` and, for each inner param, its gradient factors.
+@contextmanager
+def low_rank_update(model: nn.Module, factors: dict[str, tuple[Tensor, Tensor]]) -> Iterator[None]:
+    """Inside the block, each param ``name`` of ``factors`` acts as ``W + A Bᵀ`` without forming it.
 
-    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])}, logits [b, T, V] detached)`` with ``n`` = b·T
-    token rows (zero rows included; `nonzero_rows` drops them). ∇W of the loss equals
-    ``outer_gradient(u, δ)``. Rows without labels contribute nothing to the loss, so their logits come
-    for free (the locality reference).
+    ``factors``: ``{name: (A [out, k], B [in, k])}`` in the math orientation; the owning module's output gets
+    ``(x B) Aᵀ`` added, for ``nn.Linear`` and GPT-2's ``Conv1D`` alike (both compute ``x Wᵀ`` in math terms).
+    Autograd flows into ``A`` and ``B``.
+    """
+    handles = []
+
+    def hook_for(a: Tensor, b: Tensor) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            return output + ((args[0] @ b.to(output.dtype)) @ a.T.to(output.dtype))
+
+        return hook
+
+    try:
+        for name, (a, b) in factors.items():
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            handles.append(module.register_forward_hook(hook_for(a, b)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def gradient_factors(
+    model: nn.Module, param_names: Sequence[str], forward_loss: Callable[[], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
+    """Run ``forward_loss() -> (loss, logits)`` (a forward through ``model``) and take each inner param's gradient factors.
+
+    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])}, logits detached)`` with ``n`` the token rows that passed
+    through the param's module (zero rows included; `nonzero_rows` drops them). ∇W of the loss equals
+    ``outer_gradient(u, δ)``.
     """
     names = list(param_names)
     with torch.enable_grad(), capture_io(model, names) as io:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        loss = masked_nll(logits, batch.labels)
+        loss, logits = forward_loss()
         missing = [n for n in names if n not in io]
         if missing:
             raise RuntimeError(f"no forward pass through the modules of {missing}")
@@ -196,6 +242,24 @@ def finetune_factors(
         d = torch.zeros_like(out) if g is None else g
         factors[name] = (u, d.reshape(-1, d.shape[-1]).float().detach())
     return loss.detach(), factors, logits.detach()
+
+
+def finetune_factors(
+    model: nn.Module, batch: LMBatch, param_names: Sequence[str]
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
+    """NLL of ``batch`` on ``model`` and, for each inner param, its gradient factors.
+
+    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])}, logits [b, T, V] detached)`` with ``n`` = b·T
+    token rows (zero rows included; `nonzero_rows` drops them). ∇W of the loss equals
+    ``outer_gradient(u, δ)``. Rows without labels contribute nothing to the loss, so their logits come
+    for free (the locality reference).
+    """
+
+    def forward_loss() -> tuple[Tensor, Tensor]:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return masked_nll(logits, batch.labels), logits
+
+    return gradient_factors(model, param_names, forward_loss)
 
 
 # ---- the hypernetwork ------------------------------------------------------------------------------
@@ -283,8 +347,10 @@ class LowRankLinear(nn.Module):
         self.relu = relu
         self.modulate = modulate
 
-    def forward(self, x: Tensor, mode: int) -> Tensor:
-        """``x``: [n, dim] -> [n, dim]."""
+    def forward(self, x: Tensor, mode: int | Tensor) -> Tensor:
+        """``x``: [n, dim] -> [n, dim]; ``mode``: one mode for all rows, or a LongTensor [n] with each row's."""
+        if isinstance(mode, Tensor):  # rows of several matrices at once: their scale / shift per row, [n, dim]
+            return low_rank_layer(x, self.a, self.b, self.bias, self.mode_scale[mode], self.mode_shift[mode], self.relu, self.modulate)
         return low_rank_layer(x, self.a, self.b, self.bias, self.mode_scale[mode], self.mode_shift[mode], self.relu, self.modulate)
 
 
@@ -317,7 +383,7 @@ class IDMLP(nn.Module):
             for i in range(n_hidden + 1)
         )
 
-    def forward(self, x: Tensor, mode: int = 0) -> Tensor:
+    def forward(self, x: Tensor, mode: int | Tensor = 0) -> Tensor:
         for layer in self.layers:
             x = layer(x, mode)
         return x
@@ -336,15 +402,29 @@ class GradientTransform(nn.Module):
         self.norm_delta = RunningMeanStd(d_out)
         self.mlp = IDMLP(d_in + d_out, rank, n_hidden, n_modes, form)
 
-    def forward(self, u: Tensor, delta: Tensor, mode: int = 0) -> tuple[Tensor, Tensor]:
+    def normalized(self, u: Tensor, delta: Tensor) -> Tensor:
+        """``[norm_u(u); norm_delta(δ)]`` [n', d_in + d_out] of the non-zero rows, the statistics first updated
+        with them in training mode."""
         u, delta = nonzero_rows(u.float(), delta.float())
         if self.training:
             self.norm_u.update(u)
             self.norm_delta.update(delta)
         if self.norm_u.count < 2:
             raise RuntimeError("GradientTransform has seen fewer than 2 gradient rows: train it before editing")
-        out = self.mlp(torch.cat([self.norm_u(u), self.norm_delta(delta)], -1), mode)
+        return torch.cat([self.norm_u(u), self.norm_delta(delta)], -1)
+
+    def forward(self, u: Tensor, delta: Tensor, mode: int = 0) -> tuple[Tensor, Tensor]:
+        out = self.mlp(self.normalized(u, delta), mode)
         return out.split([self.d_in, self.d_out], -1)
+
+    def forward_many(self, items: Sequence[tuple[Tensor, Tensor, int]]) -> list[tuple[Tensor, Tensor]]:
+        """`forward` of several ``(u, δ, mode)`` in one pass of the MLP: the same numbers (statistics update and
+        normalise matrix by matrix, in order, as the one-by-one calls), but one weight gradient per layer
+        instead of one per matrix — the dominant cost of a CPU training step."""
+        xs = [self.normalized(u, delta) for u, delta, _ in items]
+        modes = torch.cat([torch.full((len(x),), m, dtype=torch.long, device=x.device) for x, (_, _, m) in zip(xs, items)])
+        out = self.mlp(torch.cat(xs), modes)
+        return [(o[:, : self.d_in], o[:, self.d_in :]) for o in out.split([len(x) for x in xs])]
 
 
 def _key(shape: Sequence[int]) -> str:
@@ -376,6 +456,8 @@ class MENDHyperNet(nn.Module):
         )
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))
         self.form = form
+        # one MLP pass per transform for all its matrices (False: one per matrix; the same numbers, slower)
+        self.batch_modes = True
 
     def pseudo_gradient(self, name: str, u: Tensor, delta: Tensor) -> Tensor:
         """∇̃W for one inner matrix. ``u``: [n, d_in], ``delta``: [n, d_out] -> [d_out, d_in]."""
@@ -391,10 +473,17 @@ class MENDHyperNet(nn.Module):
         unknown = set(factors) - set(self.names)
         if unknown:
             raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
+        transformed: dict[str, tuple[Tensor, Tensor]] = {}
+        for key, transform in self.transforms.items():
+            members = [n for n in self.names if n in factors and _key(self.shapes[n]) == key]
+            if self.batch_modes:
+                transformed.update(zip(members, transform.forward_many([(*factors[n], self.mode[n]) for n in members])))
+            else:
+                transformed.update((n, transform(*factors[n], self.mode[n])) for n in members)
         out = {}
         for i, n in enumerate(self.names):
-            if n in factors:
-                u_t, d_t = self.transforms[_key(self.shapes[n])](*factors[n], self.mode[n])
+            if n in transformed:
+                u_t, d_t = transformed[n]
                 out[n] = (-self.edit_lrs[i] * d_t.T, u_t.T)
         return out
 

@@ -5,16 +5,22 @@ to the frozen base model): the fine-tuning gradient factors of NLL(target_new | 
 hypernetwork, the edited weights ``W − lr·∇̃W`` are swapped in with `torch.func.functional_call`, and
 the outer loss ``c_edit · NLL_edited(target_new) + c_loc · KL(base ‖ edited)`` on the locality prompts
 trains the hypernetwork and the per-matrix edit learning rates only.
+
+With ``cache_hidden`` (default) the blocks below the first edited one never run during training: their
+output for every training and validation row is computed once (`LowerHiddenCache`, on disk) and each
+forward starts there. Logits are only computed where a loss or metric reads them (`ReadPositions`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
@@ -27,17 +33,22 @@ from prune_lit.editors.mend_net import (
     cat_batches,
     default_inner_params,
     finetune_factors,
+    gradient_factors,
     lm_batch,
-    masked_kl,
-    masked_nll,
-    sequence_logprob,
+    low_rank_update,
+    position_kl,
+    position_nll,
+    row_logprob,
 )
 from prune_lit.models.arch import arch_spec, get_weight
 from prune_lit.models.batching import pad_token_id
-from prune_lit.models.loader import load_model
+from prune_lit.models.layer_skip import layer_of, skip_layers_below
+from prune_lit.models.loader import cache_dir, load_model
+from prune_lit.modules.mend_hidden_cache import LowerHiddenCache, batch_rows, cache_meta, cache_path
 
 log = logging.getLogger(__name__)
 
+EDIT_LRS_LR = ("lr", "lr_lr")  # which Adam lr the learned edit lrs train at: reference trainer / own group
 
 
 @dataclass
@@ -77,6 +88,42 @@ def edit_inputs(tokenizer, requests: list[EditRequest], max_length: int, with_tr
     )
 
 
+@dataclass
+class ReadPositions:
+    """The positions of a batch whose logits a MEND step reads, flattened to ``k`` entries.
+
+    ``edit`` / ``truth``: the positions that predict a labelled token of those rows (the NLL and edit success);
+    ``loc``: every real position of the locality rows (the KL), ``targets`` set where they predict the answer.
+    Logits at position ``cols`` predict the token at ``cols + 1``.
+    """
+
+    rows: Tensor  # [k] batch row
+    cols: Tensor  # [k] position
+    targets: Tensor  # [k] the token at cols + 1 when it is labelled, else -100
+    edit: slice  # parts of the k entries
+    loc: slice
+    truth: slice
+
+    @classmethod
+    def of(cls, inputs: EditInputs) -> ReadPositions:
+        labels, mask = inputs.batch.labels, inputs.batch.attention_mask.bool()
+        next_label = F.pad(labels[:, 1:], (0, 1), value=-100)  # [b, T]: the token each position predicts
+        parts = {"edit": next_label != -100, "loc": mask, "truth": next_label != -100}
+        rows, cols, bounds, k = [], [], {}, 0
+        for name, where in parts.items():
+            part = getattr(inputs, name)
+            r, c = where[part].nonzero(as_tuple=True)
+            rows.append(r + part.start)
+            cols.append(c)
+            bounds[name] = slice(k, k + len(r))
+            k += len(r)
+        rows_t, cols_t = torch.cat(rows), torch.cat(cols)
+        return cls(rows_t, cols_t, next_label[rows_t, cols_t], **bounds)
+
+    def to(self, device: torch.device | str) -> ReadPositions:
+        return ReadPositions(self.rows.to(device), self.cols.to(device), self.targets.to(device), self.edit, self.loc, self.truth)
+
+
 class MENDTraining(L.LightningModule):
     """Trains MEND's hypernetwork on a frozen base model.
 
@@ -86,7 +133,11 @@ class MENDTraining(L.LightningModule):
         rank: rank of each low-rank layer of the hypernetwork's MLP (MEND: 1920).
         n_hidden: hidden layers of that MLP (MEND: 1, i.e. 2 residual low-rank layers).
         lr: Adam learning rate of the hypernetwork.
-        lr_lr: Adam learning rate of the per-matrix edit learning rates.
+        lr_lr: Adam learning rate of the per-matrix edit learning rates when ``edit_lrs_lr="lr_lr"``.
+        edit_lrs_lr: ``"lr"`` (reference trainer): the edit learning rates sit in the outer Adam and learn at
+            ``lr``; the reference also builds an Adam at ``lr_lr`` for them, but it steps right after
+            ``opt.zero_grad()`` has cleared their gradients, so it never moves them. ``"lr_lr"``: their own
+            Adam group at ``lr_lr`` (the reading of the reference config, this project's first runs).
         edit_lr: initial edit learning rate of every inner matrix (MEND: 1e-4).
         c_edit: weight of the post-edit NLL of target_new (MEND: 0.1).
         c_loc: weight of the locality KL (MEND: 1.0).
@@ -94,6 +145,9 @@ class MENDTraining(L.LightningModule):
         dtype: base model dtype.
         modulate, relu_last, a_init: the hypernetwork's form (`NetForm`); the defaults are the reference
             MEND ("pre", True, "normal"), the first form of this repo was ("input", False, "scaled").
+        cache_hidden: run the blocks below the first edited one once per row (cached on disk) instead of at
+            every step; the same numbers within float round-off.
+        hidden_cache_dir: folder of those caches (None: ``cache_dir()/mend_hidden``).
     """
 
     def __init__(
@@ -104,6 +158,7 @@ class MENDTraining(L.LightningModule):
         n_hidden: int = 1,
         lr: float = 1e-4,
         lr_lr: float = 1e-4,
+        edit_lrs_lr: str = "lr",
         edit_lr: float = 1e-4,
         c_edit: float = 0.1,
         c_loc: float = 1.0,
@@ -112,8 +167,12 @@ class MENDTraining(L.LightningModule):
         modulate: str = "pre",
         relu_last: bool = True,
         a_init: str = "normal",
+        cache_hidden: bool = True,
+        hidden_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if edit_lrs_lr not in EDIT_LRS_LR:
+            raise ValueError(f"edit_lrs_lr must be one of {EDIT_LRS_LR}, got {edit_lrs_lr!r}")
         self.save_hyperparameters()
         loaded = load_model(model_name, dtype=dtype)
         self.model = loaded.model  # frozen; left out of checkpoints (see state_dict)
@@ -123,6 +182,9 @@ class MENDTraining(L.LightningModule):
         shapes = {n: tuple(get_weight(self.model, n).shape) for n in self.inner_params}
         form = NetForm(modulate=modulate, relu_last=relu_last, a_init=a_init)
         self.hypernet = MENDHyperNet(shapes, rank=rank, n_hidden=n_hidden, edit_lr=edit_lr, form=form)
+        self.first_layer = min(layer_of(self.model, n) for n in self.inner_params)
+        # built in `setup` (filled from disk for the datamodule's rows) or on first use
+        self.hidden_cache: LowerHiddenCache | None = None
 
     # ---- checkpoints hold the hypernetwork only ------------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -159,33 +221,103 @@ class MENDTraining(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hyper = [p for n, p in self.hypernet.named_parameters() if n != "edit_lrs"]
-        return torch.optim.Adam(
-            [{"params": hyper, "lr": self.hparams.lr}, {"params": [self.hypernet.edit_lrs], "lr": self.hparams.lr_lr}]
-        )
+        if self.hparams.edit_lrs_lr == "lr":  # the reference trainer: one Adam over hypernetwork and edit lrs
+            groups = [{"params": [*hyper, self.hypernet.edit_lrs], "lr": self.hparams.lr}]
+        else:
+            groups = [{"params": hyper, "lr": self.hparams.lr}, {"params": [self.hypernet.edit_lrs], "lr": self.hparams.lr_lr}]
+        # fused: Adam's update in one kernel per tensor (the same update; the per-op loop is memory-bound on a CPU)
+        return torch.optim.Adam(groups, fused=True)
 
-    # ---- the edit --------------------------------------------------------------------------------
-    def edit_step(self, requests: list[EditRequest], with_truth: bool = False) -> dict[str, Any]:
-        """One functional MEND edit of ``requests`` and the logits before / after it on all rows."""
-        inputs = edit_inputs(self.tokenizer, requests, self.hparams.max_length, with_truth)
-        batch = inputs.batch.to(self.device)
-        pre_loss, factors, base_logits = finetune_factors(self.model, inputs.factor_batch.to(self.device), self.inner_params)
-        # outer graph only while training; validation needs autograd just for the factors above
-        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+    # ---- the hidden-state cache -----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Before fit / validate: load (or compute once and store) the cached states of every train and val row."""
+        if not self.hparams.cache_hidden or stage not in ("fit", "validate"):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "train_val_requests"):
+            return  # plain dataloaders: rows are computed on first use
+        train, val = datamodule.train_val_requests()
+        rows = self.token_rows(train, with_truth=False) + self.token_rows(val, with_truth=True)
+        self.prefill_hidden_cache(rows, tag=str(getattr(datamodule, "dataset", "data")))
+
+    def token_rows(self, requests: list[EditRequest], with_truth: bool) -> list[tuple[int, ...]]:
+        """Every token row the MEND steps of ``requests`` (one by one) run through the model."""
+        out: list[tuple[int, ...]] = []
+        for r in requests:
+            inputs = edit_inputs(self.tokenizer, [r], self.hparams.max_length, with_truth)
+            out += batch_rows(inputs.batch.input_ids, inputs.batch.attention_mask)
+        return out
+
+    def _new_hidden_cache(self) -> LowerHiddenCache:
+        return LowerHiddenCache(self.model, self.first_layer, pad_token_id(self.tokenizer))
+
+    def prefill_hidden_cache(self, rows: list[tuple[int, ...]], tag: str = "data") -> None:
+        """Read the cache file for exactly these rows, or compute them (progress bar) and write it."""
+        hp = self.hparams
+        meta = cache_meta(self.model, hp.model_name, self.first_layer, hp.max_length, hp.dtype, rows)
+        root = cache_dir() / "mend_hidden" if hp.hidden_cache_dir is None else hp.hidden_cache_dir
+        path = cache_path(Path(root), meta, tag)
+        cache = self.hidden_cache or self._new_hidden_cache()
+        if cache.load(path, meta):
+            log.info("MEND hidden states of %d rows read from %s", len(set(rows)), path)
+        else:
+            fresh = self._new_hidden_cache()
+            fresh.fill(rows, progress=True)
+            fresh.save(path, meta)
+            cache.states.update(fresh.states)
+            log.info("MEND hidden states of %d rows computed and written to %s", len(fresh), path)
+        self.hidden_cache = cache
+
+    # ---- forwards -------------------------------------------------------------------------------
+    def _cached_logits(self, ids: Tensor, mask: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """Logits ``[k, V]`` at (rows, cols): the trunk from the first edited block on the cached states, the head
+        only where read (the head is the largest matrix of a small model: most of a step's memory traffic)."""
+        with skip_layers_below(self.model, self.first_layer, self.hidden_cache.batch(ids, mask)):
+            hidden = self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return self.model.get_output_embeddings()(hidden[rows, cols])
+
+    def _base_pass(self, inputs: EditInputs, batch: LMBatch, read: ReadPositions) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
+        """``(fine-tuning NLL, gradient factors, unedited logits at every read position)``."""
+        if self.hidden_cache is None:
+            pre_loss, factors, base_logits = finetune_factors(self.model, inputs.factor_batch.to(self.device), self.inner_params)
+            return pre_loss, factors, base_logits[read.rows, read.cols]
+
+        def forward_loss() -> tuple[Tensor, Tensor]:  # all rows in one pass; only the edit rows carry the loss
+            logits = self._cached_logits(batch.input_ids, batch.attention_mask, read.rows, read.cols)
+            return position_nll(logits[read.edit], read.targets[read.edit]), logits
+
+        return gradient_factors(self.model, self.inner_params, forward_loss)
+
+    def _edited_logits(self, batch: LMBatch, read: ReadPositions, factors: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """Logits at the read positions with the MEND update of ``factors`` applied."""
+        if self.hidden_cache is None:
             deltas = self.hypernet(factors)
             params = dict(self.model.named_parameters())
             new = {n: params[n] + (d.T if self.transposed else d).to(params[n].dtype) for n, d in deltas.items()}
             kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            post_logits = functional_call(self.model, new, args=(), kwargs=kwargs).logits
-        e, lo = inputs.edit, inputs.loc
-        l_edit = masked_nll(post_logits[e], batch.labels[e])
-        if lo.stop > lo.start:
-            l_loc = masked_kl(base_logits[lo], post_logits[lo], batch.attention_mask[lo].bool())
-        else:
-            l_loc = torch.zeros((), device=self.device)
+            return functional_call(self.model, new, args=(), kwargs=kwargs).logits[read.rows, read.cols]
+        thin = self.hypernet.delta_factors(factors)  # ΔW = A Bᵀ, applied without forming it
+        with low_rank_update(self.model, thin):
+            return self._cached_logits(batch.input_ids, batch.attention_mask, read.rows, read.cols)
+
+    # ---- the edit --------------------------------------------------------------------------------
+    def edit_step(self, requests: list[EditRequest], with_truth: bool = False) -> dict[str, Any]:
+        """One functional MEND edit of ``requests`` and the logits before / after it at the read positions."""
+        if self.hparams.cache_hidden and self.hidden_cache is None:
+            self.hidden_cache = self._new_hidden_cache()  # no prefill (no datamodule): rows computed on first use
+        inputs = edit_inputs(self.tokenizer, requests, self.hparams.max_length, with_truth)
+        batch = inputs.batch.to(self.device)
+        read = ReadPositions.of(inputs).to(self.device)
+        pre_loss, factors, base = self._base_pass(inputs, batch, read)
+        # outer graph only while training; validation needs autograd just for the factors above
+        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+            post = self._edited_logits(batch, read, factors)
+        l_edit = position_nll(post[read.edit], read.targets[read.edit])
+        l_loc = position_kl(base[read.loc], post[read.loc])
         loss = self.hparams.c_edit * l_edit + self.hparams.c_loc * l_loc
         return {
             "loss": loss, "edit_loss": l_edit, "loc_loss": l_loc, "edit_loss_pre": pre_loss,
-            "inputs": inputs, "batch": batch, "base_logits": base_logits, "post_logits": post_logits, "deltas": deltas,
+            "inputs": inputs, "read": read, "base_logits": base, "post_logits": post,
         }  # fmt: skip
 
     def training_step(self, batch: list[EditRequest], batch_idx: int) -> Tensor:
@@ -199,22 +331,23 @@ class MENDTraining(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch: list[EditRequest], batch_idx: int) -> None:
-        out = self.edit_step(batch, with_truth=True)  # finetune_factors enables autograd itself
-        inputs, rows, n = out["inputs"], out["batch"], len(batch)
+        out = self.edit_step(batch, with_truth=True)  # the factors enable autograd themselves
+        read, n = out["read"], len(batch)
         base, post = out["base_logits"], out["post_logits"].detach()
-        e, t, lo = inputs.edit, inputs.truth, inputs.loc
+        e, t, lo = read.edit, read.truth, read.loc
         scored = torch.tensor([bool(r.ground_truth) for r in batch], device=self.device)
         if scored.any():
-            # P(target_new) > P(ground_truth), after and before the edit
+            # P(target_new) > P(ground_truth), after and before the edit (truth rows follow the edit and loc rows)
+            truth_start = out["inputs"].truth.start
             for tag, logits in (("edit_success", post), ("edit_success_pre", base)):
-                new_lp = sequence_logprob(logits[e], rows.labels[e])
-                true_lp = sequence_logprob(logits[t], rows.labels[t])
+                new_lp = row_logprob(logits[e], read.targets[e], read.rows[e], n)
+                true_lp = row_logprob(logits[t], read.targets[t], read.rows[t] - truth_start, n)
                 self.log(f"val/{tag}", (new_lp > true_lp)[scored].float().mean(), prog_bar=tag == "edit_success", batch_size=int(scored.sum()))
-        if lo.stop > lo.start:
+        answer = read.targets[lo] != -100
+        if answer.any():
             # share of locality answer tokens whose top-1 prediction the edit leaves unchanged
-            mask = rows.labels[lo, 1:] != -100
-            same = base[lo, :-1].argmax(-1) == post[lo, :-1].argmax(-1)
-            self.log("val/locality", (same & mask).sum() / mask.sum().clamp(min=1), prog_bar=True, batch_size=n)
+            same = base[lo].argmax(-1) == post[lo].argmax(-1)
+            self.log("val/locality", same[answer].float().mean(), prog_bar=True, batch_size=n)
         self.log("val/loss", out["loss"].detach(), batch_size=n)
         self.log("val/edit_loss", out["edit_loss"].detach(), batch_size=n)
         self.log("val/loc_loss", out["loc_loss"].detach(), batch_size=n)
