@@ -2,7 +2,9 @@
 
 "before": every forward through the whole model, the hypernetwork applied matrix by matrix, Adam's per-op
 update (the training step as it was). "after": forwards from the cached states entering the first edited block
-with logits only where read, one hypernetwork pass per transform, fused Adam (`MENDTraining` defaults).
+with logits only where read, the accumulated single edits of a step in one batch (one forward for all, each
+edit's update applied to its own rows as low-rank hooks), one hypernetwork pass per transform, fused Adam
+(`MENDTraining` defaults; configs/mend.yaml: train_batch_size 4, requests_per_edit 1).
 
 Both arms start from the same hypernetwork, see the same CounterFact train requests and take the same
 optimizer steps (``--accumulate`` single edits, gradient clipping at 100, Adam), interleaved round by round
@@ -72,11 +74,13 @@ def main() -> None:
         m.train()
     rows: list[dict] = []
     for step in range(args.steps + 1):
-        batches = [[r] for r in requests[step * args.accumulate : (step + 1) * args.accumulate]]
+        step_requests = requests[step * args.accumulate : (step + 1) * args.accumulate]
+        # before: one request per batch, accumulated; after: one batch of independent single edits (requests_per_edit 1)
+        batches = {"uncached": [[r] for r in step_requests], "cached": [step_requests]}
         order = list(arms) if step % 2 == 0 else list(reversed(arms))
         row = {"step": step}
         for k in order:
-            cpu, wall, loss = optimizer_step(arms[k], opts[k], batches)
+            cpu, wall, loss = optimizer_step(arms[k], opts[k], batches[k])
             row.update({f"{k}_cpu_s": cpu, f"{k}_wall_s": wall, f"{k}_loss": loss})
         rows.append(row)
         print(f"step {step}: uncached {row['uncached_cpu_s']:.2f} cpu-s, cached {row['cached_cpu_s']:.2f} cpu-s, "

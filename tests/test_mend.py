@@ -333,7 +333,8 @@ def test_gpu_config_runs_a_reference_form_training_step_on_cpu(tmp_path, monkeyp
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_cached_hidden_states_give_the_uncached_losses_and_gradients(name, requests, tmp_path):
-    """Training from cached states entering the first edited block = the full forward, within float round-off."""
+    """Training from cached states entering the first edited block, several single edits in one batch, equals the
+    step as it was (full forwards, one request per batch, gradients accumulated) within float round-off."""
     torch.manual_seed(0)
     full = MENDTraining(model_name=name, rank=16, cache_hidden=False)
     full.hypernet.batch_modes = False  # and the hypernetwork matrix by matrix: the training step as it was
@@ -344,34 +345,40 @@ def test_cached_hidden_states_give_the_uncached_losses_and_gradients(name, reque
     cached.load_state_dict(full.state_dict())
     cached.train()
     assert cached.first_layer == 1  # tiny models: 4 blocks, MEND edits the last 3
-    rows = cached.token_rows(requests[4:10], with_truth=True)
+    rows = cached.token_rows(requests[4:12], with_truth=True)
     cached.prefill_hidden_cache(rows, tag="test")
     written = list(tmp_path.rglob("*.safetensors"))
     assert len(written) == 1 and len(cached.hidden_cache) == len(set(rows))
     # a second module reads the file instead of computing (same model, rows, max length, version)
     again = MENDTraining(model_name=name, rank=16, hidden_cache_dir=str(tmp_path))
     again.prefill_hidden_cache(rows, tag="test")
-    some = rows[0]
-    torch.testing.assert_close(again.hidden_cache.states[some], cached.hidden_cache.states[some], rtol=0, atol=0)
-    for batch in (requests[4:5], requests[5:8]):  # single edit, and several with padding
-        outs = []
-        for module in (full, cached):
-            module.zero_grad()
-            out = module.edit_step(batch)
-            out["loss"].backward()
-            grads = {n: p.grad.clone() for n, p in module.hypernet.named_parameters() if p.grad is not None}
-            outs.append((out, grads))
-        (a, ga), (b, gb) = outs
-        for key in ("loss", "edit_loss", "loc_loss", "edit_loss_pre"):
-            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
-        assert a["loc_loss"] > 0 and set(ga) == set(gb) and "edit_lrs" in ga
+    torch.testing.assert_close(again.hidden_cache.states[rows[0]], cached.hidden_cache.states[rows[0]], rtol=0, atol=0)
+    for batch in (requests[4:5], requests[5:9]):  # one edit; four single edits in one batch (padding across them)
+        full.zero_grad(), cached.zero_grad()
+        losses = {}
+        for r in batch:  # before: one request per batch, gradients accumulated as Lightning does
+            out = full.edit_step([r])
+            (out["loss"] / len(batch)).backward()
+            for k in ("loss", "edit_loss", "loc_loss", "edit_loss_pre"):
+                losses[k] = losses.get(k, 0.0) + out[k].detach() / len(batch)
+        out = cached.edit_step(batch)
+        out["loss"].backward()
+        for k in ("loss", "edit_loss", "loc_loss", "edit_loss_pre"):
+            torch.testing.assert_close(out[k].detach(), losses[k], rtol=1e-4, atol=1e-6, msg=k)
+        assert losses["loc_loss"] > 0
+        ga = {n: p.grad for n, p in full.hypernet.named_parameters() if p.grad is not None}
+        gb = {n: p.grad for n, p in cached.hypernet.named_parameters() if p.grad is not None}
+        assert set(ga) == set(gb) and "edit_lrs" in ga
         for n in ga:
-            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-7)
-        # running statistics saw the same gradient rows
-        for (na, sa), (_, sb) in zip(full.hypernet.named_buffers(), cached.hypernet.named_buffers()):
+            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-7, msg=n)
+        for (na, sa), (_, sb) in zip(full.hypernet.named_buffers(), cached.hypernet.named_buffers()):  # running statistics
             torch.testing.assert_close(sb, sa, rtol=1e-4, atol=1e-6, msg=na)
-    # validation scores too: edit success before/after and locality read from the same logits
+    # the uncached path with several edits per batch, and validation's logits (edit success, locality)
     full.eval(), cached.eval()
-    a, b = full.edit_step(requests[8:10], with_truth=True), cached.edit_step(requests[8:10], with_truth=True)
+    a, b = full.edit_step(requests[9:12], with_truth=True), cached.edit_step(requests[9:12], with_truth=True)
+    torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(b["post_logits"], a["post_logits"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b["base_logits"], a["base_logits"], rtol=1e-4, atol=1e-4)
+    one = full.edit_step(requests[10:11], with_truth=True)  # edit 1 of the batch alone: same update, same logits
+    mine = a["read"].edit_id == 1
+    torch.testing.assert_close(a["post_logits"][mine], one["post_logits"], rtol=1e-4, atol=1e-4)

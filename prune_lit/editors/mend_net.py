@@ -78,17 +78,22 @@ def masked_kl(base_logits: Tensor, edited_logits: Tensor, mask: Tensor) -> Tenso
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def position_nll(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean NLL of ``targets`` [k] under ``logits`` [k, V] (one row per read position): `masked_nll` on gathered positions."""
-    picked = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1))
-    return -picked.mean() if picked.numel() else picked.sum()
+def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """NLL of each target under its logits: ``logits`` [k, V], ``targets`` [k] -> [k] (`masked_nll` per position)."""
+    return -logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def position_kl(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
-    """Mean over positions of KL(p_base ‖ p_edited); both [k, V]: `masked_kl` on gathered positions."""
+def token_kl(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
+    """KL(p_base ‖ p_edited) at each position; both [k, V] -> [k] (`masked_kl` per position)."""
     base_logp = base_logits.float().log_softmax(-1)
-    kl = (base_logp.exp() * (base_logp - edited_logits.float().log_softmax(-1))).sum(-1)
-    return kl.mean() if kl.numel() else kl.sum()
+    return (base_logp.exp() * (base_logp - edited_logits.float().log_softmax(-1))).sum(-1)
+
+
+def group_mean(values: Tensor, groups: Tensor, n_groups: int) -> Tensor:
+    """Mean of ``values`` [k] per group (``groups`` [k] in 0..n_groups-1) -> [n_groups]; 0 for an empty group."""
+    sums = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, groups, values)
+    counts = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, groups, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
 
 
 def row_logprob(logits: Tensor, targets: Tensor, rows: Tensor, n_rows: int) -> Tensor:
@@ -194,25 +199,35 @@ def capture_io(model: nn.Module, param_names: Sequence[str]) -> Iterator[dict[st
 
 
 @contextmanager
-def low_rank_update(model: nn.Module, factors: dict[str, tuple[Tensor, Tensor]]) -> Iterator[None]:
-    """Inside the block, each param ``name`` of ``factors`` acts as ``W + A Bᵀ`` without forming it.
+def low_rank_update(model: nn.Module, updates: Sequence[tuple[Tensor | None, dict[str, tuple[Tensor, Tensor]]]]) -> Iterator[None]:
+    """Inside the block, inner params act as ``W + A Bᵀ`` without forming it, each update on its own batch rows.
 
-    ``factors``: ``{name: (A [out, k], B [in, k])}`` in the math orientation; the owning module's output gets
-    ``(x B) Aᵀ`` added, for ``nn.Linear`` and GPT-2's ``Conv1D`` alike (both compute ``x Wᵀ`` in math terms).
-    Autograd flows into ``A`` and ``B``.
+    ``updates``: ``[(rows, {name: (A [out, k], B [in, k])}), ...]`` in the math orientation; ``rows`` (a LongTensor
+    of batch rows, or None for all) get ``(x B) Aᵀ`` added to the owning module's output, for ``nn.Linear`` and
+    GPT-2's ``Conv1D`` alike (both compute ``x Wᵀ`` in math terms). Autograd flows into ``A`` and ``B``.
+    Several updates in one batch = several independent edits in one forward.
     """
     handles = []
 
-    def hook_for(a: Tensor, b: Tensor) -> Callable:
+    def hook_for(name: str) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-            return output + ((args[0] @ b.to(output.dtype)) @ a.T.to(output.dtype))
+            x = args[0]
+            for rows, factors in updates:
+                if name not in factors:
+                    continue
+                a, b = (t.to(output.dtype) for t in factors[name])
+                if rows is None:
+                    output = output + (x @ b) @ a.T
+                else:
+                    output = output.index_add(0, rows, (x[rows] @ b) @ a.T)
+            return output
 
         return hook
 
     try:
-        for name, (a, b) in factors.items():
+        for name in dict.fromkeys(n for _, factors in updates for n in factors):
             module = model.get_submodule(name.rsplit(".", 1)[0])
-            handles.append(module.register_forward_hook(hook_for(a, b)))
+            handles.append(module.register_forward_hook(hook_for(name)))
         yield
     finally:
         for h in handles:
@@ -470,21 +485,31 @@ class MENDHyperNet(nn.Module):
         ``k`` is the number of non-zero token rows: the thin factors of the update, for a restraint that
         never forms ΔW (`prune_lit.restraint.factored`).
         """
-        unknown = set(factors) - set(self.names)
-        if unknown:
-            raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
-        transformed: dict[str, tuple[Tensor, Tensor]] = {}
+        return self.delta_factors_many([factors])[0]
+
+    def delta_factors_many(self, edits: list[dict[str, tuple[Tensor, Tensor]]]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """`delta_factors` of several independent edits, in order: the running statistics see edit 0's rows, then
+        edit 1's, ..., as one call per edit would; with ``batch_modes`` one MLP pass per transform for all."""
+        for factors in edits:
+            unknown = set(factors) - set(self.names)
+            if unknown:
+                raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
+        transformed: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
         for key, transform in self.transforms.items():
-            members = [n for n in self.names if n in factors and _key(self.shapes[n]) == key]
+            members = [(j, n) for j, factors in enumerate(edits) for n in self.names if n in factors and _key(self.shapes[n]) == key]
             if self.batch_modes:
-                transformed.update(zip(members, transform.forward_many([(*factors[n], self.mode[n]) for n in members])))
+                items = [(*edits[j][n], self.mode[n]) for j, n in members]
+                transformed.update(zip(members, transform.forward_many(items)))
             else:
-                transformed.update((n, transform(*factors[n], self.mode[n])) for n in members)
-        out = {}
-        for i, n in enumerate(self.names):
-            if n in transformed:
-                u_t, d_t = transformed[n]
-                out[n] = (-self.edit_lrs[i] * d_t.T, u_t.T)
+                transformed.update(((j, n), transform(*edits[j][n], self.mode[n])) for j, n in members)
+        out: list[dict[str, tuple[Tensor, Tensor]]] = []
+        for j, factors in enumerate(edits):
+            thin = {}
+            for i, n in enumerate(self.names):
+                if n in factors:
+                    u_t, d_t = transformed[(j, n)]
+                    thin[n] = (-self.edit_lrs[i] * d_t.T, u_t.T)
+            out.append(thin)
         return out
 
     def forward(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:

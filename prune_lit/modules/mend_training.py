@@ -32,13 +32,13 @@ from prune_lit.editors.mend_net import (
     NetForm,
     cat_batches,
     default_inner_params,
-    finetune_factors,
     gradient_factors,
+    group_mean,
     lm_batch,
     low_rank_update,
-    position_kl,
-    position_nll,
     row_logprob,
+    token_kl,
+    token_nll,
 )
 from prune_lit.models.arch import arch_spec, get_weight
 from prune_lit.models.batching import pad_token_id
@@ -53,38 +53,46 @@ EDIT_LRS_LR = ("lr", "lr_lr")  # which Adam lr the learned edit lrs train at: re
 
 @dataclass
 class EditInputs:
-    """All rows one MEND step needs, in one right-padded batch (one forward before, one after the edit).
+    """All rows the MEND edits of one batch need, in one right-padded batch (one forward before, one after).
 
     Rows: ``edit`` (prompt -> target_new), ``loc`` (locality prompt -> its answer), ``truth`` (prompt ->
-    ground_truth, validation only). ``factor_batch`` labels only the edit rows: the fine-tuning loss.
+    ground_truth, validation only). The batch's requests form ``n_edits`` independent edits of
+    ``requests_per_edit`` requests each; ``edit_of_row`` [b] says which edit each row belongs to.
     """
 
     batch: LMBatch  # labels on every row (for scoring)
-    factor_batch: LMBatch  # labels on the edit rows only
     edit: slice
     loc: slice
     truth: slice
+    edit_of_row: Tensor  # [b]
+    n_edits: int
 
 
-def edit_inputs(tokenizer, requests: list[EditRequest], max_length: int, with_truth: bool = False) -> EditInputs:
+def edit_inputs(
+    tokenizer, requests: list[EditRequest], max_length: int, with_truth: bool = False, requests_per_edit: int | None = None
+) -> EditInputs:
+    """The rows of ``requests``; ``requests_per_edit`` None = all of them in one edit."""
+    per = requests_per_edit or len(requests)
     prompts = [r.prompt for r in requests]
     rows = lm_batch(tokenizer, prompts, [r.target_new for r in requests], max_length)
     loc_prompts = [p for r in requests for p in r.locality_prompts]
     loc_answers = [a for r in requests for a in r.locality_answers]
+    owner = list(range(len(requests)))  # request of each row
+    owner += [i for i, r in enumerate(requests) for _ in r.locality_prompts]
     pad = pad_token_id(tokenizer)
     if loc_prompts:
         rows = cat_batches(rows, lm_batch(tokenizer, loc_prompts, loc_answers, max_length), pad)
     if with_truth:
         rows = cat_batches(rows, lm_batch(tokenizer, prompts, [r.ground_truth or r.target_new for r in requests], max_length), pad)
+        owner += list(range(len(requests)))
     ne, nl = len(requests), len(loc_prompts)
-    factor_labels = rows.labels.clone()
-    factor_labels[ne:] = -100
     return EditInputs(
         batch=rows,
-        factor_batch=LMBatch(rows.input_ids, rows.attention_mask, factor_labels),
         edit=slice(0, ne),
         loc=slice(ne, ne + nl),
         truth=slice(ne + nl, ne + nl + (ne if with_truth else 0)),
+        edit_of_row=torch.tensor(owner, dtype=torch.long) // per,
+        n_edits=-(-len(requests) // per),
     )
 
 
@@ -100,6 +108,7 @@ class ReadPositions:
     rows: Tensor  # [k] batch row
     cols: Tensor  # [k] position
     targets: Tensor  # [k] the token at cols + 1 when it is labelled, else -100
+    edit_id: Tensor  # [k] the edit the row belongs to
     edit: slice  # parts of the k entries
     loc: slice
     truth: slice
@@ -118,10 +127,11 @@ class ReadPositions:
             bounds[name] = slice(k, k + len(r))
             k += len(r)
         rows_t, cols_t = torch.cat(rows), torch.cat(cols)
-        return cls(rows_t, cols_t, next_label[rows_t, cols_t], **bounds)
+        return cls(rows_t, cols_t, next_label[rows_t, cols_t], inputs.edit_of_row[rows_t], **bounds)
 
     def to(self, device: torch.device | str) -> ReadPositions:
-        return ReadPositions(self.rows.to(device), self.cols.to(device), self.targets.to(device), self.edit, self.loc, self.truth)
+        moved = (t.to(device) for t in (self.rows, self.cols, self.targets, self.edit_id))
+        return ReadPositions(*moved, self.edit, self.loc, self.truth)
 
 
 class MENDTraining(L.LightningModule):
@@ -148,6 +158,10 @@ class MENDTraining(L.LightningModule):
         cache_hidden: run the blocks below the first edited one once per row (cached on disk) instead of at
             every step; the same numbers within float round-off.
         hidden_cache_dir: folder of those caches (None: ``cache_dir()/mend_hidden``).
+        requests_per_edit: requests edited together in one MEND edit (MEND's ``edit_bs``: 1); a training batch of
+            ``train_batch_size`` requests is that many independent edits, their losses averaged — the same
+            optimizer step as accumulating them one batch each, with one forward for all of them (None: the
+            whole batch is one edit).
     """
 
     def __init__(
@@ -169,8 +183,11 @@ class MENDTraining(L.LightningModule):
         a_init: str = "normal",
         cache_hidden: bool = True,
         hidden_cache_dir: str | None = None,
+        requests_per_edit: int | None = 1,
     ) -> None:
         super().__init__()
+        if requests_per_edit is not None and requests_per_edit < 1:
+            raise ValueError(f"requests_per_edit must be >= 1 or None, got {requests_per_edit}")
         if edit_lrs_lr not in EDIT_LRS_LR:
             raise ValueError(f"edit_lrs_lr must be one of {EDIT_LRS_LR}, got {edit_lrs_lr!r}")
         self.save_hyperparameters()
@@ -244,7 +261,7 @@ class MENDTraining(L.LightningModule):
         """Every token row the MEND steps of ``requests`` (one by one) run through the model."""
         out: list[tuple[int, ...]] = []
         for r in requests:
-            inputs = edit_inputs(self.tokenizer, [r], self.hparams.max_length, with_truth)
+            inputs = edit_inputs(self.tokenizer, [r], self.hparams.max_length, with_truth)  # padding does not matter
             out += batch_rows(inputs.batch.input_ids, inputs.batch.attention_mask)
         return out
 
@@ -269,54 +286,83 @@ class MENDTraining(L.LightningModule):
         self.hidden_cache = cache
 
     # ---- forwards -------------------------------------------------------------------------------
-    def _cached_logits(self, ids: Tensor, mask: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """Logits ``[k, V]`` at (rows, cols): the trunk from the first edited block on the cached states, the head
-        only where read (the head is the largest matrix of a small model: most of a step's memory traffic)."""
+    def _logits(self, ids: Tensor, mask: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """Logits ``[k, V]`` at (rows, cols) of the batch. Cached: the trunk from the first edited block on the cached
+        states and the head only where read (the head is the largest matrix of a small model: most of a step's
+        memory traffic). Uncached: the whole model on every position."""
+        if self.hidden_cache is None:
+            return self.model(input_ids=ids, attention_mask=mask).logits[rows, cols]
         with skip_layers_below(self.model, self.first_layer, self.hidden_cache.batch(ids, mask)):
             hidden = self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return self.model.get_output_embeddings()(hidden[rows, cols])
 
-    def _base_pass(self, inputs: EditInputs, batch: LMBatch, read: ReadPositions) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
-        """``(fine-tuning NLL, gradient factors, unedited logits at every read position)``."""
-        if self.hidden_cache is None:
-            pre_loss, factors, base_logits = finetune_factors(self.model, inputs.factor_batch.to(self.device), self.inner_params)
-            return pre_loss, factors, base_logits[read.rows, read.cols]
+    def _base_pass(self, inputs: EditInputs, batch: LMBatch, read: ReadPositions) -> tuple[Tensor, list[dict[str, tuple[Tensor, Tensor]]], Tensor]:
+        """``(mean fine-tuning NLL, gradient factors of each edit, unedited logits at every read position)``.
 
-        def forward_loss() -> tuple[Tensor, Tensor]:  # all rows in one pass; only the edit rows carry the loss
-            logits = self._cached_logits(batch.input_ids, batch.attention_mask, read.rows, read.cols)
-            return position_nll(logits[read.edit], read.targets[read.edit]), logits
+        One forward for all rows of all edits; each edit's NLL is a mean over its own target tokens, so the
+        gradient at its rows is that of its own loss (rows never interact).
+        """
+        e = read.edit
 
-        return gradient_factors(self.model, self.inner_params, forward_loss)
+        def forward_loss() -> tuple[Tensor, Tensor]:
+            logits = self._logits(batch.input_ids, batch.attention_mask, read.rows, read.cols)
+            return group_mean(token_nll(logits[e], read.targets[e]), read.edit_id[e], inputs.n_edits).sum(), logits
 
-    def _edited_logits(self, batch: LMBatch, read: ReadPositions, factors: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
-        """Logits at the read positions with the MEND update of ``factors`` applied."""
-        if self.hidden_cache is None:
-            deltas = self.hypernet(factors)
-            params = dict(self.model.named_parameters())
-            new = {n: params[n] + (d.T if self.transposed else d).to(params[n].dtype) for n, d in deltas.items()}
-            kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            return functional_call(self.model, new, args=(), kwargs=kwargs).logits[read.rows, read.cols]
-        thin = self.hypernet.delta_factors(factors)  # ΔW = A Bᵀ, applied without forming it
-        with low_rank_update(self.model, thin):
-            return self._cached_logits(batch.input_ids, batch.attention_mask, read.rows, read.cols)
+        loss, flat, logits = gradient_factors(self.model, self.inner_params, forward_loss)
+        b, width = batch.input_ids.shape
+        edit_of_row = inputs.edit_of_row.to(self.device)
+        factors = []
+        for j in range(inputs.n_edits):
+            rows = (edit_of_row == j).nonzero().squeeze(1)
+            factors.append({n: tuple(t.view(b, width, -1)[rows].reshape(-1, t.shape[-1]) for t in f) for n, f in flat.items()})
+        return loss / inputs.n_edits, factors, logits
+
+    def _edited_logits(self, inputs: EditInputs, batch: LMBatch, read: ReadPositions, factors: list[dict[str, tuple[Tensor, Tensor]]]) -> Tensor:
+        """Logits at the read positions, each edit's rows with its own MEND update applied."""
+        thin = self.hypernet.delta_factors_many(factors)  # ΔW = A Bᵀ per edit and inner param
+        edit_of_row = inputs.edit_of_row.to(self.device)
+        if self.hidden_cache is not None:  # one forward for all edits, the updates as low-rank hooks
+            updates = [((edit_of_row == j).nonzero().squeeze(1) if inputs.n_edits > 1 else None, t) for j, t in enumerate(thin)]
+            with low_rank_update(self.model, updates):
+                return self._logits(batch.input_ids, batch.attention_mask, read.rows, read.cols)
+        params = dict(self.model.named_parameters())
+
+        def edited(name: str, a: Tensor, b: Tensor) -> Tensor:
+            delta = a @ b.T
+            return params[name] + (delta.T if self.transposed else delta).to(params[name].dtype)
+
+        parts, where = [], []
+        for j, t in enumerate(thin):  # the edited weights formed and swapped in, one forward per edit
+            rows = (edit_of_row == j).nonzero().squeeze(1)
+            new = {n: edited(n, a, b) for n, (a, b) in t.items()}
+            kwargs = {"input_ids": batch.input_ids[rows], "attention_mask": batch.attention_mask[rows]}
+            logits = functional_call(self.model, new, args=(), kwargs=kwargs).logits
+            sub = torch.full((len(batch.input_ids),), -1, dtype=torch.long, device=self.device)
+            sub[rows] = torch.arange(len(rows), device=self.device)
+            mine = (read.edit_id == j).nonzero().squeeze(1)
+            parts.append(logits[sub[read.rows[mine]], read.cols[mine]])
+            where.append(mine)
+        return torch.cat(parts)[torch.cat(where).argsort()]
 
     # ---- the edit --------------------------------------------------------------------------------
     def edit_step(self, requests: list[EditRequest], with_truth: bool = False) -> dict[str, Any]:
-        """One functional MEND edit of ``requests`` and the logits before / after it at the read positions."""
+        """The MEND edits of ``requests`` (``requests_per_edit`` each, independent), evaluated functionally, and
+        the logits before / after at the read positions. Losses are means over the edits."""
         if self.hparams.cache_hidden and self.hidden_cache is None:
             self.hidden_cache = self._new_hidden_cache()  # no prefill (no datamodule): rows computed on first use
-        inputs = edit_inputs(self.tokenizer, requests, self.hparams.max_length, with_truth)
+        inputs = edit_inputs(self.tokenizer, requests, self.hparams.max_length, with_truth, self.hparams.requests_per_edit)
         batch = inputs.batch.to(self.device)
         read = ReadPositions.of(inputs).to(self.device)
         pre_loss, factors, base = self._base_pass(inputs, batch, read)
         # outer graph only while training; validation needs autograd just for the factors above
         with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
-            post = self._edited_logits(batch, read, factors)
-        l_edit = position_nll(post[read.edit], read.targets[read.edit])
-        l_loc = position_kl(base[read.loc], post[read.loc])
-        loss = self.hparams.c_edit * l_edit + self.hparams.c_loc * l_loc
+            post = self._edited_logits(inputs, batch, read, factors)
+        e, lo = read.edit, read.loc
+        l_edit = group_mean(token_nll(post[e], read.targets[e]), read.edit_id[e], inputs.n_edits)
+        l_loc = group_mean(token_kl(base[lo], post[lo]), read.edit_id[lo], inputs.n_edits)
+        loss = (self.hparams.c_edit * l_edit + self.hparams.c_loc * l_loc).mean()
         return {
-            "loss": loss, "edit_loss": l_edit, "loc_loss": l_loc, "edit_loss_pre": pre_loss,
+            "loss": loss, "edit_loss": l_edit.mean(), "loc_loss": l_loc.mean(), "edit_loss_pre": pre_loss,
             "inputs": inputs, "read": read, "base_logits": base, "post_logits": post,
         }  # fmt: skip
 
