@@ -310,7 +310,8 @@ def test_checkpoint_carries_the_network_form_and_old_formats_are_refused(tiny_ch
 
 
 def test_gpu_config_runs_a_reference_form_training_step_on_cpu(tmp_path, monkeypatch):
-    """configs/mend_gpu.yaml parses and trains (tiny-llama, CPU, 2 optimizer steps of 10 accumulated single edits)."""
+    """configs/mend_gpu.yaml parses and trains (tiny-llama, CPU, 2 optimizer steps of 10 batched single edits, hidden
+    states of every train / val row cached first)."""
     from pathlib import Path
 
     from prune_lit.cli_main import main
@@ -322,8 +323,10 @@ def test_gpu_config_runs_a_reference_form_training_step_on_cpu(tmp_path, monkeyp
             "fit", "--config", str(config),
             "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
             "--model.init_args.model_name", "tiny-llama", "--model.init_args.rank", "8",
+            "--model.init_args.hidden_cache_dir", str(tmp_path / "cache"),
         ]
     )  # fmt: skip
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
     ckpt = torch.load(tmp_path / "checkpoints" / "mend" / "last.ckpt", map_location="cpu", weights_only=True)
     meta = ckpt["mend_meta"]
     assert ckpt["global_step"] == 2 and meta["format"] == 2 and meta["rank"] == 8
@@ -382,3 +385,59 @@ def test_cached_hidden_states_give_the_uncached_losses_and_gradients(name, reque
     one = full.edit_step(requests[10:11], with_truth=True)  # edit 1 of the batch alone: same update, same logits
     mine = a["read"].edit_id == 1
     torch.testing.assert_close(a["post_logits"][mine], one["post_logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_resume_from_last_ckpt_keeps_optimizer_and_running_statistics(tmp_path, requests):
+    """4 steps straight = 2 steps, a checkpoint, and a resume for 2 more: Adam's moments, the running statistics
+    and the step count come back (one epoch = 2 batches, so the resumed epoch sees the same batches)."""
+
+    def fit(root, max_steps: int, ckpt_path: str | None = None) -> MENDTraining:
+        L.seed_everything(0)
+        module = MENDTraining(model_name="tiny-llama", rank=8, hidden_cache_dir=str(tmp_path / "cache"))
+        loader = DataLoader(requests[:8], batch_size=4, collate_fn=collate_requests)
+        last = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, every_n_train_steps=1)
+        trainer = L.Trainer(max_steps=max_steps, logger=False, callbacks=[last], enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+        return module
+
+    straight = fit(tmp_path / "a", 4)
+    fit(tmp_path / "b", 2)
+    ckpt = torch.load(tmp_path / "b" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"][0]["state"]  # Adam moments are in last.ckpt
+    counts = [v for k, v in ckpt["state_dict"].items() if k.endswith("norm_u.count")]
+    assert counts and all(c > 0 for c in counts)  # and the running statistics
+    resumed = fit(tmp_path / "b", 4, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed.trainer.global_step == 4
+    for (name, a), (_, b) in zip(straight.hypernet.state_dict().items(), resumed.hypernet.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8, msg=name)  # weights, edit lrs and running statistics
+    # without the optimizer state the same resume ends elsewhere: the comparison above can fail
+    ckpt["optimizer_states"][0]["state"] = {}
+    torch.save(ckpt, tmp_path / "b" / "no_adam.ckpt")
+    cold = fit(tmp_path / "c", 4, ckpt_path=str(tmp_path / "b" / "no_adam.ckpt"))
+    assert not torch.allclose(cold.hypernet.edit_lrs, straight.hypernet.edit_lrs)
+
+
+def test_editing_without_a_trained_hypernetwork_stops_with_one_line(tmp_path, capsys):
+    """configs/mend_prune.yaml with no checkpoint: exit status 2 and one line naming the training command."""
+    from prune_lit.cli_main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["test", "--config", "mend_prune.yaml", "--model.init_args.model_name", "tiny-llama",
+              "--model.init_args.editor.init_args.check_model_name", "false",
+              "--model.init_args.editor.init_args.checkpoint", str(tmp_path / "none.ckpt"),
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])  # fmt: skip
+    assert done.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not found" in errors[0] and errors[0].endswith("python cli.py fit --config configs/mend.yaml")
+
+
+def test_trained_hypernetworks_stay_out_of_git():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("checkpoints/mend/best.ckpt", "checkpoints/mend/last.ckpt", "checkpoints/mend/val/step250.ckpt"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
