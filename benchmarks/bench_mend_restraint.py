@@ -26,7 +26,7 @@ import torch
 
 from prune_lit.callbacks import SpectralRestraint
 from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
-from prune_lit.reporting import write_json_atomic
+from prune_lit.callbacks.log_utils import write_json_atomic
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.editors.mend import MENDEditor
 from prune_lit.models.arch import get_weight, set_weight
