@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from prune_lit.analysis.schema import RunResults
 from prune_lit.callbacks.base import edit_step_callbacks
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.base import Editor, EditResult
@@ -32,7 +33,7 @@ from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_refer
 from prune_lit.metrics.probes import GeneralAbilityProbe
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.export import check_export_path, export_model
-from prune_lit.models.loader import cache_dir, load_model
+from prune_lit.models.loader import LoadedModel, cache_dir, load_model
 from prune_lit.modules.distributed import broadcast_object, broadcast_step, shard, world
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
 from prune_lit.modules.edit_state import EditState, crossed, crossed_any
@@ -131,13 +132,20 @@ class SequentialEditingModule(L.LightningModule):
         hp = self.hparams
         if hp.export_dir is not None:
             check_export_path(hp.export_dir)  # fail now, not after the edits
-        loaded = load_model(hp.model_name, dtype=hp.dtype)
+        loaded = getattr(self, "_given_model", None) or load_model(hp.model_name, dtype=hp.dtype)
         self.editor.prepare(loaded.model, loaded.tokenizer, hp.model_name, hp.data_dir)
         # W_0 of every matrix the editor may touch: PRUNE and the diagnostics measure ΔW against it.
         w0 = {name: get_weight(loaded.model, name).float().clone() for name in self.editor.weight_names(loaded.model)}
         # A submodule, so that Lightning moves it to the run's device; the state refers to the same object.
         self.model = loaded.model
         self.state = EditState(model=loaded.model, tokenizer=loaded.tokenizer, original_weights=w0)
+
+    def use_model(self, loaded: LoadedModel) -> SequentialEditingModule:
+        """Edit this already-loaded model and tokenizer (edited in place) instead of loading ``model_name`` in
+        `setup`: the Python API's path for a model the caller holds. ``model_name`` still names it (editor presets,
+        statistics cache, checkpoint fingerprint). Returns ``self``."""
+        self._given_model = loaded
+        return self
 
     @property
     def tokenizer(self) -> Any:
@@ -381,7 +389,7 @@ class SequentialEditingModule(L.LightningModule):
             edited_case_ids=[r.case_id for r in state.edited],
         )
         path = run_dir(self.trainer) / "results.json"
-        write_json_atomic(path, self.results, default=float)
+        RunResults.from_dict(self.results).write(path)  # typed and versioned: prune_lit.analysis.schema
         log.info("results written to %s", path)
 
     # ---- checkpoints ----------------------------------------------------------------------------
