@@ -12,23 +12,20 @@ optimizer steps (``--accumulate`` single edits, gradient clipping at 100, Adam),
 (``time.process_time``) and wall seconds; the cache fill is timed apart (once per training run). The losses
 of the two arms are compared step by step (they must agree within float round-off).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_mend_cache.py --steps 12 --out benchmarks/results/mend_cache.json
+    python benchmarks/bench_mend_cache.py --steps 12          # -> benchmarks/results/mend_cache.json, one thread
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _common import add_output_args, machine_meta, pin_threads, write_result  # benchmarks/ is on sys.path
 
-from prune_lit.reporting import write_json_atomic
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.modules.mend_training import MENDTraining
 
@@ -53,8 +50,10 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=512, help="configs/mend.yaml: 512")
     p.add_argument("--accumulate", type=int, default=4, help="single edits per optimizer step (configs/mend.yaml: 4)")
     p.add_argument("--steps", type=int, default=12, help="measured optimizer steps per arm (after one warm-up step)")
-    p.add_argument("--out", default="benchmarks/results/mend_cache.json")
+    add_output_args(p, "mend_cache.json")
     args = p.parse_args()
+    pin_threads(args.threads)
+    meta = machine_meta()
     torch.manual_seed(0)
     hp = dict(model_name=args.model, rank=args.rank, lr=1e-5, c_loc=3.0, max_length=64)
     uncached = MENDTraining(**hp, cache_hidden=False)
@@ -105,11 +104,8 @@ def main() -> None:
         f"(of totals {summary['cpu_ratio_of_totals']:.2f}x); max relative loss difference {summary['max_rel_loss_diff']:.1e}; "
         f"cache fill {fill_cpu:.1f} cpu-s for {summary['cache_rows']} rows"
     )
-    settings = {**vars(args), "lr": 1e-5, "c_loc": 3.0, "max_length": 64, "threads": torch.get_num_threads(),
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "machine": platform.processor() or platform.machine(),
-                "load_avg_end": os.getloadavg(), "torch": torch.__version__}  # fmt: skip
-    write_json_atomic(Path(args.out), {"settings": settings, "summary": summary, "steps": rows})
-    print(f"wrote {args.out}")
+    settings = {**vars(args), "out": str(args.out), **hp}
+    write_result(args.out, {"machine": meta, "settings": settings, "summary": summary, "steps": rows})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ rank 512, lr 1e-5, c_loc 3, 4 single edits per step, cached hidden states) on th
 requests, interleaved; per step the train loss and the 9 edit lrs are recorded, and at the end both are scored
 on ``--val`` CounterFact val cases (single edits: val/loss, edit success, locality).
 
-    OMP_NUM_THREADS=1 python benchmarks/mend_edit_lr_semantics.py --steps 100 --out benchmarks/results/mend_edit_lr_semantics.json
+    python benchmarks/mend_edit_lr_semantics.py --steps 100   # -> benchmarks/results/mend_edit_lr_semantics.json, one thread
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-from pathlib import Path
 
 import torch
+from _common import add_output_args, machine_meta, pin_threads, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.modules.mend_training import MENDTraining
-from prune_lit.reporting import write_json_atomic
 
 
 def score(module: MENDTraining, val: list, batch: int = 4) -> dict[str, float]:
@@ -38,8 +37,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--val", type=int, default=40, help="CounterFact val cases scored at the end")
-    p.add_argument("--out", default="benchmarks/results/mend_edit_lr_semantics.json")
+    add_output_args(p, "mend_edit_lr_semantics.json")
     args = p.parse_args()
+    pin_threads(args.threads)
+    meta = machine_meta()
     torch.manual_seed(0)
     hp = dict(model_name="smollm2-135m", rank=512, lr=1e-5, lr_lr=1e-4, c_loc=3.0, max_length=64)
     ref = MENDTraining(**hp, edit_lrs_lr="lr")
@@ -71,8 +72,8 @@ def main() -> None:
         lrs = f["edit_lrs"]
         print(f"{k}: edit lrs {min(lrs):.3e}..{max(lrs):.3e}; train loss (last 20) {f['train_loss_last20']:.4f}; "
               + ", ".join(f"{n} {v:.3f}" for n, v in sorted(f["val"].items())))  # fmt: skip
-    write_json_atomic(Path(args.out), {"settings": {**vars(args), **hp, "edits_per_step": 4}, "final": final, "history": history})
-    print(f"wrote {args.out}")
+    settings = {**vars(args), "out": str(args.out), **hp, "edits_per_step": 4}
+    write_result(args.out, {"machine": meta, "settings": settings, "final": final, "history": history})
 
 
 if __name__ == "__main__":
