@@ -32,8 +32,8 @@ FRAGMENT_DIRS = ("editor", "restraint", "data")
 
 
 # Each complete config is one of these: a composition of fragments, or a copy whose differences are listed.
-MEND_GPU_DIFFERENCES = {  # mend_gpu.yaml against mend.yaml: the reference MEND settings on one GPU (its header)
-    "trainer.accelerator", "trainer.precision", "trainer.accumulate_grad_batches", "trainer.val_check_interval",
+MEND_GPU_DIFFERENCES = {  # mend_gpu.yaml against mend.yaml: the reference MEND shape on one GPU (its header)
+    "trainer.accelerator", "trainer.precision", "data.init_args.train_batch_size", "trainer.val_check_interval",
     "trainer.log_every_n_steps", "trainer.callbacks", "trainer.logger.init_args.name", "model.init_args.rank",
     "data.init_args.val_limit",
 }

@@ -310,7 +310,8 @@ def test_checkpoint_carries_the_network_form_and_old_formats_are_refused(tiny_ch
 
 
 def test_gpu_config_runs_a_reference_form_training_step_on_cpu(tmp_path, monkeypatch):
-    """configs/mend_gpu.yaml parses and trains (tiny-llama, CPU, 2 optimizer steps of 10 accumulated single edits)."""
+    """configs/mend_gpu.yaml parses and trains (tiny-llama, CPU, 2 optimizer steps of 10 batched single edits, hidden
+    states of every train / val row cached first)."""
     from pathlib import Path
 
     from prune_lit.cli_main import main
@@ -322,10 +323,121 @@ def test_gpu_config_runs_a_reference_form_training_step_on_cpu(tmp_path, monkeyp
             "fit", "--config", str(config),
             "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
             "--model.init_args.model_name", "tiny-llama", "--model.init_args.rank", "8",
+            "--model.init_args.hidden_cache_dir", str(tmp_path / "cache"),
         ]
     )  # fmt: skip
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
     ckpt = torch.load(tmp_path / "checkpoints" / "mend" / "last.ckpt", map_location="cpu", weights_only=True)
     meta = ckpt["mend_meta"]
     assert ckpt["global_step"] == 2 and meta["format"] == 2 and meta["rank"] == 8
     assert meta["form"] == {"modulate": "pre", "relu_last": True, "a_init": "normal"}
     assert ckpt["hyper_parameters"]["lr"] == 1e-5
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_cached_hidden_states_give_the_uncached_losses_and_gradients(name, requests, tmp_path):
+    """Training from cached states entering the first edited block, several single edits in one batch, equals the
+    step as it was (full forwards, one request per batch, gradients accumulated) within float round-off."""
+    torch.manual_seed(0)
+    full = MENDTraining(model_name=name, rank=16, cache_hidden=False)
+    full.hypernet.batch_modes = False  # and the hypernetwork matrix by matrix: the training step as it was
+    full.train()
+    with torch.no_grad():
+        full.edit_step(requests[:4])  # running statistics, so that the hypernetwork is not the identity map
+    cached = MENDTraining(model_name=name, rank=16, cache_hidden=True, hidden_cache_dir=str(tmp_path))
+    cached.load_state_dict(full.state_dict())
+    cached.train()
+    assert cached.first_layer == 1  # tiny models: 4 blocks, MEND edits the last 3
+    rows = cached.token_rows(requests[4:12], with_truth=True)
+    cached.prefill_hidden_cache(rows, tag="test")
+    written = list(tmp_path.rglob("*.safetensors"))
+    assert len(written) == 1 and len(cached.hidden_cache) == len(set(rows))
+    # a second module reads the file instead of computing (same model, rows, max length, version)
+    again = MENDTraining(model_name=name, rank=16, hidden_cache_dir=str(tmp_path))
+    again.prefill_hidden_cache(rows, tag="test")
+    torch.testing.assert_close(again.hidden_cache.states[rows[0]], cached.hidden_cache.states[rows[0]], rtol=0, atol=0)
+    for batch in (requests[4:5], requests[5:9]):  # one edit; four single edits in one batch (padding across them)
+        full.zero_grad(), cached.zero_grad()
+        losses = {}
+        for r in batch:  # before: one request per batch, gradients accumulated as Lightning does
+            out = full.edit_step([r])
+            (out["loss"] / len(batch)).backward()
+            for k in ("loss", "edit_loss", "loc_loss", "edit_loss_pre"):
+                losses[k] = losses.get(k, 0.0) + out[k].detach() / len(batch)
+        out = cached.edit_step(batch)
+        out["loss"].backward()
+        for k in ("loss", "edit_loss", "loc_loss", "edit_loss_pre"):
+            torch.testing.assert_close(out[k].detach(), losses[k], rtol=1e-4, atol=1e-6, msg=k)
+        assert losses["loc_loss"] > 0
+        ga = {n: p.grad for n, p in full.hypernet.named_parameters() if p.grad is not None}
+        gb = {n: p.grad for n, p in cached.hypernet.named_parameters() if p.grad is not None}
+        assert set(ga) == set(gb) and "edit_lrs" in ga
+        for n in ga:
+            torch.testing.assert_close(gb[n], ga[n], rtol=1e-3, atol=1e-7, msg=n)
+        for (na, sa), (_, sb) in zip(full.hypernet.named_buffers(), cached.hypernet.named_buffers()):  # running statistics
+            torch.testing.assert_close(sb, sa, rtol=1e-4, atol=1e-6, msg=na)
+    # the uncached path with several edits per batch, and validation's logits (edit success, locality)
+    full.eval(), cached.eval()
+    a, b = full.edit_step(requests[9:12], with_truth=True), cached.edit_step(requests[9:12], with_truth=True)
+    torch.testing.assert_close(b["loss"], a["loss"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b["post_logits"], a["post_logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b["base_logits"], a["base_logits"], rtol=1e-4, atol=1e-4)
+    one = full.edit_step(requests[10:11], with_truth=True)  # edit 1 of the batch alone: same update, same logits
+    mine = a["read"].edit_id == 1
+    torch.testing.assert_close(a["post_logits"][mine], one["post_logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_resume_from_last_ckpt_keeps_optimizer_and_running_statistics(tmp_path, requests):
+    """4 steps straight = 2 steps, a checkpoint, and a resume for 2 more: Adam's moments, the running statistics
+    and the step count come back (one epoch = 2 batches, so the resumed epoch sees the same batches)."""
+
+    def fit(root, max_steps: int, ckpt_path: str | None = None) -> MENDTraining:
+        L.seed_everything(0)
+        module = MENDTraining(model_name="tiny-llama", rank=8, hidden_cache_dir=str(tmp_path / "cache"))
+        loader = DataLoader(requests[:8], batch_size=4, collate_fn=collate_requests)
+        last = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, every_n_train_steps=1)
+        trainer = L.Trainer(max_steps=max_steps, logger=False, callbacks=[last], enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+        return module
+
+    straight = fit(tmp_path / "a", 4)
+    fit(tmp_path / "b", 2)
+    ckpt = torch.load(tmp_path / "b" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"][0]["state"]  # Adam moments are in last.ckpt
+    counts = [v for k, v in ckpt["state_dict"].items() if k.endswith("norm_u.count")]
+    assert counts and all(c > 0 for c in counts)  # and the running statistics
+    resumed = fit(tmp_path / "b", 4, ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed.trainer.global_step == 4
+    for (name, a), (_, b) in zip(straight.hypernet.state_dict().items(), resumed.hypernet.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8, msg=name)  # weights, edit lrs and running statistics
+    # without the optimizer state the same resume ends elsewhere: the comparison above can fail
+    ckpt["optimizer_states"][0]["state"] = {}
+    torch.save(ckpt, tmp_path / "b" / "no_adam.ckpt")
+    cold = fit(tmp_path / "c", 4, ckpt_path=str(tmp_path / "b" / "no_adam.ckpt"))
+    assert not torch.allclose(cold.hypernet.edit_lrs, straight.hypernet.edit_lrs)
+
+
+def test_editing_without_a_trained_hypernetwork_stops_with_one_line(tmp_path, capsys):
+    """configs/mend_prune.yaml with no checkpoint: exit status 2 and one line naming the training command."""
+    from prune_lit.cli_main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["test", "--config", "mend_prune.yaml", "--model.init_args.model_name", "tiny-llama",
+              "--model.init_args.editor.init_args.check_model_name", "false",
+              "--model.init_args.editor.init_args.checkpoint", str(tmp_path / "none.ckpt"),
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])  # fmt: skip
+    assert done.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not found" in errors[0] and errors[0].endswith("python cli.py fit --config configs/mend.yaml")
+
+
+def test_trained_hypernetworks_stay_out_of_git():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("checkpoints/mend/best.ckpt", "checkpoints/mend/last.ckpt", "checkpoints/mend/val/step250.ckpt"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path

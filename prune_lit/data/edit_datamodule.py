@@ -126,7 +126,8 @@ class EditDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(EditStream(self.all_requests, self.batch_size), batch_size=None, num_workers=0)
 
-    def _train_val(self) -> tuple[list[EditRequest], list[EditRequest]]:
+    def train_val_requests(self) -> tuple[list[EditRequest], list[EditRequest]]:
+        """``(train, val)`` requests of MEND training (val capped at ``val_limit``); MEND caches their hidden states."""
         if is_fact_file(self.dataset):
             raise EditDataError(f"{self.dataset}: a fact file can be edited (test), not used to train MEND (fit); use counterfact or zsre")
         train = load_edit_requests(self.dataset, "train", self.data_dir)
@@ -138,10 +139,10 @@ class EditDataModule(L.LightningDataModule):
         return train, val if self.val_limit is None else val[: self.val_limit]
 
     def train_dataloader(self) -> DataLoader:
-        train, _ = self._train_val()
+        train, _ = self.train_val_requests()
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(train, batch_size=self.train_batch_size, shuffle=True, generator=gen, num_workers=0, collate_fn=collate_requests, drop_last=True)  # type: ignore[arg-type]
 
     def val_dataloader(self) -> DataLoader:
-        _, val = self._train_val()
+        _, val = self.train_val_requests()
         return DataLoader(val, batch_size=self.train_batch_size, shuffle=False, num_workers=0, collate_fn=collate_requests)  # type: ignore[arg-type]

@@ -78,6 +78,33 @@ def masked_kl(base_logits: Tensor, edited_logits: Tensor, mask: Tensor) -> Tenso
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
+def token_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """NLL of each target under its logits: ``logits`` [k, V], ``targets`` [k] -> [k] (`masked_nll` per position)."""
+    return -logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def token_kl(base_logits: Tensor, edited_logits: Tensor) -> Tensor:
+    """KL(p_base ‖ p_edited) at each position; both [k, V] -> [k] (`masked_kl` per position)."""
+    base_logp = base_logits.float().log_softmax(-1)
+    return (base_logp.exp() * (base_logp - edited_logits.float().log_softmax(-1))).sum(-1)
+
+
+def group_mean(values: Tensor, groups: Tensor, n_groups: int) -> Tensor:
+    """Mean of ``values`` [k] per group (``groups`` [k] in 0..n_groups-1) -> [n_groups]; 0 for an empty group."""
+    sums = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, groups, values)
+    counts = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, groups, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
+
+
+def row_logprob(logits: Tensor, targets: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """Summed log-prob of ``targets`` per batch row: `sequence_logprob` on gathered positions.
+
+    ``logits``: [k, V], ``targets``, ``rows``: [k] (row of each position, 0..n_rows-1) -> [n_rows].
+    """
+    picked = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(n_rows, device=logits.device).index_add(0, rows, picked)
+
+
 # ---- tokenisation ------------------------------------------------------------------------------
 
 
@@ -171,20 +198,54 @@ def capture_io(model: nn.Module, param_names: Sequence[str]) -> Iterator[dict[st
             h.remove()
 
 
-def finetune_factors(
-    model: nn.Module, batch: LMBatch, param_names: Sequence[str]
-) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
-    """NLL of ``batch`` on ``model`` and, for each inner param, its gradient factors.
+@contextmanager
+def low_rank_update(model: nn.Module, updates: Sequence[tuple[Tensor | None, dict[str, tuple[Tensor, Tensor]]]]) -> Iterator[None]:
+    """Inside the block, inner params act as ``W + A Bᵀ`` without forming it, each update on its own batch rows.
 
-    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])}, logits [b, T, V] detached)`` with ``n`` = b·T
-    token rows (zero rows included; `nonzero_rows` drops them). ∇W of the loss equals
-    ``outer_gradient(u, δ)``. Rows without labels contribute nothing to the loss, so their logits come
-    for free (the locality reference).
+    ``updates``: ``[(rows, {name: (A [out, k], B [in, k])}), ...]`` in the math orientation; ``rows`` (a LongTensor
+    of batch rows, or None for all) get ``(x B) Aᵀ`` added to the owning module's output, for ``nn.Linear`` and
+    GPT-2's ``Conv1D`` alike (both compute ``x Wᵀ`` in math terms). Autograd flows into ``A`` and ``B``.
+    Several updates in one batch = several independent edits in one forward.
+    """
+    handles = []
+
+    def hook_for(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            x = args[0]
+            for rows, factors in updates:
+                if name not in factors:
+                    continue
+                a, b = (t.to(output.dtype) for t in factors[name])
+                if rows is None:
+                    output = output + (x @ b) @ a.T
+                else:
+                    output = output.index_add(0, rows, (x[rows] @ b) @ a.T)
+            return output
+
+        return hook
+
+    try:
+        for name in dict.fromkeys(n for _, factors in updates for n in factors):
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def gradient_factors(
+    model: nn.Module, param_names: Sequence[str], forward_loss: Callable[[], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
+    """Run ``forward_loss() -> (loss, logits)`` (a forward through ``model``) and take each inner param's gradient factors.
+
+    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])}, logits detached)`` with ``n`` the token rows that passed
+    through the param's module (zero rows included; `nonzero_rows` drops them). ∇W of the loss equals
+    ``outer_gradient(u, δ)``.
     """
     names = list(param_names)
     with torch.enable_grad(), capture_io(model, names) as io:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        loss = masked_nll(logits, batch.labels)
+        loss, logits = forward_loss()
         missing = [n for n in names if n not in io]
         if missing:
             raise RuntimeError(f"no forward pass through the modules of {missing}")
@@ -196,6 +257,24 @@ def finetune_factors(
         d = torch.zeros_like(out) if g is None else g
         factors[name] = (u, d.reshape(-1, d.shape[-1]).float().detach())
     return loss.detach(), factors, logits.detach()
+
+
+def finetune_factors(
+    model: nn.Module, batch: LMBatch, param_names: Sequence[str]
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
+    """NLL of ``batch`` on ``model`` and, for each inner param, its gradient factors.
+
+    Returns ``(loss, {name: (u [n, d_in], δ [n, d_out])}, logits [b, T, V] detached)`` with ``n`` = b·T
+    token rows (zero rows included; `nonzero_rows` drops them). ∇W of the loss equals
+    ``outer_gradient(u, δ)``. Rows without labels contribute nothing to the loss, so their logits come
+    for free (the locality reference).
+    """
+
+    def forward_loss() -> tuple[Tensor, Tensor]:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return masked_nll(logits, batch.labels), logits
+
+    return gradient_factors(model, param_names, forward_loss)
 
 
 # ---- the hypernetwork ------------------------------------------------------------------------------
@@ -283,8 +362,10 @@ class LowRankLinear(nn.Module):
         self.relu = relu
         self.modulate = modulate
 
-    def forward(self, x: Tensor, mode: int) -> Tensor:
-        """``x``: [n, dim] -> [n, dim]."""
+    def forward(self, x: Tensor, mode: int | Tensor) -> Tensor:
+        """``x``: [n, dim] -> [n, dim]; ``mode``: one mode for all rows, or a LongTensor [n] with each row's."""
+        if isinstance(mode, Tensor):  # rows of several matrices at once: their scale / shift per row, [n, dim]
+            return low_rank_layer(x, self.a, self.b, self.bias, self.mode_scale[mode], self.mode_shift[mode], self.relu, self.modulate)
         return low_rank_layer(x, self.a, self.b, self.bias, self.mode_scale[mode], self.mode_shift[mode], self.relu, self.modulate)
 
 
@@ -317,7 +398,7 @@ class IDMLP(nn.Module):
             for i in range(n_hidden + 1)
         )
 
-    def forward(self, x: Tensor, mode: int = 0) -> Tensor:
+    def forward(self, x: Tensor, mode: int | Tensor = 0) -> Tensor:
         for layer in self.layers:
             x = layer(x, mode)
         return x
@@ -336,15 +417,29 @@ class GradientTransform(nn.Module):
         self.norm_delta = RunningMeanStd(d_out)
         self.mlp = IDMLP(d_in + d_out, rank, n_hidden, n_modes, form)
 
-    def forward(self, u: Tensor, delta: Tensor, mode: int = 0) -> tuple[Tensor, Tensor]:
+    def normalized(self, u: Tensor, delta: Tensor) -> Tensor:
+        """``[norm_u(u); norm_delta(δ)]`` [n', d_in + d_out] of the non-zero rows, the statistics first updated
+        with them in training mode."""
         u, delta = nonzero_rows(u.float(), delta.float())
         if self.training:
             self.norm_u.update(u)
             self.norm_delta.update(delta)
         if self.norm_u.count < 2:
             raise RuntimeError("GradientTransform has seen fewer than 2 gradient rows: train it before editing")
-        out = self.mlp(torch.cat([self.norm_u(u), self.norm_delta(delta)], -1), mode)
+        return torch.cat([self.norm_u(u), self.norm_delta(delta)], -1)
+
+    def forward(self, u: Tensor, delta: Tensor, mode: int = 0) -> tuple[Tensor, Tensor]:
+        out = self.mlp(self.normalized(u, delta), mode)
         return out.split([self.d_in, self.d_out], -1)
+
+    def forward_many(self, items: Sequence[tuple[Tensor, Tensor, int]]) -> list[tuple[Tensor, Tensor]]:
+        """`forward` of several ``(u, δ, mode)`` in one pass of the MLP: the same numbers (statistics update and
+        normalise matrix by matrix, in order, as the one-by-one calls), but one weight gradient per layer
+        instead of one per matrix — the dominant cost of a CPU training step."""
+        xs = [self.normalized(u, delta) for u, delta, _ in items]
+        modes = torch.cat([torch.full((len(x),), m, dtype=torch.long, device=x.device) for x, (_, _, m) in zip(xs, items)])
+        out = self.mlp(torch.cat(xs), modes)
+        return [(o[:, : self.d_in], o[:, self.d_in :]) for o in out.split([len(x) for x in xs])]
 
 
 def _key(shape: Sequence[int]) -> str:
@@ -376,6 +471,8 @@ class MENDHyperNet(nn.Module):
         )
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))
         self.form = form
+        # one MLP pass per transform for all its matrices (False: one per matrix; the same numbers, slower)
+        self.batch_modes = True
 
     def pseudo_gradient(self, name: str, u: Tensor, delta: Tensor) -> Tensor:
         """∇̃W for one inner matrix. ``u``: [n, d_in], ``delta``: [n, d_out] -> [d_out, d_in]."""
@@ -388,14 +485,31 @@ class MENDHyperNet(nn.Module):
         ``k`` is the number of non-zero token rows: the thin factors of the update, for a restraint that
         never forms ΔW (`prune_lit.restraint.factored`).
         """
-        unknown = set(factors) - set(self.names)
-        if unknown:
-            raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
-        out = {}
-        for i, n in enumerate(self.names):
-            if n in factors:
-                u_t, d_t = self.transforms[_key(self.shapes[n])](*factors[n], self.mode[n])
-                out[n] = (-self.edit_lrs[i] * d_t.T, u_t.T)
+        return self.delta_factors_many([factors])[0]
+
+    def delta_factors_many(self, edits: list[dict[str, tuple[Tensor, Tensor]]]) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """`delta_factors` of several independent edits, in order: the running statistics see edit 0's rows, then
+        edit 1's, ..., as one call per edit would; with ``batch_modes`` one MLP pass per transform for all."""
+        for factors in edits:
+            unknown = set(factors) - set(self.names)
+            if unknown:
+                raise KeyError(f"factors for params the hypernetwork was not built for: {sorted(unknown)}")
+        transformed: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+        for key, transform in self.transforms.items():
+            members = [(j, n) for j, factors in enumerate(edits) for n in self.names if n in factors and _key(self.shapes[n]) == key]
+            if self.batch_modes:
+                items = [(*edits[j][n], self.mode[n]) for j, n in members]
+                transformed.update(zip(members, transform.forward_many(items)))
+            else:
+                transformed.update(((j, n), transform(*edits[j][n], self.mode[n])) for j, n in members)
+        out: list[dict[str, tuple[Tensor, Tensor]]] = []
+        for j, factors in enumerate(edits):
+            thin = {}
+            for i, n in enumerate(self.names):
+                if n in factors:
+                    u_t, d_t = transformed[(j, n)]
+                    thin[n] = (-self.edit_lrs[i] * d_t.T, u_t.T)
+            out.append(thin)
         return out
 
     def forward(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
