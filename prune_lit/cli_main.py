@@ -19,14 +19,16 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 import prune_lit
+from prune_lit.cli_errors import OneLineErrorParser, link_data_dirs
 from prune_lit.data.downstream import MalformedRecordError
 from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.paths import DataNotFoundError
+from prune_lit.modules.run_checkpoint import RunCheckpointError
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Errors that describe the user's input, not a defect: reported as one line.
-USER_ERRORS: tuple[type[BaseException], ...] = (EditDataError, MalformedRecordError, DataNotFoundError, FileExistsError)
+USER_ERRORS: tuple[type[BaseException], ...] = (EditDataError, MalformedRecordError, DataNotFoundError, FileExistsError, RunCheckpointError)
 _PACKAGE_DIR = str(Path(prune_lit.__file__).resolve().parent)
 
 
@@ -46,6 +48,9 @@ class PruneLitCLI(LightningCLI):
                 "trainer.num_sanity_val_steps": 0,
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        link_data_dirs(self.config.get(self.subcommand) if self.subcommand else self.config)
 
 
 def resolve_config_paths(args: Sequence[str], config_dir: Path = CONFIG_DIR) -> list[str]:
@@ -91,7 +96,9 @@ def find_user_error(err: BaseException | None) -> BaseException | None:
 
 
 def main(args: list[str] | None = None) -> PruneLitCLI:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    # Under DDP the other ranks are started with LOCAL_RANK/NODE_RANK set: they log warnings and errors only.
+    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args is None:  # from the command line: LightningCLI reads sys.argv (and warns when given both)
         sys.argv[1:] = resolve_config_paths(sys.argv[1:])
     else:
@@ -104,6 +111,7 @@ def main(args: list[str] | None = None) -> PruneLitCLI:
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_class=OneLineErrorParser,
             args=args,
         )
     except Exception as err:

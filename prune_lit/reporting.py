@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,9 +40,48 @@ def run_dir(trainer: L.Trainer) -> Path:
     return d
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN: a metric without cases; ±inf) replaced by None, so that it is
+    strict JSON (``null``) that every parser accepts."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: Path, data: Any, indent: int = 2, default: Callable[[Any], Any] | None = None) -> None:
-    """Write ``data`` as UTF-8 JSON to ``path`` via a temporary file and a rename: never a half-written file."""
+    """Write ``data`` as strict UTF-8 JSON (non-finite floats as ``null``) to ``path`` via a temporary file and a
+    rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=indent, ensure_ascii=False, default=default) + "\n", encoding="utf-8")
+    if default is not None:  # objects the encoder does not know become numbers/strings first, then non-finite ones null
+        data = json.loads(json.dumps(data, default=default))
+    text = json.dumps(strict_json(data), indent=indent, ensure_ascii=False, allow_nan=False)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+# What a run's log folder holds before it has measured anything: the saved config, hparams, TensorBoard's header.
+_SETUP_ONLY = ("config.yaml", "hparams.yaml", "events.out.tfevents")
+
+
+class RemoveRunFolderOnFailure(L.Callback):
+    """When a run fails before its module did any edit step (a refused resume, a bad setting, a missing file),
+    remove the ``logs/<name>/version_<n>/`` folder it created, if that holds only set-up files: a failed start
+    leaves no empty run folder behind. The module reports progress through ``edit_steps_done``."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not trainer.is_global_zero or getattr(pl_module, "edit_steps_done", 0):
+            return
+        logger = trainer.logger
+        where = getattr(logger, "log_dir", None) if logger is not None else None
+        folder = Path(where) if where else None
+        if folder is None or not folder.is_dir():
+            return
+        if all(p.is_file() and p.name.startswith(_SETUP_ONLY) for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # logs/<name>/ too, when this was its only run

@@ -249,6 +249,7 @@ def test_cli_runs_alphaedit_with_prune_on_a_tiny_model(tmp_path):
         "--model.init_args.editor.init_args.overrides", "{v_num_grad_steps: 5}",
         "--data.init_args.num_edits", "4",
         "--data.init_args.batch_size", "2",
+        "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt"),  # not the repo's checkpoints/ (a rerun would be refused)
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false",
     ])

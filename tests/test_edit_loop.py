@@ -204,7 +204,7 @@ def test_resume_errors_name_the_file(tmp_path):
                   enable_checkpointing=False).test(module, datamodule=EditDataModule(num_edits=3, batch_size=1))
     folder = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
     (folder / "weights.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(RunCheckpointError, match="weights.safetensors is missing or corrupt"):
+    with pytest.raises(RunCheckpointError, match="no usable checkpoint.*weights.safetensors is corrupt"):
         _run(tmp_path / "a", [], "a", num_edits=3, run_name="same", resume=True)
 
 
@@ -225,10 +225,12 @@ def test_ddp_applies_every_edit_on_every_rank_and_matches_one_process(tmp_path, 
     assert one.returncode == 0, one.stderr[-3000:]
     if devices == 1:
         return
-    many = _cli(tmp_path / "two", *common, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    many = _cli(tmp_path / "two", *common, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                "--model.init_args.checkpoint_dir", str(tmp_path / "ckpt_two"))  # another run: not over the first one's checkpoints
     assert many.returncode == 0, many.stderr[-3000:]
     files = list((tmp_path / "two").rglob("results.json"))
     assert len(files) == 1  # only rank 0 writes
+    assert many.stderr.count("edits after 4 edits") == 1  # and only rank 0 prints INFO lines (every rank evaluates)
     r2 = json.loads(files[0].read_text())
     r1 = json.loads(next((tmp_path / "one").rglob("results.json")).read_text())
     assert r2["world_size"] == 2 and r2["num_edits"] == 5 and r2["edited_case_ids"] == r1["edited_case_ids"]

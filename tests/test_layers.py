@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prune_lit"
 LAYER = {"contracts": 0, "reporting": 0, "models": 1, "data": 2, "metrics": 2, "editors": 3, "restraint": 3,
-         "callbacks": 4, "modules": 5, "cli_main": 6, "api": 6, "analysis": 6, "commands": 7}
+         "callbacks": 4, "modules": 5, "cli_main": 6, "cli_errors": 6, "api": 6, "analysis": 6, "commands": 7}
 
 
 def _layer_of(module: str) -> int | None:

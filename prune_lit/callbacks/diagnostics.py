@@ -153,10 +153,12 @@ class SpectralDiagnostics(EditStepCallback):
         log.info("spectral diagnostics written to %s and %s", out / self.filename, png)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"records": self.records}  # warm bases and σ(W_0) are recomputed after a resume
+        # The warm bases too: SVDs started cold after a resume differ from the uninterrupted run's at ~1e-8.
+        return {"records": self.records, "warm_basis": dict(self.warm.basis), "full_rank": sorted(self.warm.full_rank)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = list(state_dict.get("records", []))
+        self.warm = WarmStarts(basis=dict(state_dict.get("warm_basis", {})), full_rank=set(state_dict.get("full_rank", [])))
 
     @torch.no_grad()
     def final_spectra(self, state: EditState) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,8 @@ Same result as `SpectralRestraint` (up to round-off), cheaper per edit:
 
 The editor's `EditResult` must carry ``factors: {name: (A [out, k], B [in, k])}`` with ΔW = A Bᵀ (MENDEditor
 does); a step without them turns the matrix over to the dense path for the rest of the run, and its bound to
-"unknown". So does a resume: the factorisation of ΔW is not checkpointed.
+"unknown". The factorisation, bounds and pending factors are part of the checkpoint (`state_dict`), so a
+resumed or extended run takes the same paths as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -120,9 +121,28 @@ class FactoredSpectralRestraint(SpectralRestraint):
             self.track(state)
         super().on_edit_step(trainer, state)
 
+    def state_dict(self) -> dict[str, Any]:
+        # ΔW's factors, bounds and the edits not yet restrained too: a resumed run (or one extended, e.g. restrained
+        # once at the end) then takes the very same paths as the uninterrupted one, bit for bit.
+        return {
+            **super().state_dict(),
+            "svd": {n: None if f is None else {"U": f.U, "S": f.S, "V": f.V} for n, f in self._svd.items()},
+            "bound": {n: None if math.isinf(b) else b for n, b in self._bound.items()},
+            "pending_blocks": {n: [[a, b] for a, b in blocks] for n, blocks in self._pending_blocks.items()},
+            "high_rank": sorted(self._high_rank),
+            "method_counts": dict(self.method_counts),
+        }
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._resumed = True
+        if "svd" not in state_dict:  # a checkpoint without the factors: dense paths for the rest of the run
+            self._resumed = True
+            return
+        self._svd = {n: None if f is None else FactoredSVD(f["U"], f["S"], f["V"]) for n, f in state_dict["svd"].items()}
+        self._bound = {n: math.inf if b is None else float(b) for n, b in state_dict["bound"].items()}
+        self._pending_blocks = {n: [(a, b) for a, b in blocks] for n, blocks in state_dict["pending_blocks"].items()}
+        self._high_rank = set(state_dict["high_rank"])
+        self.method_counts = Counter(state_dict["method_counts"])
 
     # ---- one restraint pass ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -59,13 +59,16 @@ def _download(rel: str, dest: Path) -> None:
 
 
 def resolve_data_file(rel: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """Absolute path of ``rel`` (e.g. ``"counterfact/counterfact-edit.json"``) in the first data dir holding it."""
+    """Absolute path of ``rel`` (e.g. ``"counterfact/counterfact-edit.json"``) in the first data dir holding it.
+
+    An explicit ``data_dir`` that does not exist is an error (not a silent fall-back to the other folders).
+    """
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        raise DataNotFoundError(f"data_dir {str(data_dir)!r} does not exist (or is not a folder)")
     tried = candidate_dirs(data_dir)
     for d in tried:
         if (d / rel).is_file():
             return d / rel
-    if data_dir and not Path(data_dir).expanduser().is_dir():
-        raise DataNotFoundError(f"data_dir {str(data_dir)!r} does not exist")
     from prune_lit.models.loader import cache_dir
 
     dest = cache_dir() / "data" / rel

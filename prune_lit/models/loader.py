@@ -129,11 +129,14 @@ def load_model(name: str = "smollm2-135m", dtype: str = "float32", device: str =
         model = _tiny(name, len(tok), seed).to(torch_dtype)
     elif Path(name).is_dir() or name in _HUB_IDS:
         src = str(name) if Path(name).is_dir() else _HUB_IDS[name]
+        if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+            raise ValueError(f"model_name {name!r} is a folder but not a Hugging Face model (it has no config.json)")
         try:
             tok = AutoTokenizer.from_pretrained(src)
             model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
-        except OSError as err:
-            raise OSError(f"could not load {name!r} from {src!r} (offline? give a local directory instead): {err}") from err
+        except (OSError, ValueError, KeyError) as err:
+            first = " ".join(str(err).split())[:300]
+            raise ValueError(f"could not load model {name!r} from {src!r} (offline? not a causal language model?): {first}") from err
     else:
         listing = "\n".join(f"  {k}: {v}" for k, v in PRESETS.items())
         raise ValueError(f"unknown model {name!r}: give a local Hugging Face directory or one of the presets:\n{listing}")

@@ -21,8 +21,8 @@ from prune_lit.modules.run_checkpoint import (
     RunCheckpoint,
     RunCheckpointError,
     check_fingerprint,
-    latest_checkpoint,
-    load_run_checkpoint,
+    find_run_checkpoint,
+    prepare_run_folder,
     restore_rng,
     save_run_checkpoint,
 )
@@ -40,11 +40,14 @@ class RunCheckpoints:
         model_name, dtype: as the editing module was given them (part of the fingerprint).
         batch_size: requests per edit step (part of the fingerprint).
         checkpoint_dir, run_name: where (``run_name`` None: the logger's name, else ``edit_run``).
+        keep: how many of the newest checkpoints are kept (the older ones are the fallback for a corrupt one).
     """
 
     def __init__(self, trainer: L.Trainer, editor: SequentialEditor, state: EditState, model_name: str, dtype: str,
-                 batch_size: int, checkpoint_dir: str | None, run_name: str | None) -> None:
+                 batch_size: int, checkpoint_dir: str | None, run_name: str | None, keep: int = 2) -> None:
         self.trainer, self.editor, self.state = trainer, editor, state
+        self.keep = keep
+        self.saved_at: int | None = None  # requests_seen of the checkpoint last written or resumed from
         self.model_name, self.dtype, self.batch_size = model_name, dtype, batch_size
         self.folder: Path | None = None
         if checkpoint_dir is not None:
@@ -65,19 +68,23 @@ class RunCheckpoints:
         }
         return json.loads(json.dumps(fp, default=str))  # as it reads back from state.json
 
-    def to_resume(self, resume: bool, requests: list[EditRequest]) -> RunCheckpoint | None:
-        """The checkpoint this run continues from (None: it starts over); an error if ``resume`` cannot be honoured."""
+    def to_resume(self, resume: bool, requests: list[EditRequest], overwrite: bool = False) -> RunCheckpoint | None:
+        """The checkpoint this run continues from (None: it starts over); an error if ``resume`` cannot be honoured.
+
+        Starting over on a run's checkpoints is refused unless ``overwrite`` (which moves them aside);
+        `prune_lit.modules.run_checkpoint.prepare_run_folder`. A corrupt newest checkpoint falls back to the one before.
+        """
         folder = self.folder
+        if folder is not None:
+            prepare_run_folder(folder, resume, overwrite, write=self.trainer.is_global_zero)
         if not resume:
-            if folder is not None and latest_checkpoint(folder) is not None:
-                log.warning("starting over: the checkpoints in %s will be replaced (resume: true continues them)", folder)
             return None
         if folder is None:
             raise RunCheckpointError("resume: true needs checkpoint_dir")
-        latest = latest_checkpoint(folder)
-        if latest is None:
+        ckpt = find_run_checkpoint(folder)
+        if ckpt is None:
             raise RunCheckpointError(f"resume: true, but {folder} holds no checkpoint (no {folder / 'latest'})")
-        ckpt = load_run_checkpoint(latest)
+        latest = ckpt.path
         check_fingerprint(ckpt, self.fingerprint())
         ids = ckpt.state.get("edited_case_ids", [])
         stream = [r.case_id for r in requests[: len(ids)]]
@@ -109,14 +116,16 @@ class RunCheckpoints:
             if key in saved_cbs:
                 cb.load_state_dict(saved_cbs[key])
         restore_rng(ckpt)
+        self.saved_at = state.requests_seen
         log.info("resumed from %s: %d requests seen in %d steps", ckpt.path, state.requests_seen, state.steps)
         return dict(ckpt.state.get("results", {}))
 
     def save(self, results: dict[str, Any]) -> None:
-        """Write a checkpoint of the run now (rank 0; nothing without a folder)."""
-        if self.folder is None or not self.trainer.is_global_zero:
-            return
+        """Write a checkpoint of the run now (rank 0; nothing without a folder, nor when the last one written or
+        resumed from is of this very edit count: nothing changed since)."""
         state = self.state
+        if self.folder is None or not self.trainer.is_global_zero or self.saved_at == state.requests_seen:
+            return
         doc = {
             "fingerprint": self.fingerprint(),
             "counters": state.counters(),
@@ -127,7 +136,8 @@ class RunCheckpoints:
             "callbacks": {k: cb.state_dict() for k, cb in self._callback_keys().items()},
         }
         weights = {n: get_weight(state.model, n) for n in state.original_weights}
-        path = save_run_checkpoint(self.folder, weights, doc, self.editor.state_dict())
+        path = save_run_checkpoint(self.folder, weights, doc, self.editor.state_dict(), keep=self.keep)
+        self.saved_at = state.requests_seen
         log.info("checkpoint after %d edits: %s", state.requests_seen, path)
 
     def _callback_keys(self) -> dict[str, EditStepCallback]:

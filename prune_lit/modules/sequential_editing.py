@@ -33,8 +33,9 @@ from prune_lit.modules.distributed import world
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
 from prune_lit.modules.edit_step import end_edits, run_edit_step
 from prune_lit.modules.evaluation import RunEvaluation
+from prune_lit.modules.run_checks import check_marks, check_request_lengths
 from prune_lit.modules.run_resume import RunCheckpoints
-from prune_lit.reporting import run_dir
+from prune_lit.reporting import RemoveRunFolderOnFailure, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,11 @@ class SequentialEditingModule(L.LightningModule):
         checkpoint_dir: resumable checkpoints go to ``<checkpoint_dir>/<run_name>/`` (None: no checkpoints).
         checkpoint_every: write one every this many edit requests (and at the end); 0 = only at the end.
         resume: continue from the run's latest checkpoint (an error if there is none, or if it is from another
-            model, editor setting or edit stream); False starts over and replaces the run's checkpoints.
+            model, editor setting or edit stream; a corrupt one falls back to the one before it, with a warning).
+        overwrite: with resume False and checkpoints already under the run's name: move them aside to
+            ``<run_name>.old-<time>`` and start over (False: refuse, naming both ways out). Nothing is deleted.
+        keep_checkpoints: how many of the newest checkpoints to keep (>= 1; the older ones are the fallback
+            when the newest is corrupt).
         run_name: the checkpoint folder's name (None: the logger's name, e.g. ``rome_prune``).
         restraint: a `prune_lit.contracts.Restraint` (e.g. `SpectralRestraint`) added to the trainer's callbacks, so a
             config can set it without replacing ``trainer.callbacks`` (None = none from the module).
@@ -86,6 +91,8 @@ class SequentialEditingModule(L.LightningModule):
         checkpoint_dir: str | None = "checkpoints",
         checkpoint_every: int = 100,
         resume: bool = False,
+        overwrite: bool = False,
+        keep_checkpoints: int = 2,
         run_name: str | None = None,
         restraint: Restraint | None = None,
         diagnostics: L.Callback | None = None,
@@ -97,6 +104,10 @@ class SequentialEditingModule(L.LightningModule):
         super().__init__()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: only at the end), got {checkpoint_every}")
+        if keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
+        if resume and overwrite:
+            raise ValueError("resume: true and overwrite: true contradict each other; set one of them")
         if probe_tokens < 0 or probe_window < 2:
             raise ValueError(f"probe_tokens must be >= 0 and probe_window >= 2, got {probe_tokens}, {probe_window}")
         self.save_hyperparameters(ignore=["editor", "downstream", "restraint", "diagnostics"])
@@ -136,6 +147,11 @@ class SequentialEditingModule(L.LightningModule):
         return self
 
     @property
+    def edit_steps_done(self) -> int:
+        """Edit steps this process has run (not counting those of a run it resumed)."""
+        return 0 if self.state is None else self.state.steps - self._resumed_steps
+
+    @property
     def tokenizer(self) -> Any:
         return None if self.state is None else self.state.tokenizer
 
@@ -151,7 +167,7 @@ class SequentialEditingModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         # Lightning appends these after trainer.callbacks (replacing any of the same type there); the phase
         # order, not this list, puts restraint before diagnostics.
-        return [cb for cb in (self.restraint, self.diagnostics) if cb is not None]
+        return [cb for cb in (self.restraint, self.diagnostics, RemoveRunFolderOnFailure()) if cb is not None]
 
     def _edit_data(self) -> EditRequestSource:
         dm = self.trainer.datamodule
@@ -165,14 +181,22 @@ class SequentialEditingModule(L.LightningModule):
         state.original_weights = {n: w.to(self.device) for n, w in state.original_weights.items()}
         data = self._edit_data()
         requests = list(data.all_requests)
+        check_marks(len(requests), eval_at=self.eval_at, downstream_at=self.downstream_at)
+        check_request_lengths(requests, state.tokenizer, state.model)
         self._checkpoints = RunCheckpoints(self.trainer, self.editor, state, hp.model_name, hp.dtype, data.batch_size,
-                                           hp.checkpoint_dir, hp.run_name)
-        ckpt = self._checkpoints.to_resume(hp.resume, requests)
+                                           hp.checkpoint_dir, hp.run_name, keep=hp.keep_checkpoints)
+        ckpt = self._checkpoints.to_resume(hp.resume, requests, overwrite=hp.overwrite)
         # Locality compares against what the *unedited* model predicted, so record that first.
         self._evaluation = RunEvaluation(self.trainer, state, self.downstream, hp.eval_batch_size, hp.downstream_cache)
         self._evaluation.record_references(requests, hp.probe_tokens, hp.probe_window, hp.data_dir)
         if ckpt is not None:
+            # An extended run (more edits than the checkpoint's) scores the 'before' column of all its cases, as a
+            # fresh run of that length does; the model is still unedited here.
+            before = ckpt.state.get("results", {}).get("edits_before")
+            rescored = self._evaluation.score_edits(requests) if before is not None and before.get("n") != len(requests) else None
             self.results = self._checkpoints.restore(ckpt, requests)
+            if rescored is not None:
+                self.results["edits_before"] = rescored
             self._resumed_steps = state.steps
             return
         self.results.update(self._evaluation.before(requests, hp.evaluate_before))
@@ -201,9 +225,11 @@ class SequentialEditingModule(L.LightningModule):
     # ---- the end of the run -------------------------------------------------------------------
     def on_test_epoch_end(self) -> None:
         evaluation, checkpoints = self._run_parts()
+        # Checkpoint *before* the end-of-run restraint and final evaluation: the checkpoint holds the unrestrained
+        # state, so an extension continues from it and a resumed finished run repeats the end exactly once.
+        checkpoints.save(self.results)
         changed = end_edits(self.trainer, self._state())
         self.results.update(evaluation.final(changed))
-        checkpoints.save(self.results)
         if self.trainer.is_global_zero:
             self._write_results()
             if self.hparams.export_dir is not None:
