@@ -38,6 +38,7 @@ from prune_lit.editors.mend import MENDEditor
 from prune_lit.editors.rome import ROMEEditor
 from prune_lit.models.export import check_export_path, export_model
 from prune_lit.models.loader import PRESETS, LoadedModel, load_model
+from prune_lit.modules.sequential_editing import TRAINER_DEFAULTS as EDIT_TRAINER_DEFAULTS
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 from prune_lit.restraint.posthoc import CheckpointMismatchError, PosthocError, PosthocRestraint, restrain_weights
 from prune_lit.restraint.spectrum import check_restraint_args
@@ -45,7 +46,8 @@ from prune_lit.restraint.spectrum import check_restraint_args
 EDITORS: dict[str, type[Editor]] = {"rome": ROMEEditor, "memit": MEMITEditor, "alphaedit": AlphaEditEditor, "mend": MENDEditor}
 RESTRAINTS = ("prune", "prune_at_end", "prune_factored", "none")
 # What the CLI sets for every run (PruneLitCLI.add_arguments_to_parser, configs/base.yaml); a test keeps them equal.
-TRAINER_DEFAULTS: dict[str, Any] = dict(inference_mode=False, accelerator="auto", devices=1, num_sanity_val_steps=0, enable_checkpointing=False)
+# The CLI's Trainer defaults; an API run saves no Lightning checkpoints (its own run checkpoints are the module's).
+TRAINER_DEFAULTS: dict[str, Any] = {**EDIT_TRAINER_DEFAULTS, "enable_checkpointing": False}
 Fact = Mapping[str, Any] | EditRequest
 
 

@@ -24,6 +24,7 @@ from prune_lit.data.downstream import MalformedRecordError
 from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.paths import DataNotFoundError
 from prune_lit.modules.run_checkpoint import RunCheckpointError
+from prune_lit.modules.sequential_editing import TRAINER_DEFAULTS
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -40,12 +41,7 @@ class PruneLitCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "logs", "name": "default"},
                 },
-                # Editors take gradients inside test_step (ROME's value optimisation, MEND's fine-tuning
-                # gradient); inference_mode would forbid that.
-                "trainer.inference_mode": False,
-                "trainer.accelerator": "auto",
-                "trainer.devices": 1,
-                "trainer.num_sanity_val_steps": 0,
+                **{f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()},
             }
         )
 

@@ -40,6 +40,11 @@ from prune_lit.reporting import RemoveRunFolderOnFailure, run_dir
 log = logging.getLogger(__name__)
 
 
+# The Trainer settings an editing run needs, shared by cli.py (as defaults) and the Python API. Editors take
+# gradients inside test_step (ROME's value optimisation, MEND's fine-tuning gradient): inference_mode would forbid it.
+TRAINER_DEFAULTS: dict[str, Any] = dict(inference_mode=False, accelerator="auto", devices=1, num_sanity_val_steps=0)
+
+
 class SequentialEditingModule(L.LightningModule):
     """Applies ``editor`` to the batches of the test dataloader, one after another, and evaluates.
 
