@@ -71,7 +71,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from prune_lit.data import load_counterfact  # noqa: E402
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference  # noqa: E402
 from prune_lit.metrics.probes import GeneralAbilityProbe  # noqa: E402
-from prune_lit.models.generation import apply_chat_template, choice_logprobs, generate_texts  # noqa: E402
+from prune_lit.metrics.scoring import choice_logprobs  # noqa: E402
+from prune_lit.models.generation import apply_chat_template, generate_texts  # noqa: E402
 from prune_lit.models.loader import load_model  # noqa: E402
 from prune_lit.modules.downstream_eval import NLI_CHAT_CHOICES, DownstreamEvaluator  # noqa: E402
 from test_generation_smollm2 import collapse  # noqa: E402
