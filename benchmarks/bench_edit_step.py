@@ -40,7 +40,6 @@ Results are merged (keyed by editor) into ``benchmarks/results/edit_step.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -75,6 +74,7 @@ from prune_lit.contracts import EditState, crossed  # noqa: E402
 from prune_lit.callbacks import restraint as restraint_mod  # noqa: E402
 from prune_lit.callbacks.restraint import SpectralRestraint  # noqa: E402
 from prune_lit.data import load_counterfact  # noqa: E402
+from prune_lit.editors import base as editor_base  # noqa: E402
 from prune_lit.editors import memit as memit_mod  # noqa: E402
 from prune_lit.editors import mend as mend_mod  # noqa: E402
 from prune_lit.editors import rome as rome_mod  # noqa: E402
@@ -163,13 +163,13 @@ def instrument(name: str, editor, comps: Components) -> None:  # noqa: ANN001
         comps.wrap(rome_mod, "compute_keys", "keys")
         comps.wrap(rome_mod, "optimise_target", "value_search")
         comps.wrap(rome_mod, "rome_update", "closed_form_update")
-        comps.wrap(rome_mod, "apply_deltas", "apply_deltas")
+        comps.wrap(editor_base, "apply_deltas", "apply_deltas")
     elif name == "memit":
         comps.wrap(memit_mod, "optimise_target", "value_search")
         comps.wrap(memit_mod, "compute_keys", "keys")
         comps.wrap(memit_mod, "module_io_at", "z_now_forwards")
         comps.wrap(memit_mod, "memit_update", "float64_solve", memit_solve_flops)
-        comps.wrap(memit_mod, "apply_deltas", "apply_deltas")
+        comps.wrap(editor_base, "apply_deltas", "apply_deltas")
     elif name == "mend":
         rank = int(editor.meta["rank"])
         n_layers = int(editor.meta["n_hidden"]) + 1
@@ -184,17 +184,8 @@ def instrument(name: str, editor, comps: Components) -> None:  # noqa: ANN001
             return total
 
         comps.wrap(mend_mod, "finetune_factors", "finetune_forward_backward", hyper_flops)
-        hyper = editor.hypernet
-        fwd = hyper.forward
-
-        def timed_forward(*a, **kw):  # noqa: ANN002, ANN003
-            t = time.perf_counter()
-            out = fwd(*a, **kw)
-            comps.seconds["hypernet"] = comps.seconds.get("hypernet", 0.0) + time.perf_counter() - t
-            return out
-
-        hyper.forward = timed_forward
-        comps.wrap(mend_mod, "apply_deltas", "apply_deltas")
+        comps.wrap(editor.hypernet, "delta_factors", "hypernet")  # the editor's one hypernetwork call per step
+        comps.wrap(editor_base, "apply_deltas", "apply_deltas")
 
 
 def merge_results(out: Path, rows: list[dict], meta: dict) -> None:

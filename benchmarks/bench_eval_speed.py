@@ -31,7 +31,6 @@ Writes ``benchmarks/results/eval_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,6 +39,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _common import add_output_args, pin_threads, write_result  # benchmarks/ is on sys.path; loads no numpy/torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,17 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-requests", type=int, default=50, help="CounterFact cases for the edit metrics (0 = skip)")
     p.add_argument("--edit-batch", type=int, default=64, help="eval_batch_size compared with the config's 16")
     p.add_argument("--probe-tokens", type=int, default=5000, help="WikiText-2 tokens of the probes (0 = skip)")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
+    add_output_args(p, "eval_speed.json")
     return p.parse_args(argv)
 
 
 ARGS = parse_args()
-if ARGS.threads > 0:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+pin_threads(ARGS.threads)  # before torch loads its BLAS
 
 import torch  # noqa: E402
 
@@ -71,13 +69,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from prune_lit.data import load_counterfact  # noqa: E402
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference  # noqa: E402
 from prune_lit.metrics.probes import GeneralAbilityProbe  # noqa: E402
-from prune_lit.models.generation import apply_chat_template, choice_logprobs, generate_texts  # noqa: E402
+from prune_lit.metrics.scoring import choice_logprobs  # noqa: E402
+from prune_lit.models.generation import apply_chat_template, generate_texts  # noqa: E402
 from prune_lit.models.loader import load_model  # noqa: E402
 from prune_lit.modules.downstream_eval import NLI_CHAT_CHOICES, DownstreamEvaluator  # noqa: E402
 from test_generation_smollm2 import collapse  # noqa: E402
 
-if ARGS.threads > 0:
-    torch.set_num_threads(ARGS.threads)
 
 
 def load() -> list[float]:
@@ -254,12 +251,7 @@ def main(args: argparse.Namespace) -> int:
 
     out["load_at_end"] = load()
     out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    tmp.replace(path)
-    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", flush=True)
+    write_result(args.out, out)
     return 0
 
 

@@ -25,12 +25,12 @@ Writes ``benchmarks/results/eval_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
+
+from _common import add_output_args, pin_threads, write_result  # benchmarks/ is on sys.path; loads no numpy/torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,17 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=8, help="examples per downstream task")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-requests", type=int, default=16, help="CounterFact edit cases scored by evaluate_edits")
-    p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (0 = library default)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_throughput.json"))
+    add_output_args(p, "eval_throughput.json")
     return p.parse_args(argv)
 
 
 ARGS = parse_args()
-if ARGS.threads > 0:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+pin_threads(ARGS.threads)  # before torch loads its BLAS
 
 import torch  # noqa: E402
 
@@ -62,8 +59,6 @@ from prune_lit.models.loader import load_model  # noqa: E402
 from prune_lit.modules.downstream_eval import NLI_CHOICES, DownstreamEvaluator  # noqa: E402
 from prune_lit.models.generation import _forward, _length_order, _tokenize  # noqa: E402
 
-if ARGS.threads > 0:
-    torch.set_num_threads(ARGS.threads)
 
 
 @torch.no_grad()
@@ -207,12 +202,8 @@ def main(args: argparse.Namespace) -> int:
         "downstream_totals": {k: v for k, v in results.items() if k.startswith("total/")},
         "edit_scoring": edit_scoring,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(out)
-    print(f"matmul at the end: float32 best {rate_end['float32_gflops_best']:.1f} GFLOP/s; wrote {out}", flush=True)
+    print(f"matmul at the end: float32 best {rate_end['float32_gflops_best']:.1f} GFLOP/s", flush=True)
+    write_result(args.out, payload)
     return 0
 
 

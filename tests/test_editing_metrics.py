@@ -13,23 +13,11 @@ from prune_lit.metrics.editing_eval import EditScores, LocalityReference, evalua
 from prune_lit.metrics.scoring import TargetScores, greedy_prefix_match, score_targets, target_logprobs, target_token_accuracy
 from prune_lit.models.loader import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Different lengths (so batches are padded) and shared prompts with 1- and multi-token targets (KV-cache reuse).
 PROMPTS = ["The capital of France is", "Hi", "Danielle Darrieux's mother tongue is", "a b c d e f g h i j k l m n", "Hi", "The capital of France is"]
 TARGETS = ["Paris", "Rome is a city in Italy", "French", "x", "there", "Rome, Italy"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small forward passes run several times faster on one thread when the 2 CPU cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, seed=0)
 
 
 # ---- metric classes on hand-made scores -------------------------------------------------------------

@@ -26,14 +26,7 @@ from prune_lit.editors.mend_net import (
 from prune_lit.models import arch_spec, get_weight, load_model
 from prune_lit.modules.mend_training import MENDTraining
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CI box is 2 shared cores: one intra-op thread is several times faster than oversubscribing.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

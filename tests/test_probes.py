@@ -14,20 +14,9 @@ from prune_lit.metrics.probes import GeneralAbilityProbe, PerplexityKL, kl_from_
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.loader import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NUM_TOKENS, WINDOW = 192, 48  # 4 windows: small enough for a 49k-vocab forward on one thread
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
-def tiny(request):
-    return load_model(request.param, seed=0)
 
 
 def _mlp_weight_name(model) -> str:
