@@ -20,8 +20,9 @@ projects the *output* side. Here weights come as ``[out, in]`` (`prune_lit.model
 
 Differences from the reference, numerical only (same subspace, same projection):
 
-* the eigendecomposition is taken of the shorter side's Gram matrix (``ÂÂᵀ`` when rows < cols) in float64;
-  the non-zero spectrum is the same and ``U = Âᵀ V diag(λ)^{-1/2}``, 5–20× cheaper on an MLP matrix;
+* the eigendecomposition is taken of the shorter side's Gram matrix (``ÂÂᵀ`` when rows < cols); the non-zero
+  spectrum is the same and ``U = Âᵀ V diag(λ)^{-1/2}``, 5–20× cheaper on an MLP matrix. Like the reference it
+  runs in the weight's precision (float32); the energy cut is counted in float64;
 * ``B − α (B U) Uᵀ`` is applied without forming the ``[cols, cols]`` projector.
 """
 
@@ -76,28 +77,31 @@ def energy_rank(eigvals_desc: Tensor, beta_hse: float) -> int:
 def principal_directions(a: Tensor, beta_hse: float) -> Tensor:
     """Principal directions of the rows of ``a`` ``[rows, cols]`` holding a ``beta_hse`` share of their energy.
 
-    Returns ``U`` ``[cols, r]`` (float64, orthonormal columns, leading eigenvector first): the top eigenvectors
-    of ``ÂᵀÂ`` (``Â`` = `row_normalise` (a)), ``r`` = `energy_rank`.
+    Returns ``U`` ``[cols, r]`` (``a``'s float dtype, float32 at least; orthonormal columns, leading eigenvector
+    first): the top eigenvectors of ``ÂᵀÂ`` (``Â`` = `row_normalise` (a)), ``r`` = `energy_rank`.
     """
     if a.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(a.shape)}")
     check_sphere_args(beta_hse, 0.0)
     if not torch.isfinite(a).all():
         raise ValueError("weight contains NaN or Inf")
-    a_hat = row_normalise(a.double())
+    a_hat = row_normalise(a if a.dtype in (torch.float32, torch.float64) else a.float())
     rows, cols = a_hat.shape
     if cols <= rows:
         evals, evecs = torch.linalg.eigh(a_hat.T @ a_hat)
         evals, evecs = evals.flip(0), evecs.flip(1)
-        return evecs[:, : energy_rank(evals, beta_hse)]
+        return evecs[:, : energy_rank(evals.double(), beta_hse)]
     # rows < cols: ÂᵀÂ has the non-zero spectrum of ÂÂᵀ (the rest are zeros that add nothing to cumsum or total)
     evals, evecs = torch.linalg.eigh(a_hat @ a_hat.T)
     evals, evecs = evals.flip(0), evecs.flip(1)
-    r = energy_rank(evals.clamp_min(0), beta_hse)
-    if float(evals[r - 1]) <= 1e-10 * float(evals[0]):  # the cut reaches the null space (beta_hse ~ 1): long side
+    r = energy_rank(evals.double().clamp_min(0), beta_hse)
+    if float(evals[r - 1]) <= 1e-5 * float(evals[0]):  # the cut reaches the null space (beta_hse ~ 1): long side
         evals, evecs = torch.linalg.eigh(a_hat.T @ a_hat)
-        return evecs.flip(1)[:, : energy_rank(evals.flip(0), beta_hse)]
-    return (a_hat.T @ evecs[:, :r]) / evals[:r].sqrt()
+        return evecs.flip(1)[:, : energy_rank(evals.flip(0).double(), beta_hse)]
+    u = (a_hat.T @ evecs[:, :r]) / evals[:r].sqrt()
+    # one Cholesky-QR pass restores orthonormality lost to float32 rounding in the normalisation
+    r_factor = torch.linalg.cholesky(u.T @ u, upper=True)
+    return torch.linalg.solve_triangular(r_factor, u, upper=True, left=False)
 
 
 def soft_project(update: Tensor, directions: Tensor, alpha: float) -> Tensor:
