@@ -85,6 +85,7 @@ def restrain_delta_key_aware(
     sqrt_c_norm: float | None = None,
     rtol: float = 1e-5,
     init_basis: Tensor | None = None,
+    max_rank: int | None = None,
 ) -> RestraintResult:
     """Key-aware PRUNE of ``delta`` ΔW ``[m, n]`` (``[out, in]``) with ``sqrt_c`` C^{1/2} ``[n, n]``.
 
@@ -93,7 +94,8 @@ def restrain_delta_key_aware(
         alpha, mode: PRUNE's map (`restrain_singular_values`).
         rule: ``"spectral"`` (map each σ(ΔW C^{1/2}) > τ) or ``"energy"`` (map ‖ΔW C^{1/2}‖_F, scale all σ alike).
         sqrt_c_norm: ‖C^{1/2}‖₂ if known (enables a skip without any SVD when ‖ΔW‖_F · ‖C^{1/2}‖₂ ≤ τ).
-        rtol, init_basis: for the range finder on ΔW (``init_basis``: the previous step's ``result.basis``).
+        rtol, init_basis, max_rank: for the range finder on ΔW (`lowrank_svd`; ``init_basis``: the previous step's
+            ``result.basis``, ``max_rank=0``: ΔW is known to be of high rank, take the thin SVD at once).
 
     Returns:
         `RestraintResult` whose correction ``left [m, j] @ right [j, n]`` = Σ_i (σ'_i/σ_i − 1) u_i u_iᵀ ΔW;
@@ -110,7 +112,7 @@ def restrain_delta_key_aware(
         return RestraintResult(delta, None, None, 0, None, None, fro, None, "skipped")
     if fro == 0.0:
         return RestraintResult(delta, None, None, 0, 0.0, 0.0, fro, 0, "zero")
-    svd = lowrank_svd(delta, rtol=rtol, init=init_basis)  # ΔW ≈ U diag(S) Vh; range(M) ⊆ range(ΔW) = span U
+    svd = lowrank_svd(delta, rtol=rtol, init=init_basis, max_rank=max_rank)  # ΔW ≈ U diag(S) Vh; range(M) ⊆ range(ΔW) = span U
     if svd.rank == 0:
         return RestraintResult(delta, None, None, 0, 0.0, 0.0, fro, 0, svd.method)
     u = svd.U  # [m, k]
