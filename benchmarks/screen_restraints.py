@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--first-case", type=int, default=1000, help="index in the CounterFact edit split (study: 0–999)")
     p.add_argument("--n-edits", type=int, default=50)
     p.add_argument("--probe-tokens", type=int, default=5000)
+    p.add_argument("--probe-every", type=int, default=0, help="also probe perplexity every k edits (0: only at the end)")
+    p.add_argument("--save-weights", default=None, help="folder to save each arm's final edited matrix in (<arm>_<cases>.pt)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "restraint_screen.json"))
     return p.parse_args(argv)
@@ -155,7 +157,8 @@ def main(args: argparse.Namespace) -> int:
         arm = Arm(arm_name, w0, c, transposed)
         t0 = time.perf_counter()
         restraint_seconds = 0.0
-        for req in tqdm(requests, desc=arm_name):
+        curve: list[dict] = []
+        for i, req in enumerate(tqdm(requests, desc=arm_name), start=1):
             deltas, _ = editor.compute_deltas(model, tok, [req])
             t = time.perf_counter()
             deltas = {n: arm.before_apply(get_weight(model, n).float(), d) for n, d in deltas.items()}
@@ -165,7 +168,14 @@ def main(args: argparse.Namespace) -> int:
             t = time.perf_counter()
             set_weight(model, name, arm.after_apply(get_weight(model, name).float()))
             restraint_seconds += time.perf_counter() - t
+            if args.probe_every and i % args.probe_every == 0 and i < len(requests):
+                mid = probe.probe(model)
+                curve.append({"num_edits": i, "perplexity": mid.perplexity, "perplexity_change": mid.perplexity / base.perplexity - 1.0,
+                              "kl_from_unedited": mid.kl_from_unedited})
         edit_seconds = time.perf_counter() - t0
+        if args.save_weights:
+            Path(args.save_weights).mkdir(parents=True, exist_ok=True)
+            torch.save(get_weight(model, name).float().clone(), Path(args.save_weights) / f"{arm_name}_{cases_key}.pt")
         pr = probe.probe(model)
         scores = evaluate_edits(model, tok, requests, loc_ref)
         delta = get_weight(model, name).float() - w0
@@ -185,6 +195,7 @@ def main(args: argparse.Namespace) -> int:
             "delta_frobenius": float(delta.norm()),
             "delta_spectral": float(torch.linalg.matrix_norm(delta.double(), ord=2)),
             "delta_key_energy_rms": float(torch.sqrt(torch.einsum("ij,jk,ik->", delta.double(), c.double(), delta.double()))),
+            "perplexity_curve": curve,
             "steps_restraint_acted": arm.acted,
             "arm_info": {k: v for k, v in arm.info.items()},
             "seconds_total": edit_seconds,
