@@ -35,10 +35,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_restraint.py
 
 # The study of docs/results.md (benchmarks/run_study.sh; MEND needs checkpoints/mend/best.ckpt), then its tables,
-# paired tests and docs/figures/study_*.png.
+# paired tests and figures: benchmarks/results/$(STUDY_NAME).md / .json and docs/figures/$(STUDY_NAME)/, the files
+# docs/results.md cites (the 200-edit study's study.json and docs/figures/study_*.png are never written).
+STUDY_DIR  ?= logs/study
+STUDY_NAME ?= study1000
+
 study: $(STAMP)
-	PYTHON=$(BIN)/python bash benchmarks/run_study.sh
-	$(BIN)/python benchmarks/study_report.py --study logs/study --md benchmarks/results/study.md --out benchmarks/results/study.json
+	STUDY_DIR=$(STUDY_DIR) PYTHON=$(BIN)/python bash benchmarks/run_study.sh
+	$(BIN)/python -m prune_lit.analysis.study_report --study $(STUDY_DIR) --md benchmarks/results/$(STUDY_NAME).md \
+		--out benchmarks/results/$(STUDY_NAME).json --figures docs/figures/$(STUDY_NAME)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,17 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
-import yaml
-from flop_count import matmul_gflops  # benchmarks/ is on sys.path when run as a script
+from _common import add_output_args, machine_meta, parse_overrides, pin_threads, write_result  # benchmarks/ is on sys.path
+from flop_count import matmul_gflops
 
-from prune_lit.reporting import write_json_atomic
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.editors import MEMITEditor, ROMEEditor
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
@@ -61,17 +58,6 @@ def pass_seconds(model_name: str, repeats: int = 4) -> dict[str, float]:
     out = {"float32": timed(model, False), "autocast_bfloat16": timed(model, True), "bfloat16_weights": timed(bf16, False)}
     out["float32_again"] = timed(model, False)  # the load drifts: bracket the others
     return {k: round(v, 3) for k, v in out.items()}
-
-
-def parse_variant(text: str) -> dict[str, object]:
-    """``"v_autocast=bfloat16,v_cache_lower_layers=false"`` -> hyperparameter overrides (YAML-typed values)."""
-    out: dict[str, object] = {}
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"bad variant item {item!r}: expected key=value")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def run(editor_name: str, overrides: dict[str, object], args: argparse.Namespace, requests: list) -> dict:
@@ -111,31 +97,23 @@ def main() -> None:
     p.add_argument("--variants", default=None, help="';'-separated override sets to compare instead of --dtypes")
     p.add_argument("--n-edits", type=int, default=20)
     p.add_argument("--memit-batch", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--passes", action="store_true", help="also time one forward+backward pass per precision")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "autocast.json")
+    add_output_args(p, "autocast.json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     requests = load_counterfact("edit", data_dir=args.data_dir, limit=args.n_edits)
-    meta = {
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    meta = machine_meta() | {
         "matmul_gflops_float32": round(matmul_gflops(dtype=torch.float32), 1),
         "matmul_gflops_bfloat16": round(matmul_gflops(dtype=torch.bfloat16), 1),
-        "load_average_1m_start": os.getloadavg()[0],
     }
     if args.passes:
         meta["pass_seconds"] = pass_seconds(args.model)
     print(json.dumps(meta))
     rows = []
     if args.variants:
-        variants = [parse_variant(v) for v in args.variants.split(";") if v.strip()]
+        variants = [parse_overrides(v) for v in args.variants.split(";") if v.strip()]
     else:
         variants = [{"v_autocast": d.strip()} for d in args.dtypes.split(",") if d.strip()]
     for name in [e.strip() for e in args.editors.split(",") if e.strip()]:
@@ -150,8 +128,7 @@ def main() -> None:
                 f"| mean final NLL {row['mean_final_nll']:.3f}",
                 flush=True,
             )
-    write_json_atomic(args.out, {"meta": meta, "runs": rows})
-    print(f"written {args.out}")
+    write_result(args.out, {"meta": meta, "runs": rows})
 
 
 if __name__ == "__main__":

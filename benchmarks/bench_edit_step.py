@@ -40,7 +40,6 @@ Results are merged (keyed by editor) into ``benchmarks/results/edit_step.json``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -49,31 +48,30 @@ import sys
 import time
 from pathlib import Path
 
+from _common import add_output_args, merge_result, pin_threads  # benchmarks/ is on sys.path; loads no numpy/torch
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--editors", default="rome,memit,mend", help="comma-separated subset of rome,memit,mend")
     p.add_argument("--n-edits", type=int, default=3, help="edits per editor (ROME/MEND: one per step)")
     p.add_argument("--memit-batch", type=int, default=2, help="requests per MEMIT step")
-    p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (0 = library default)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--mend-checkpoint", default="checkpoints/mend/best.ckpt")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--alpha", type=float, default=2.718281828459045)
     p.add_argument("--restrain-every", type=int, default=1, help="restrain when the edit count crosses a multiple of k (every_n_edits)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "edit_step.json"))
+    add_output_args(p, "edit_step.json")
     return p.parse_args(argv)
 
 
 ARGS = parse_args()
-if ARGS.threads > 0:  # before torch loads its BLAS
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+pin_threads(ARGS.threads)  # before torch loads its BLAS
 
 import torch  # noqa: E402
 
 from flop_count import LinearFlops, matmul_rate  # noqa: E402
-from prune_lit.modules.edit_state import EditState, crossed  # noqa: E402
+from prune_lit.contracts import EditState, crossed  # noqa: E402
 from prune_lit.callbacks import restraint as restraint_mod  # noqa: E402
 from prune_lit.callbacks.restraint import SpectralRestraint  # noqa: E402
 from prune_lit.data import load_counterfact  # noqa: E402
@@ -82,9 +80,6 @@ from prune_lit.editors import mend as mend_mod  # noqa: E402
 from prune_lit.editors import rome as rome_mod  # noqa: E402
 from prune_lit.models.arch import get_weight  # noqa: E402
 from prune_lit.models.loader import load_model  # noqa: E402
-
-if ARGS.threads > 0:
-    torch.set_num_threads(ARGS.threads)
 
 
 class RestraintProbe:
@@ -203,18 +198,14 @@ def instrument(name: str, editor, comps: Components) -> None:  # noqa: ANN001
 
 
 def merge_results(out: Path, rows: list[dict], meta: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(out.read_text()) if out.exists() else {"editors": {}, "runs": []}
+    """Add this run's editors (keyed by name and restraint period) and its meta to ``out``."""
+    def update(data: dict) -> None:
         for r in rows:
             k = r.get("restrain_every_n_edits", 1)
             data["editors"][r["editor"] + (f"_restrain_every_{k}" if k > 1 else "")] = r
         data["runs"].append(meta)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        tmp.replace(out)
-    out.with_suffix(".lock").unlink(missing_ok=True)
+
+    merge_result(out, {"editors": {}, "runs": []}, update)
 
 
 def run_editor(name: str, args: argparse.Namespace, requests: list, rate32: float, rate64: float) -> dict | None:

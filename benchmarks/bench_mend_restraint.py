@@ -19,14 +19,13 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from _common import add_output_args, pin_threads, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.callbacks import SpectralRestraint
 from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
-from prune_lit.callbacks.log_utils import write_json_atomic
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.editors.mend import MENDEditor
 from prune_lit.models.arch import get_weight, set_weight
@@ -75,10 +74,9 @@ def main() -> None:
     p.add_argument("--checkpoint", default="checkpoints/mend/best.ckpt")
     p.add_argument("--n-edits", type=int, default=100)
     p.add_argument("--scales", default="1,10", help="comma-separated multipliers of every A factor in the replay")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/results/mend_restraint.json")
+    add_output_args(p, "mend_restraint.json")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     lm = load_model(args.model)
     editor_names = None
     t0 = time.time()
@@ -126,9 +124,7 @@ def main() -> None:
         ratio = out["runs"][-2]["restraint_total_s"] / max(out["runs"][-1]["restraint_total_s"], 1e-9)
         out["runs"][-1]["speedup_vs_dense"] = ratio
         print(f"scale {scale:g}: factored is {ratio:.1f}x faster than dense")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(args.out), out)
-    print(f"wrote {args.out}")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ of prefill time spent on padding.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from prune_lit.reporting import write_json_atomic
+from _common import add_output_args, write_result  # benchmarks/ is on sys.path
+
 from prune_lit.models.loader import load_model
 from prune_lit.modules.downstream_eval import DownstreamEvaluator
 from prune_lit.models.generation import apply_chat_template
@@ -33,7 +32,7 @@ def main() -> None:
     p.add_argument("--chat-template", action="store_true", help="wrap prompts as the editing configs do")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "padding.json")
+    add_output_args(p, "padding.json", threads=None)
     args = p.parse_args()
     tok = load_model(args.model).tokenizer
     rows = []
@@ -53,8 +52,7 @@ def main() -> None:
             rows.append(row)
             print(f"limit {limit:4d} {task:14s} real {real:6d}  evaluator order {before:6d} ({100 * row['padding_share_before']:4.1f} % pad)  "
                   f"length-sorted {after:6d} ({100 * row['padding_share_after']:4.1f} % pad)  -> {after / before:.2f}x positions", flush=True)
-    write_json_atomic(args.out, {"batch_size": args.batch_size, "chat_template": args.chat_template, "rows": rows})
-    print(json.dumps({"written": str(args.out)}))
+    write_result(args.out, {"batch_size": args.batch_size, "chat_template": args.chat_template, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
+
+from _common import add_output_args, pin_threads, write_result  # benchmarks/ is on sys.path; loads no numpy/torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,17 +29,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--check-tokens", type=int, default=1024, help="tokens for the KL check against a full copy (0 = skip)")
-    p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (0 = library default)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "probes.json"))
+    add_output_args(p, "probes.json")
     return p.parse_args(argv)
 
 
 ARGS = parse_args()
-if ARGS.threads > 0:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+pin_threads(ARGS.threads)  # before torch loads its BLAS
 
 import copy  # noqa: E402
 import math  # noqa: E402
@@ -56,8 +54,6 @@ def now() -> str:
 
 
 def main() -> None:
-    if ARGS.threads > 0:
-        torch.set_num_threads(ARGS.threads)
     out: dict = {"started": now(), "argv": os.sys.argv[1:], "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
                  "loadavg_at_start": os.getloadavg(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                  "model": ARGS.model, "window": ARGS.window, "batch_size": ARGS.batch_size, "runs": []}
@@ -98,9 +94,7 @@ def main() -> None:
         print(json.dumps(out["reference_check"]), flush=True)
     out["finished"] = now()
     out["loadavg_at_end"] = os.getloadavg()
-    Path(ARGS.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(ARGS.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {ARGS.out}")
+    write_result(ARGS.out, out)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,14 @@ Results are merged (keyed by shape and rank) into ``benchmarks/results/restraint
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+
+from _common import add_output_args, merge_result, pin_threads  # benchmarks/ is on sys.path; loads no numpy/torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,18 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ranks", default="1,10,100", help="comma-separated ranks of ΔW")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of our restraint step (median reported)")
     p.add_argument("--baseline-repeats", type=int, default=1, help="timed repeats of the reference recipe")
-    p.add_argument("--threads", type=int, default=0, help="BLAS/torch threads for both sides (0 = library default)")
     p.add_argument("--no-reference", action="store_true", help="skip the full-SVD reference (e.g. 4096x14336 on a small CPU)")
     p.add_argument("--no-new-restraints", action="store_true", help="skip SPHERE and key-aware PRUNE")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "restraint.json"))
+    add_output_args(p, "restraint.json", threads=0)  # threads: both sides (numpy's BLAS and torch)
     return p.parse_args(argv)
 
 
 ARGS = parse_args()
-if ARGS.threads > 0:  # must be set before numpy/torch load their BLAS
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+pin_threads(ARGS.threads)  # before numpy loads its BLAS
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -67,9 +65,6 @@ import torch  # noqa: E402
 from prune_lit.restraint import restrain_delta_with_stats, restrain_singular_values, spectral_norm  # noqa: E402
 from prune_lit.restraint.key_aware import key_threshold, restrain_delta_key_aware, sqrt_psd  # noqa: E402
 from prune_lit.restraint.sphere import SphereProjector  # noqa: E402
-
-if ARGS.threads > 0:
-    torch.set_num_threads(ARGS.threads)
 
 
 def make_w0(m: int, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -235,19 +230,14 @@ def new_restraints(w0: torch.Tensor, w: torch.Tensor, delta_next: torch.Tensor, 
 
 
 def merge_results(out: Path, rows: list[dict], meta: dict) -> None:
-    """Read-modify-write ``out`` under a lock (several benchmark jobs may run at once), atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(out.read_text()) if out.exists() else {"rows": [], "runs": []}
+    """Replace the rows of the same shape and rank in ``out`` by these, and add the run's meta."""
+    def update(data: dict) -> None:
         keys = {(r["shape"], r["rank"]) for r in rows}
         data["rows"] = [r for r in data["rows"] if (r["shape"], r["rank"]) not in keys] + rows
         data["rows"].sort(key=lambda r: (r["m"] * r["n"], r["rank"]))
         data["runs"].append(meta)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        tmp.replace(out)
-    out.with_suffix(".lock").unlink(missing_ok=True)
+
+    merge_result(out, {"rows": [], "runs": []}, update)
 
 
 def main(args: argparse.Namespace) -> int:

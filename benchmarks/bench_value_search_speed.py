@@ -28,9 +28,9 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _common import add_output_args, pin_threads, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.data.requests import EditRequest
@@ -39,7 +39,6 @@ from prune_lit.editors.locate import logits_at, module_io_at, subject_last_token
 from prune_lit.models.arch import arch_spec
 from prune_lit.models.batching import pad_batch, pad_token_id
 from prune_lit.models.loader import load_model
-from prune_lit.reporting import write_json_atomic
 
 VARIANTS = {
     "rome": {
@@ -79,11 +78,10 @@ def main() -> None:
     p.add_argument("--split", default="edit", choices=["edit", "train", "val"])
     p.add_argument("--offset", type=int, default=5000, help="first case (file order) of the split")
     p.add_argument("--n", type=int, default=30)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, required=True)
+    add_output_args(p, None)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     requests = load_counterfact(args.split, data_dir=args.data_dir, limit=args.offset + args.n)[args.offset :]
     variants = {name: VARIANTS[args.editor][name] for name in args.variants.split(",")}
     if not {"before", "default"} <= set(variants):
@@ -132,7 +130,7 @@ def main() -> None:
         "speedup_wall": ratio_wall,
         "speedup_cpu_incl_old_forwards": ratio_with_extra,
     }
-    write_json_atomic(args.out, out)
+    write_result(args.out, out)
     for name, row in rows.items():
         print(f"{name:8s} {row['mean_cpu_s']:.3f} CPU s/step ({row['mean_wall_s']:.3f} wall), {row['value_steps_mean']:.2f} value steps per request")
     print(f"speed-up of the default: {ratio_cpu:.2f}x CPU ({ratio_with_extra:.2f}x incl. the old code's two forwards, "

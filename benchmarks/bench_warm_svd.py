@@ -13,16 +13,13 @@ step, i.e. the behaviour before warm starts). Both must give the same weights (c
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
+from _common import add_output_args, machine_meta, pin_threads, write_result  # benchmarks/ is on sys.path
 
-from prune_lit.modules.edit_state import EditState
+from prune_lit.contracts import EditState
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
-from prune_lit.reporting import write_json_atomic
 from prune_lit.editors.mend_net import default_inner_params
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.models.loader import load_model
@@ -68,21 +65,12 @@ def main() -> None:
     p.add_argument("--rank-per-step", type=int, default=10)
     p.add_argument("--scale", type=float, default=0.5, help="largest σ of each step's update, in σ_max(W_0)")
     p.add_argument("--layers", type=int, nargs="+", default=[27, 28, 29])
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "warm_svd.json")
+    add_output_args(p, "warm_svd.json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    meta = {
-        "argv": vars(args) | {"out": str(args.out)},
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "load_average_1m_start": os.getloadavg()[0],
-    }
+    pin_threads(args.threads)
+    meta = {"argv": vars(args) | {"out": str(args.out)}} | machine_meta()
     out = {}
     for variant in ("cold", "warm"):
         out[variant] = run(variant, args)
@@ -103,7 +91,7 @@ def main() -> None:
     speedup = {k: totals["cold"][k] / totals["warm"][k] for k in ("restraint_s", "diagnostics_s")}
     print(f"warm vs cold: restraint {speedup['restraint_s']:.2f}x, diagnostics {speedup['diagnostics_s']:.2f}x; "
           f"weights differ by {worst:.1e} (relative Frobenius, worst matrix)")
-    write_json_atomic(
+    write_result(
         args.out,
         {
             "meta": meta | {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
@@ -114,7 +102,6 @@ def main() -> None:
             "full_rank_at_end": {v: out[v]["full_rank"] for v in ("cold", "warm")},
         },
     )
-    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 import torch
+from _common import add_output_args, write_result  # benchmarks/ is on sys.path
 from safetensors.torch import load_file
 
 from prune_lit.data.wikitext import wikitext_windows
@@ -32,7 +33,6 @@ from prune_lit.editors.stats import second_moments
 from prune_lit.metrics.disturbance import held_out_keys, kept_energy, output_shift
 from prune_lit.models.arch import get_weight
 from prune_lit.models.loader import load_model
-from prune_lit.reporting import write_json_atomic
 
 
 def matrix_report(w0: torch.Tensor, w: torch.Tensor, K: torch.Tensor) -> dict[str, float]:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--alphaedit-threshold", type=float, default=None, help="also the kept-space energy of the keys (absolute threshold)")
     p.add_argument("--stats-tokens", type=int, default=10000, help="token count of the cached key statistics P is built from")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, required=True)
+    add_output_args(p, None, threads=None)
     args = p.parse_args(argv)
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if "alphaedit_kept_space" in out:
         print("kept-space energy of held-out keys: " + ", ".join(f"{n.split('.')[2]}: {v['kept_energy']:.3f} ({v['n_kept']} dirs)"
                                                                for n, v in out["alphaedit_kept_space"]["matrices"].items()))
-    write_json_atomic(args.out, out)
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

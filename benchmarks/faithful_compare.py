@@ -21,37 +21,28 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
-import yaml
+from _common import add_output_args, machine_meta, parse_overrides, pin_threads, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.data.paths import resolve_data_file
 from prune_lit.editors import MEMITEditor, ROMEEditor
-from prune_lit.editors.stats import clean_wikitext
+from prune_lit.data.wikitext import clean_wikitext
 from prune_lit.metrics.editing_eval import evaluate_edits, record_locality_reference
 from prune_lit.metrics.scoring import score_targets
 from prune_lit.models.arch import get_weight
 from prune_lit.models.loader import load_model
-from prune_lit.reporting import write_json_atomic
 
 def parse_variants(text: str) -> list[tuple[str, dict[str, object]]]:
     """``"name:key=value,key=value;name2:..."`` -> [(name, overrides)] (values parsed as YAML)."""
     out = []
     for part in filter(None, (x.strip() for x in text.split(";"))):
         name, _, body = part.partition(":")
-        overrides: dict[str, object] = {}
-        for item in filter(None, (x.strip() for x in body.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"bad variant item {item!r}: expected key=value")
-            overrides[key.strip()] = yaml.safe_load(value)
-        out.append((name.strip(), overrides))
+        out.append((name.strip(), parse_overrides(body)))
     return out
 
 
@@ -139,24 +130,16 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--memit-batch", type=int, default=10)
     p.add_argument("--ppl-tokens", type=int, default=0, help="perplexity on this many WikiText-2 test tokens (0: skip)")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", type=Path, required=True)
+    add_output_args(p, None)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     requests = load_counterfact(args.split, data_dir=args.data_dir, limit=args.offset + args.n)[args.offset :]
-    meta = {
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    meta = machine_meta() | {
         "split": args.split,
         "cases": [args.offset, args.offset + len(requests)],
         "case_ids": [r.case_id for r in requests],
-        "load_average_1m_start": os.getloadavg()[0],
     }
     if args.ppl_tokens:
         base = load_model(args.model)
@@ -177,8 +160,7 @@ def main() -> None:
             f"||dW|| {row['delta_w_fro']:.2f}" + (f" | ppl {row['ppl_wikitext_test']:.2f}" if "ppl_wikitext_test" in row else ""),
             flush=True,
         )
-        write_json_atomic(args.out, {"meta": meta, "runs": rows})  # after every variant: a long run keeps what it has
-    print(f"written {args.out}")
+        write_result(args.out, {"meta": meta, "runs": rows})  # after every variant: a long run keeps what it has
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Several run folders (a run and its resumes) are merged by step; a later folder w
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from _common import RESULTS, write_result  # benchmarks/ is on sys.path
 
 VAL_TAGS = ["val/edit_success", "val/locality", "val/loss", "val/edit_loss", "val/loc_loss"]
 TRAIN_TAGS = ["train/loss", "train/edit_loss", "train/loc_loss", "train/edit_lr_mean"]
@@ -34,7 +35,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="TensorBoard run folders (logs/mend/version_<n>)")
     p.add_argument("--png", default="docs/figures/mend_training.png")
-    p.add_argument("--out", default="benchmarks/results/mend_training.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "mend_training.json")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window (logged points) for train/* curves")
     p.add_argument("--mark", action="append", default=[], help="STEP:LABEL, a vertical line (e.g. a change of c_loc)")
     args = p.parse_args()
@@ -42,8 +43,7 @@ def main() -> None:
     train = read_scalars(args.runs, TRAIN_TAGS)
     steps = sorted(val["val/loss"])
     rows = [{"step": s, **{t.split("/", 1)[1]: val[t].get(s) for t in VAL_TAGS}} for s in steps]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"runs": args.runs, "val": rows}, indent=2))
+    write_result(args.out, {"runs": args.runs, "val": rows})
 
     print("| step | edit_success | locality | loss | edit_loss | loc_loss |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -85,7 +85,7 @@ def main() -> None:
     fig.tight_layout()
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=110)
-    print(f"wrote {args.png} and {args.out}")
+    print(f"wrote {args.png}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@
 # Resumable: every arm checkpoints every 100 edits under $STUDY_DIR/checkpoints/<arm>/ and this script
 # resumes an arm that has a checkpoint. An arm whose results.json exists is skipped (STUDY_FORCE=1 reruns).
 # Runs land in $STUDY_DIR/logs/<arm>/version_<n>/; console output in $STUDY_DIR/<arm>.out; wall times in
-# $STUDY_DIR/timings.tsv. Tables and figures: python benchmarks/study_report.py --study $STUDY_DIR
+# $STUDY_DIR/timings.tsv. Tables and figures: python -m prune_lit.analysis.study_report --study $STUDY_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"

@@ -22,10 +22,10 @@ import logging
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 import yaml
+from _common import add_output_args, pin_threads, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.data.counterfact import load_counterfact
 from prune_lit.data.requests import EditRequest
@@ -84,12 +84,10 @@ def main() -> None:
     ap.add_argument("--mom2-n-samples", type=int, default=None, help="tokens for C (default: the preset's)")
     ap.add_argument("--steps", type=int, default=None, help="value-search steps (default: the preset's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="any other hyperparameter, e.g. context_template_length_params=[[5,5]]")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, required=True)
+    add_output_args(ap, None, threads=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
 
     lm = load_model(args.model)
     model, tok = lm.model, lm.tokenizer
@@ -141,12 +139,7 @@ def main() -> None:
         agg.update(layers=w, seconds_per_edit=sum(seconds) / len(seconds))
         report["rows"].append(agg)
         log.info("layers %s: %s", w, {k: round(v, 3) if isinstance(v, float) else v for k, v in agg.items()})
-        # Written after every candidate, so an interrupted sweep keeps what it measured.
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(args.out)
-        log.info("wrote %s", args.out)
+        write_result(args.out, report)  # after every candidate: an interrupted sweep keeps what it measured
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from _common import RESULTS, write_result  # benchmarks/ is on sys.path
 
 import prune_lit.editors.memit as memit_module
 from prune_lit.data.counterfact import load_counterfact
@@ -59,7 +60,7 @@ def main() -> None:
     ap.add_argument("--held-out-tokens", type=int, default=0,
                     help="also the output shift ‖ΔW K‖/‖W₀ K‖ of every solve on this many WikiText-2 test tokens' keys, "
                          "their energy share in each null space, and locality (top-1 of the locality prompts)")
-    ap.add_argument("--out", default="benchmarks/results/alphaedit_threshold.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "alphaedit_threshold.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     torch.manual_seed(0)
@@ -128,8 +129,7 @@ def main() -> None:
     out = dict(model=args.model, cases=f"CounterFact edit split, cases {args.start}..{args.start + args.n_cases - 1} (file order), one batch",
                value_searches=len(cache), unedited=before, rows=rows, spectrum=spectrum,
                host=platform.node(), torch=torch.__version__)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    write_result(args.out, out)
     for r in rows:
         print(f"{r['name']:<22} kept {r['kept']}  eff {r.get('efficacy', float('nan')):.3f} gen {r.get('generalization', float('nan')):.3f} "
               f"nbh {r.get('neighborhood', float('nan')):.3f} loc_top1 {r.get('locality_top1', float('nan')):.3f}  |dW| {r['delta_norm']:.3g}"

@@ -1,19 +1,13 @@
-"""benchmarks/compare_runs.py on two synthetic results.json files."""
+"""prune_lit.analysis.compare_runs on two synthetic results.json files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("compare_runs", Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py")
-compare_runs = importlib.util.module_from_spec(_SPEC)
-sys.modules["compare_runs"] = compare_runs  # dataclasses look their module up there
-_SPEC.loader.exec_module(compare_runs)
+from prune_lit.analysis import compare_runs
 
 RNG = np.random.default_rng(0)
 GSM_A = [1] * 30 + [0] * 170  # 200 examples

@@ -1,5 +1,6 @@
 """Every config parses (``--print_config``: nothing is built, no model is loaded), the documented
-compositions mean what they say, and the complete configs equal their compositions."""
+compositions mean what they say, and no complete config is a hand-kept copy: the editing ones equal their
+compositions; mend_gpu.yaml differs from mend.yaml and baseline.yaml from base.yaml only where they say so."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import yaml
 
 from prune_lit.cli_main import CONFIG_DIR, main, resolve_config_paths
 
-# Complete configs: every top-level YAML but the base and the legacy --data file; MEND training ones run with fit.
-COMPLETE = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name not in ("base.yaml", "data_zsre.yaml"))
+# Complete configs: every top-level YAML but the base; MEND training ones run with fit.
+COMPLETE = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "base.yaml")
 # Complete editing configs = a composition (+ the run name): keep these in step when adding an editor.
 COMPOSITIONS = {
     "rome.yaml": (["base.yaml", "editor/rome.yaml"], []),
@@ -30,6 +31,18 @@ COMPOSITIONS = {
 FRAGMENT_DIRS = ("editor", "restraint", "data")
 
 
+# Each complete config is one of these: a composition of fragments, or a copy whose differences are listed.
+MEND_GPU_DIFFERENCES = {  # mend_gpu.yaml against mend.yaml: the reference MEND settings on one GPU (its header)
+    "trainer.accelerator", "trainer.precision", "trainer.accumulate_grad_batches", "trainer.val_check_interval",
+    "trainer.log_every_n_steps", "trainer.callbacks", "trainer.logger.init_args.name", "model.init_args.rank",
+    "data.init_args.val_limit",
+}
+BASELINE_DIFFERENCES = {  # baseline.yaml against base.yaml + an editor: the unedited model's evaluation alone
+    "data", "model.class_path", "model.init_args.downstream.init_args.limit", "trainer.accelerator",
+    "trainer.enable_checkpointing", "trainer.enable_progress_bar", "trainer.logger.init_args.name",
+}
+
+
 def print_config(*args: str, subcommand: str = "test") -> dict:
     """The fully resolved config of ``cli.py <subcommand> <args>``, as LightningCLI prints it."""
     out = io.StringIO()
@@ -41,6 +54,20 @@ def print_config(*args: str, subcommand: str = "test") -> dict:
 
 def configs(*args: str) -> list[str]:
     return [a for name in args for a in ("--config", name)]
+
+
+def differences(a: dict, b: dict, path: str = "") -> set[str]:
+    """Dotted paths where ``a`` and ``b`` differ, as far down as both are dicts (a key only one has: its path)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return {path} if a != b else set()
+    out: set[str] = set()
+    for key in set(a) | set(b):
+        sub = f"{path}.{key}" if path else key
+        if key not in a or key not in b:
+            out.add(sub)
+        else:
+            out |= differences(a[key], b[key], sub)
+    return out
 
 
 @pytest.mark.parametrize("name", COMPLETE)
@@ -79,14 +106,26 @@ def test_rome_prune_alpha_at_the_end_is_a_command_line() -> None:
 def test_documented_data_combinations() -> None:
     zsre = print_config(*configs("rome_prune.yaml", "data/zsre.yaml"))["data"]["init_args"]
     assert zsre["dataset"] == "zsre" and zsre["batch_size"] == 1
-    legacy = print_config(*configs("rome_prune.yaml"), "--data", str(CONFIG_DIR / "data_zsre.yaml"))["data"]["init_args"]
-    assert legacy["dataset"] == "zsre"
     memit = print_config(*configs("base.yaml", "editor/memit.yaml", "data/zsre.yaml"))["data"]["init_args"]
     assert memit["dataset"] == "zsre" and memit["batch_size"] == 10  # the data config keeps the editor's batch size
     own = print_config(*configs("base.yaml", "editor/rome.yaml", "data/own_facts.yaml"), "--data.init_args.dataset", "my.jsonl",
                        "--model.init_args.export_dir", "edited")  # fmt: skip
     assert own["data"]["init_args"]["dataset"] == "my.jsonl" and own["data"]["init_args"]["num_edits"] is None
     assert own["model"]["init_args"]["export_dir"] == "edited"
+
+
+def test_mend_gpu_differs_from_mend_only_as_listed() -> None:
+    cpu, gpu = print_config(*configs("mend.yaml"), subcommand="fit"), print_config(*configs("mend_gpu.yaml"), subcommand="fit")
+    assert differences(cpu, gpu) == MEND_GPU_DIFFERENCES
+
+
+def test_baseline_differs_from_base_only_as_listed() -> None:
+    base, baseline = print_config(*configs("base.yaml", "editor/rome.yaml")), print_config(*configs("baseline.yaml"))
+    found = differences(base, baseline)
+    # arguments of one module only (the editor, restraint ...; the baseline's results_file) are no copy
+    own = set(base["model"]["init_args"]) ^ set(baseline["model"]["init_args"])
+    found -= {f"model.init_args.{k}" for k in own}
+    assert found == BASELINE_DIFFERENCES
 
 
 def test_baseline_uses_the_editing_runs_evaluator() -> None:

@@ -26,7 +26,8 @@ from prune_lit.metrics.downstream import (
     extract_number,
 )
 from prune_lit.modules.downstream_eval import DownstreamEvaluator, run_task_batch
-from prune_lit.models.generation import choice_logprobs, cut_at_stop, generate, generate_texts
+from prune_lit.metrics.scoring import choice_logprobs
+from prune_lit.models.generation import cut_at_stop, generate, generate_texts
 
 # ---------------------------------------------------------------- fixtures: small task files
 

@@ -18,7 +18,8 @@ from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.editors import ROMEEditor
 from prune_lit.models import get_weight
-from prune_lit.modules.edit_state import crossed, crossed_any
+from prune_lit.contracts import crossed, crossed_any
+from prune_lit.modules.evaluation import RunEvaluation
 from prune_lit.modules.run_checkpoint import RunCheckpointError
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 
@@ -93,8 +94,8 @@ def test_at_end_curve_reuses_the_scores_when_the_copy_restrains_nothing(tmp_path
             return 1e9
 
     measured = []
-    original = SequentialEditingModule._measure
-    monkeypatch.setattr(SequentialEditingModule, "_measure", lambda self, suffix, *a: measured.append(suffix) or original(self, suffix, *a))
+    original = RunEvaluation._measure
+    monkeypatch.setattr(RunEvaluation, "_measure", lambda self, suffix, *a: measured.append(suffix) or original(self, suffix, *a))
     _, results = _run(tmp_path, [NeverAbove(at_end_only=True, evaluate_at_end_curve=True)], "same", num_edits=2,
                       probe_tokens=200, probe_window=40)
     row = results["history"][0]
@@ -281,7 +282,7 @@ def test_downstream_runs_at_its_own_counts_between_edit_evaluations(tmp_path):
             CountingDownstream.calls += 1
             return {"task/score": 0.5}
 
-    module = SequentialEditingModule(editor=ROMEEditor(), model_name="tiny-llama", downstream=CountingDownstream(), evaluate_before=False,
+    module = SequentialEditingModule(editor=ROMEEditor(), model_name="tiny-llama", downstream=CountingDownstream(), evaluate_before=False, downstream_cache=False,
                                      checkpoint_dir=str(tmp_path / "ckpt"), eval_at=[2], downstream_at=[1])
     trainer = L.Trainer(logger=False, default_root_dir=str(tmp_path), inference_mode=False, enable_progress_bar=False, enable_checkpointing=False)
     trainer.test(module, datamodule=EditDataModule(num_edits=2, batch_size=1))

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint, edit_step_callbacks
 from prune_lit.editors.base import EditResult
-from prune_lit.modules.edit_state import EditState
+from prune_lit.contracts import EditState
 from prune_lit.callbacks.restraint import short_name
 from prune_lit.models.arch import arch_spec, get_weight, set_weight
 from prune_lit.models.loader import load_model

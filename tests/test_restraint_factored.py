@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prune_lit.editors.base import EditResult
-from prune_lit.modules.edit_state import EditState
+from prune_lit.contracts import EditState
 from prune_lit.callbacks import SpectralRestraint
 from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
 from prune_lit.models import arch_spec, get_weight, load_model, set_weight

@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from prune_lit.analysis.schema import SCHEMA_VERSION, RunResults
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
 from prune_lit.cli_main import main
 from prune_lit.data.edit_datamodule import EditDataModule
@@ -38,6 +39,9 @@ def test_cli_runs_rome_with_prune_and_writes_results(tmp_path):
     assert "SpectralRestraint" in results["callbacks"] and results["seconds_restraint"] > 0
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events written"
     assert (run / "spectral.json").exists()
+    typed = RunResults.read(run / "results.json")  # strict for this version: a key the schema lacks is refused
+    assert typed.schema_version == SCHEMA_VERSION and typed.to_dict() == results
+    assert [p.num_edits for p in typed.history] == [2, 4] and typed.points()[0]["edits"] == results["edits_before"]
 
 
 class _FlakyEditor(Editor):

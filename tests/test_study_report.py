@@ -1,20 +1,16 @@
-"""benchmarks/study_report.py on a synthetic study folder: two arms (ROME with its at-end curve, ROME + PRUNE)."""
+"""prune_lit.analysis.study_report on a synthetic study folder: two arms (ROME with its at-end curve, ROME + PRUNE)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("study_report", Path(__file__).resolve().parents[1] / "benchmarks" / "study_report.py")
-study_report = importlib.util.module_from_spec(_SPEC)
-sys.modules["study_report"] = study_report  # dataclasses look their module up there
-_SPEC.loader.exec_module(study_report)
+from prune_lit.analysis import study_report
+from prune_lit.analysis.schema import RunResults
 
 Z95 = 1.959963984540054
 RNG = np.random.default_rng(0)
@@ -207,12 +203,12 @@ def test_a_last_point_scored_only_after_the_end_restraint_belongs_to_the_at_end_
     history = [{"num_edits": 10, "edits": edits(0.9, 10), "edits_restrained": edits(0.8, 10)},
                {"num_edits": 20, "edits": edits(0.85, 20), "edits_restrained": edits(0.75, 20)},
                {"num_edits": 25, "edits": edits(0.7, 25)}]
-    arm = study_report.Arm("rome", Path("."), results(history, "rome"), [])
+    arm = study_report.Arm("rome", Path("."), RunResults.from_dict(results(history, "rome")), [])
     none, at_end = study_report.curve(arm, "none"), study_report.curve(arm, "at-end")
     assert sorted(none) == [0, 10, 20] and none[20]["edits"]["efficacy"] == 0.85
     assert sorted(at_end) == [0, 10, 20, 25] and at_end[25]["edits"]["efficacy"] == 0.7 and at_end[10]["edits"]["efficacy"] == 0.8
     # Without an at-end restraint every row is the run's own.
-    plain = study_report.Arm("rome", Path("."), results([{"num_edits": 10, "edits": edits(0.9, 10)}], "rome"), [])
+    plain = study_report.Arm("rome", Path("."), RunResults.from_dict(results([{"num_edits": 10, "edits": edits(0.9, 10)}], "rome")), [])
     assert sorted(study_report.curve(plain, "none")) == [0, 10] and study_report.curve(plain, "at-end") == {}
 
 

@@ -21,9 +21,8 @@ import lightning as L
 import torch
 from matplotlib.figure import Figure
 
-from prune_lit.callbacks.base import EditStepCallback, Phase
 from prune_lit.callbacks.restraint import short_name
-from prune_lit.modules.edit_state import EditState, crossed
+from prune_lit.contracts import EditState, EditStepCallback, Phase, crossed
 from prune_lit.reporting import log_figure, log_scalars, run_dir, write_json_atomic
 from prune_lit.models.arch import get_weight
 from prune_lit.restraint import WarmStarts, lowrank_svd, singular_values

@@ -32,7 +32,7 @@ import torch
 
 from prune_lit.callbacks.restraint import SpectralRestraint
 from prune_lit.models.arch import get_weight
-from prune_lit.modules.edit_state import EditState
+from prune_lit.contracts import EditState
 from prune_lit.restraint.factored import FactoredSVD, restrain_factored, restrain_high_rank, spectral_norm_of_factors
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """PRUNE as a Lightning callback: after edit steps, restrain every edited matrix's accumulated ΔW.
 
-It is an `EditStepCallback` of phase ``RESTRAIN``: the editing module runs it right after each edit, before
-diagnostics and evaluations, wherever it sits in ``trainer.callbacks``.
+It is a `prune_lit.contracts.Restraint` acting after each step (or every n) or once at the end: the editing loop
+runs it right after each edit, before diagnostics and evaluations, wherever it sits in ``trainer.callbacks``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from prune_lit.callbacks.base import EditStepCallback, Phase
+from prune_lit.contracts import EditState, Restraint, crossed
 from prune_lit.models.arch import get_weight, set_weight
-from prune_lit.modules.edit_state import EditState, crossed
 from prune_lit.reporting import log_scalars
 from prune_lit.restraint import RestraintResult, WarmStarts, is_contraction, restrain_delta_with_stats, spectral_norm
 from prune_lit.restraint.spectrum import check_restraint_args
@@ -35,7 +34,7 @@ def short_name(param_name: str) -> str:
     return name
 
 
-class SpectralRestraint(EditStepCallback):
+class SpectralRestraint(Restraint):
     """Replace each edited W by W_0 + restrain(W − W_0) (PRUNE).
 
     Args:
@@ -53,8 +52,6 @@ class SpectralRestraint(EditStepCallback):
         total_seconds: wall time spent in restraint so far (so a run can report its share of each step).
         history: one dict per restraint pass: ``num_edits``, ``seconds``, ``n_restrained`` per matrix.
     """
-
-    phase = Phase.RESTRAIN
 
     def __init__(
         self,
@@ -77,7 +74,6 @@ class SpectralRestraint(EditStepCallback):
             raise ValueError("evaluate_at_end_curve needs at_end_only: true (per-edit restraint already evaluates restrained weights)")
         self.evaluate_at_end_curve = bool(evaluate_at_end_curve)
         self.enabled = bool(enabled)
-        self.total_seconds = 0.0
         self.history: list[dict[str, Any]] = []
         self._sigma_max: dict[str, float] = {}
         self.warm = WarmStarts()  # what each matrix's last SVD tells the next one
@@ -169,6 +165,13 @@ class SpectralRestraint(EditStepCallback):
         if self.enabled and (self.at_end_only or self._pending):
             self._pending = False
             self.restrain(state, trainer)
+
+    @property
+    def restrained_copy_curve(self) -> bool:
+        return self.evaluate_at_end_curve and self.enabled
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "mode": self.mode, "every_n_edits": self.every_n_edits, "at_end_only": self.at_end_only, "enabled": self.enabled}
 
     @contextlib.contextmanager
     def restrained_copy(self, state: EditState) -> Iterator[dict[str, int]]:

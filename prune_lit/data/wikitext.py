@@ -1,8 +1,8 @@
 """WikiText-2 (raw) as fixed-length token windows, for held-out perplexity probes.
 
-The text is cleaned the same way as for the key statistics (``prune_lit.editors.stats``): WikiText's
-tokenisation artefacts (`` @-@ `` ...) undone, headings and blank lines dropped. Which split a caller
-reads matters: the general-ability probes read ``test`` only, so they must not share text with anything
+``clean_wikitext`` is the one cleaning of the corpus, for these probes and the key statistics
+(``prune_lit.editors.stats``) alike: WikiText's tokenisation artefacts (`` @-@ `` ...) undone, headings and
+blank lines dropped. Which split a caller reads matters: the general-ability probes read ``test`` only, so they must not share text with anything
 fitted on the corpus.
 """
 

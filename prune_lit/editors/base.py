@@ -1,7 +1,8 @@
-"""The contract every editor (ROME, MEMIT, MEND, AlphaEdit) fulfils, and the one safe way to write its update.
+"""The base of every editor (ROME, MEMIT, MEND, AlphaEdit), and the one safe way to write its update.
 
-An editor computes ``{param_name: ΔW}`` for a step's requests on the current weights without changing them
-(`Editor.compute_deltas`); `Editor.edit` then applies them all-or-nothing. One rule for a rejected step, in
+`Editor` implements the loop's `prune_lit.contracts.SequentialEditor`. An editor computes ``{param_name: ΔW}``
+for a step's requests on the current weights without changing them (`Editor.compute_deltas`); `Editor.edit`
+passes them through the update-time restraints, then applies them all-or-nothing. One rule for a rejected step, in
 `apply_deltas`: a ΔW with NaN/Inf (or above ``max_norm_ratio``·‖W‖_F) rejects the whole step, the weights
 stay bit-identical, and the result reports ``applied=False``, zero deltas and ``delta_norm = 0``.
 """
@@ -9,58 +10,20 @@ stay bit-identical, and the result reports ``applied=False``, zero deltas and ``
 from __future__ import annotations
 
 import logging
-import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from prune_lit.data.requests import EditRequest
+from prune_lit.contracts import EditRequest, EditResult, EditStats, ProposedUpdate, UpdateHook
 from prune_lit.models.arch import get_weight, set_weight
 
+__all__ = ["Editor", "EditResult", "EditStats", "ProposedUpdate", "apply_deltas", "deltas_norm"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EditStats:
-    """What every editor reports about one step (NaN where a field does not apply to the method).
-
-    ``loss``/``nll``: the editor's own objective and the target NLL at the end of its search (mean over
-    requests); ``steps``: inner optimisation steps (mean over requests); ``delta_norm``: ‖ΔW‖_F over all
-    matrices (0 for a rejected step); ``extras``: method-specific scalars (e.g. MEND's pre-edit loss).
-    """
-
-    loss: float = math.nan
-    nll: float = math.nan
-    delta_norm: float = 0.0
-    n_requests: int = 0
-    steps: float = math.nan
-    seconds: float = 0.0
-    extras: dict[str, float] = field(default_factory=dict)
-
-    def scalars(self) -> dict[str, float]:
-        """The finite values as a flat ``{name: float}`` (extras under their own names), for loggers."""
-        out = {k: float(getattr(self, k)) for k in ("loss", "nll", "delta_norm", "n_requests", "steps", "seconds")}
-        out.update({k: float(v) for k, v in self.extras.items()})
-        return {k: v for k, v in out.items() if math.isfinite(v)}
-
-
-@dataclass
-class EditResult:
-    """What one edit step did. ``deltas`` maps parameter name -> the ΔW added (``[out, in]``; zeros if rejected).
-
-    ``factors``: editors that build ΔW from thin factors (MEND) may also give ``{name: (A [out, k], B [in, k])}``
-    with ΔW = A Bᵀ, so restraint can work from them (`prune_lit.callbacks.FactoredSpectralRestraint`).
-    """
-
-    deltas: dict[str, torch.Tensor]
-    applied: bool = True
-    stats: EditStats = field(default_factory=EditStats)
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def deltas_norm(deltas: dict[str, torch.Tensor]) -> float:
@@ -71,7 +34,8 @@ def deltas_norm(deltas: dict[str, torch.Tensor]) -> float:
 class Editor(ABC):
     """Edits a model in place, one step (1 request for ROME, a batch for MEMIT/AlphaEdit/MEND) at a time.
 
-    Subclasses implement `weight_names` and `compute_deltas`; `prepare` loads what they need once. State
+    Subclasses implement `weight_names` and `compute_deltas` (editors with thin factors of ΔW, MEND, override
+    `compute_update` to hand them over); `prepare` loads what they need once. State
     that later steps depend on and that is not in the weights (AlphaEdit's K_pK_pᵀ) goes through
     `state_dict` / `load_state_dict`, so a resumed run continues exactly.
     """
@@ -93,22 +57,49 @@ class Editor(ABC):
     def after_applied(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest], deltas: dict[str, torch.Tensor]) -> None:
         """Hook after a step was applied (e.g. to accumulate the keys of edits made so far). Default: nothing."""
 
-    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
-        """Compute the step's update on the current model and apply it, all or nothing."""
+    def compute_update(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> ProposedUpdate:
+        """The step's update on the current weights (`compute_deltas`); editors that build ΔW from thin factors
+        (MEND) override this to hand them over too."""
+        deltas, stats = self.compute_deltas(model, tokenizer, requests)
+        return ProposedUpdate(deltas, stats)
+
+    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest],
+             restrain_update: UpdateHook | None = None) -> EditResult:
+        """Compute the step's update on the current model, pass it through ``restrain_update`` (update-time
+        restraints, `prune_lit.contracts.Restraint.restrain_update`), and apply it, all or nothing."""
         if not requests:
             raise ValueError(f"{type(self).__name__}: an edit step needs at least one request")
         start = time.perf_counter()
-        deltas, stats = self.compute_deltas(model, tokenizer, requests)
+        update = self.compute_update(model, tokenizer, requests)
+        deltas, stats, factors = update.deltas, update.stats, update.factors
+        if restrain_update is not None:
+            restrained = restrain_update(deltas)
+            if set(restrained) != set(deltas):
+                raise ValueError(f"an update-time restraint changed the edited matrices: {sorted(deltas)} -> {sorted(restrained)}")
+            # a rewritten ΔW is no longer A Bᵀ: keep the factors only of the matrices left alone
+            factors = {n: f for n, f in factors.items() if restrained[n] is deltas[n]}
+            deltas = restrained
         applied = apply_deltas(model, deltas, self.max_update_norm_ratio)
         if applied:
             self.after_applied(model, tokenizer, requests, deltas)
             stats.delta_norm = deltas_norm(deltas)
         else:
             deltas = {n: torch.zeros_like(d) for n, d in deltas.items()}
+            factors = {n: (a[:, :0], b[:, :0]) for n, (a, b) in factors.items()}
             stats.delta_norm = 0.0
         stats.n_requests = len(requests)
         stats.seconds = time.perf_counter() - start
-        return EditResult(deltas=deltas, applied=applied, stats=stats)
+        return EditResult(deltas=deltas, applied=applied, stats=stats, factors=factors)
+
+    def key_second_moment(self, name: str) -> torch.Tensor | None:
+        """C = E[k kᵀ] ``[in, in]`` of the keys entering parameter ``name``, for update-time restraints; None here
+        (editors that estimate it, `LocateEditEditor`, return theirs)."""
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a checkpoint of this editor's run to be resumed: the class (subclasses add their
+        hyperparameters or checkpoint)."""
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}"}
 
     def state_dict(self) -> dict[str, Any]:
         """Run state that is not in the weights and must survive a resume (tensors and plain values)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -38,6 +39,7 @@ class LocateEditEditor(Editor):
         self.hp: LocateEditHParams | None = None
         self.templates: list[str] = []
         self.prepare_seconds = 0.0
+        self.key_moments: dict[str, torch.Tensor] = {}  # {param name: C} of the edited layers (mom2_adjustment)
 
     # --- setup -------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, data_dir: str | None) -> None:
@@ -54,6 +56,7 @@ class LocateEditEditor(Editor):
                                      self.hp.mom2_dtype, data_dir, self.stats_dir)
         else:
             moments = {}
+        self.key_moments = {name + ".weight": C for name, C in moments.items()}
         self._set_statistics(model, {layer: moments.get(name) for layer, name in zip(self.hp.layers, names)})
         self.prepare_seconds = time.perf_counter() - t0
 
@@ -69,3 +72,13 @@ class LocateEditEditor(Editor):
     def weight_names(self, model: nn.Module) -> list[str]:
         hp = self._require_prepared()
         return [arch_spec(model).mlp_out_name(layer) + ".weight" for layer in hp.layers]
+
+    def key_second_moment(self, name: str) -> torch.Tensor | None:
+        """C of the keys entering ``name`` as `second_moments` estimated it (None with ``mom2_adjustment: false``)."""
+        return self.key_moments.get(name)
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = super().fingerprint()
+        if self.hp is not None:
+            fp["hparams"] = dataclasses.asdict(self.hp)
+        return fp

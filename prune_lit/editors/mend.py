@@ -17,7 +17,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.requests import EditRequest
-from prune_lit.editors.base import Editor, EditResult, EditStats
+from prune_lit.contracts import ProposedUpdate
+from prune_lit.editors.base import Editor, EditStats
 from prune_lit.editors.mend_net import CHECKPOINT_FORMAT, MENDHyperNet, NetForm, finetune_factors, lm_batch
 from prune_lit.models.arch import get_weight
 from prune_lit.models.batching import model_device
@@ -80,7 +81,6 @@ class MENDEditor(Editor):
         self.max_length = max_length
         self.check_model_name = check_model_name
         self.hypernet: MENDHyperNet | None = None
-        self._last_factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.meta: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, data_dir: str | None) -> None:
@@ -126,16 +126,16 @@ class MENDEditor(Editor):
             thin = {n: (self.lr_scale * a.float(), b.float()) for n, (a, b) in self.hypernet.delta_factors(factors).items()}
         return thin, float(loss)
 
-    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
-        """``({name: ΔW [out, in]}, stats)`` for ``requests`` on the current model (``nll``: the fine-tuning NLL before
-        the edit); the thin factors of the step are kept for `edit`."""
+    def compute_update(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> ProposedUpdate:
+        """The step's ΔW per inner matrix with its thin factors (ΔW = A Bᵀ, for `FactoredSpectralRestraint`);
+        ``stats.nll``: the fine-tuning NLL before the edit."""
         thin, loss = self.compute_factors(model, tokenizer, requests)
-        self._last_factors = thin
-        return {n: a @ b.T for n, (a, b) in thin.items()}, EditStats(nll=loss)
+        return ProposedUpdate({n: a @ b.T for n, (a, b) in thin.items()}, EditStats(nll=loss), thin)
 
-    def edit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> EditResult:
-        """`Editor.edit`, with the step's thin factors on the result (empty ones for a rejected step)."""
-        result = super().edit(model, tokenizer, requests)
-        thin = self._last_factors
-        result.factors = thin if result.applied else {n: (a[:, :0], b[:, :0]) for n, (a, b) in thin.items()}
-        return result
+    def compute_deltas(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> tuple[dict[str, torch.Tensor], EditStats]:
+        """``({name: ΔW [out, in]}, stats)`` for ``requests`` on the current model (see `compute_update`)."""
+        update = self.compute_update(model, tokenizer, requests)
+        return update.deltas, update.stats
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "checkpoint": str(self.checkpoint)}

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from prune_lit.data.paths import resolve_data_file
+from prune_lit.data.wikitext import clean_wikitext
 from prune_lit.models.arch import get_module
 from prune_lit.models.batching import model_device
 from prune_lit.models.layer_skip import StopForward
@@ -37,19 +38,7 @@ log = logging.getLogger(__name__)
 WIKI_FILES = ("corpus/wiki.valid.raw",)  # never wiki.test.raw: reserved for the perplexity probe
 HELD_OUT_FILES = frozenset({"corpus/wiki.test.raw"})
 CORPUS_TAG = "wikitext-2-valid"  # part of the cache file name: statistics of another corpus are another file
-_HEADING = re.compile(r"^\s*=+ .* =+\s*$")
 _STAT_KEY = "mom2"
-
-
-def clean_wikitext(raw: str) -> str:
-    """Undo WikiText's tokenisation artefacts (`` @-@ ``, `` @,@ ``, `` @.@ ``) and drop headings/blank lines."""
-    out = []
-    for line in raw.splitlines():
-        if not line.strip() or _HEADING.match(line):
-            continue
-        line = line.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
-        out.append(line.strip())
-    return "\n".join(out)
 
 
 def wikitext_token_chunks(

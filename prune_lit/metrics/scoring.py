@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -169,3 +170,28 @@ def greedy_prefix_match(
 ) -> Tensor:
     """``[n]`` bool: greedy decoding after ``prompts[i]`` begins with the tokens of ``" " + targets[i]``."""
     return score_targets(model, tokenizer, prompts, targets, batch_size).exact()
+
+
+@torch.no_grad()
+def choice_logprobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    choices: Sequence[str] = (" True", " False"),
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Tensor:
+    """log p(choice | prompt), summed over the choice's tokens: float32 [n_prompts, n_choices].
+
+    Choices are tokenized on their own (no special tokens) and appended to the prompt's ids, and scored by
+    `score_targets` (one forward per batch of prompts; single-token choices such as SmolLM2's " True" / " False"
+    need nothing more).
+    """
+    if not choices:
+        raise ValueError("choices must not be empty")
+    if not prompts:
+        return torch.empty(0, len(choices))
+    pairs_p = [p for p in prompts for _ in choices]
+    pairs_c = [c for _ in prompts for c in choices]
+    scores = score_targets(model, tokenizer, pairs_p, pairs_c, batch_size, progress, target_prefix="")
+    return scores.logprob("sum").view(len(prompts), len(choices)).float()

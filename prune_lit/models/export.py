@@ -21,8 +21,8 @@ def check_export_path(path: str | os.PathLike) -> None:
         raise FileExistsError(f"export path {str(path)!r} exists and is not an empty directory; choose a new one or remove it")
 
 
-def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike) -> Path:
-    """Write ``model`` (safetensors + config + generation config) and ``tokenizer`` to the directory ``path``.
+def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike) -> Path:
+    """Write ``model`` (safetensors + config + generation config) and ``tokenizer`` (unless None) to the directory ``path``.
 
     Atomic: everything is written to a temporary sibling directory that is renamed to ``path`` only when
     complete, so ``path`` never holds a half-written model. Raises FileExistsError when ``path`` exists and is
@@ -34,7 +34,8 @@ def export_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         if path.exists():
             path.rmdir()  # the empty directory checked above
         os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Batched greedy generation and next-token choice scoring for causal LMs (Hugging Face models).
+"""Batched greedy generation for causal LMs (Hugging Face models); choice scoring is `prune_lit.metrics.scoring.choice_logprobs`.
 
 Both functions sort prompts by token length before batching (less left padding) and return results in
 the caller's order. The tokenizer must pad on the left (``load_model`` sets this); it is enforced here.
@@ -144,33 +144,6 @@ def generate(
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (without the prompt), cut at the first stop string."""
     return generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, stop_strings).texts
-
-
-@torch.no_grad()
-def choice_logprobs(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    choices: Sequence[str] = (" True", " False"),
-    batch_size: int = 8,
-    progress: bool = True,
-) -> Tensor:
-    """log p(choice | prompt), summed over the choice's tokens: float32 [n_prompts, n_choices].
-
-    Choices are tokenized on their own (no special tokens) and appended to the prompt's ids, and scored by
-    `prune_lit.metrics.scoring.score_targets` (one forward per batch of prompts; single-token choices such as
-    SmolLM2's " True" / " False" need nothing more).
-    """
-    from prune_lit.metrics.scoring import score_targets  # metrics build on models, not the other way round
-
-    if not choices:
-        raise ValueError("choices must not be empty")
-    if not prompts:
-        return torch.empty(0, len(choices))
-    pairs_p = [p for p in prompts for _ in choices]
-    pairs_c = [c for _ in prompts for c in choices]
-    scores = score_targets(model, tokenizer, pairs_p, pairs_c, batch_size, progress, target_prefix="")
-    return scores.logprob("sum").view(len(prompts), len(choices)).float()
 
 
 def _forward(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, last_only: bool = False):

@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from prune_lit.editors.base import EditResult, EditStats, apply_deltas
+from prune_lit.contracts import EditResult, EditStats
+from prune_lit.editors.base import apply_deltas
 from prune_lit.models.arch import get_weight
 
 T = TypeVar("T")

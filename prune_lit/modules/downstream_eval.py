@@ -36,7 +36,8 @@ from prune_lit.metrics.downstream import (
     QATokenF1,
     SummarizationRouge,
 )
-from prune_lit.models.generation import apply_chat_template, choice_logprobs, generate_texts
+from prune_lit.metrics.scoring import choice_logprobs
+from prune_lit.models.generation import apply_chat_template, generate_texts
 
 log = logging.getLogger(__name__)
 

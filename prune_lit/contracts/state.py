@@ -1,4 +1,4 @@
-"""The state of one sequential-editing run, owned by `SequentialEditingModule` and read by its callbacks.
+"""The state of one sequential-editing run, owned by the editing loop and read by its callbacks.
 
 Counting: ``requests_seen`` is the position in the edit stream (every request of every step, applied or
 rejected) and is the x-axis of every curve, log and ``eval_at``/``every_n_edits`` cadence; ``edits_applied``
@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prune_lit.data.requests import EditRequest
-from prune_lit.editors.base import EditResult
+from prune_lit.contracts.records import EditRequest, EditResult
 
 
 def crossed(previous: int, current: int, every: int) -> bool:

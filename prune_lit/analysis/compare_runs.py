@@ -1,11 +1,11 @@
 """Compare two runs' results.json at the same edit count: differences with 95 % intervals and paired tests.
 
-    python benchmarks/compare_runs.py RUN_A RUN_B [--at N ...] [--out FILE]
+    python -m prune_lit.analysis.compare_runs RUN_A RUN_B [--at N ...] [--out FILE]
 
 RUN_A / RUN_B: a results.json, or a run folder holding one (its newest ``version_<n>`` when it has several).
-The points compared are edit counts: 0 (``edits_before``, ``downstream_before``, ``probes_before``) and every
-``history`` entry (``{"num_edits": n, "<section>": {...}}``); ``edits_after`` / ``downstream_after`` fill
-the last count when no history entry holds it. Default: the largest count both runs have.
+The points compared are edit counts (``RunResults.points``): 0 (the unedited model's ``*_before`` sections) and
+every ``history`` point; the ``*_after`` sections fill the last count when no history point holds it. Default:
+the largest count both runs have.
 
 Per section (edits, downstream, probes, ...) and point:
 * every numeric key both runs have: A, B and B − A (no interval: an aggregate alone carries none);
@@ -22,54 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's prune_lit
-    sys.path.insert(0, str(REPO))
-
-from prune_lit.metrics.intervals import compare_paired, score_interval  # noqa: E402
+from prune_lit.analysis.schema import RunResults, find_results
+from prune_lit.metrics.intervals import compare_paired, score_interval
 
 PER_EXAMPLE_KEYS = ("per_example", "per_window")  # section keys holding {name: [score per example]}
 SKIPPED_SUFFIXES = ("time_s", "tokens_per_s", "seconds")  # timings are not outcomes
-BEFORE_KEYS = re.compile(r"^(?P<section>\w+)_before$")
-AFTER_KEYS = re.compile(r"^(?P<section>\w+)_after$")
 
 
-def find_results(path: Path) -> Path:
-    """``path`` itself, ``path/results.json``, or the newest ``path/version_<n>/results.json``."""
-    if path.is_file():
-        return path
-    if (path / "results.json").is_file():
-        return path / "results.json"
-    versions = [p for p in path.glob("version_*") if (p / "results.json").is_file()]
-    if not versions:
-        raise FileNotFoundError(f"no results.json in {path} (nor in a version_* folder under it)")
-    return max(versions, key=lambda p: int(re.sub(r"\D", "", p.name) or 0)) / "results.json"
-
-
-def points(results: dict[str, Any]) -> dict[int, dict[str, dict]]:
-    """``{num_edits: {section: dict}}`` of one run's results."""
-    out: dict[int, dict[str, dict]] = {}
-    for key, value in results.items():
-        m = BEFORE_KEYS.match(key)
-        if m and isinstance(value, dict):
-            out.setdefault(0, {})[m["section"]] = value
-    for entry in results.get("history", []) or []:
-        if isinstance(entry, dict) and "num_edits" in entry:
-            sections = out.setdefault(int(entry["num_edits"]), {})
-            sections.update({k: v for k, v in entry.items() if isinstance(v, dict)})
-    last = results.get("num_edits")
-    if isinstance(last, int):
-        for key, value in results.items():
-            m = AFTER_KEYS.match(key)
-            if m and isinstance(value, dict):
-                out.setdefault(last, {}).setdefault(m["section"], value)
-    return out
+def _as_results(results: RunResults | dict[str, Any]) -> RunResults:
+    return results if isinstance(results, RunResults) else RunResults.from_dict(results)
 
 
 def _number(v: Any) -> bool:
@@ -130,22 +95,23 @@ def _compare_lists(cmp: Comparison, n_edits: int, section: str, name: str, a: li
     cmp.rows.append(row)
 
 
-def compare_results(a: dict[str, Any], b: dict[str, Any], at: list[int] | None = None, confidence: float = 0.95,
+def compare_results(a: RunResults | dict[str, Any], b: RunResults | dict[str, Any], at: list[int] | None = None, confidence: float = 0.95,
                     resamples: int = 10_000, seed: int = 0, names: tuple[str, str] = ("A", "B"),
                     pairs: list[tuple[str, str]] | None = None) -> Comparison:
-    """Compare results dicts ``a`` and ``b`` at edit counts ``at`` (default: the largest both have).
+    """Compare runs ``a`` and ``b`` (results or results.json dicts) at edit counts ``at`` (default: the largest both have).
 
     ``pairs``: compare only these (section of A, section of B), e.g. ``[("edits", "edits_restrained")]`` to set
     one run's unrestrained scores against its at-end-restrained ones; default: every section, by name.
     """
     cmp = Comparison(*names)
-    pa, pb = points(a), points(b)
+    a, b = _as_results(a), _as_results(b)
+    pa, pb = a.points(), b.points()
     common = sorted(set(pa) & set(pb))
     if not common:
         cmp.note(f"no edit count in common (A: {sorted(pa)}, B: {sorted(pb)}); nothing compared")
         return cmp
     wanted = at if at else [common[-1]]
-    ids_a, ids_b = a.get("edited_case_ids"), b.get("edited_case_ids")
+    ids_a, ids_b = a.edited_case_ids, b.edited_case_ids
     if ids_a is not None and ids_b is not None and ids_a[: min(len(ids_a), len(ids_b))] != ids_b[: min(len(ids_a), len(ids_b))]:
         cmp.note("the runs edited different cases (edited_case_ids differ); edit metrics are not on the same requests")
     for n in wanted:
@@ -195,11 +161,11 @@ def main(argv: list[str] | None = None) -> Comparison:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "compare_runs.json")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/compare_runs.json"))
     args = p.parse_args(argv)
     fa, fb = find_results(args.run_a), find_results(args.run_b)
-    a, b = json.loads(fa.read_text()), json.loads(fb.read_text())
-    at = sorted(set(points(a)) & set(points(b))) if args.all else args.at
+    a, b = RunResults.read(fa), RunResults.read(fb)
+    at = sorted(set(a.points()) & set(b.points())) if args.all else args.at
     pairs = [tuple(x.split(":", 1)) if ":" in x else (x, x) for x in args.pair] if args.pair else None
     cmp = compare_results(a, b, at, args.confidence, args.resamples, args.seed, (str(fa), str(fb)), pairs)
     print(f"A: {fa}\nB: {fb}\n")

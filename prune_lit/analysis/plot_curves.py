@@ -1,6 +1,6 @@
 """Plot editing curves of several sequential-editing runs side by side.
 
-    python benchmarks/plot_curves.py logs/rome_100/version_0 logs/rome_prune_100/version_0 \
+    python -m prune_lit.analysis.plot_curves logs/rome_100/version_0 logs/rome_prune_100/version_0 \
         --labels ROME "ROME+PRUNE" --out docs/figures/rome_100.png
 
 Reads each run's results.json (edit metrics at the eval_at counts) and spectral.json (σ_max(ΔW) and
@@ -11,7 +11,6 @@ against the number of edits.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,28 +19,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def load_run(run: Path) -> tuple[dict, list[dict]]:
-    results = json.loads((run / "results.json").read_text())
-    spectral_path = run / "spectral.json"
-    spectral = json.loads(spectral_path.read_text()) if spectral_path.exists() else []
-    return results, spectral if isinstance(spectral, list) else spectral.get("records", [])
+from prune_lit.analysis.schema import RunResults, find_results, read_spectral  # noqa: E402
 
 
-def main() -> None:
+def load_run(run: Path) -> tuple[RunResults, list[dict]]:
+    path = find_results(run)
+    return RunResults.read(path), read_spectral(path.parent)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding results.json / spectral.json")
     parser.add_argument("--labels", nargs="+", help="one legend label per run (default: folder names)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     labels = args.labels or [r.parent.name for r in args.runs]
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for run, label in zip(args.runs, labels):
         results, spectral = load_run(run)
-        before = results.get("edits_before", {})
+        before = results.before.get("edits")
         rows = [(0, before)] if before else []
-        rows += [(h["num_edits"], h["edits"]) for h in results["history"] if "edits" in h]
+        rows += [(p.num_edits, p.get("edits")) for p in results.history if p.get("edits") is not None]
         xs = [n for n, _ in rows]
         for ax, key in zip(axes[:3], ("efficacy", "generalization", "neighborhood")):
             ax.plot(xs, [s[key] for _, s in rows], marker="o", label=label)

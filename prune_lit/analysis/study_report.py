@@ -1,7 +1,7 @@
 """Tables, paired tests and figures of the 1,000-edit study (benchmarks/run_study.sh) for docs/results.md.
 
-    python benchmarks/study_report.py --study logs/study --md benchmarks/results/study.md \\
-        --out benchmarks/results/study.json --figures docs/figures
+    python -m prune_lit.analysis.study_report --study logs/study --md benchmarks/results/study1000.md \\
+        --out benchmarks/results/study1000.json --figures docs/figures/study1000
 
 Reads ``<study>/logs/<arm>/version_<n>/`` (the newest version holding a results.json; spectral.json beside
 it) for every arm present — any subset of rome, rome_prune, memit[_prune], alphaedit[_prune], mend[_prune],
@@ -30,8 +30,6 @@ import argparse
 import csv
 import json
 import math
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
@@ -42,10 +40,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's prune_lit
-    sys.path.insert(0, str(REPO))
-
+from prune_lit.analysis.schema import (  # noqa: E402
+    BEFORE_END_RESTRAINT,
+    RESTRAINED,
+    SECTIONS,
+    RunResults,
+    newest_version,
+    read_spectral,
+)
 from prune_lit.metrics.intervals import (  # noqa: E402
     bootstrap_interval,
     compare_paired,
@@ -73,7 +75,6 @@ DOWNSTREAM = {  # main score per task -> column title; other per-example keys go
     "qa/contains": "NQ contains",
     "nli/accuracy": "RTE acc",
 }
-SECTIONS = ("edits", "probes", "downstream")
 ALPHA = 0.05
 # Fewest windows / examples for a bootstrap interval or test: with fewer, the resamples barely vary and a
 # paired bootstrap reports p ≈ 1/(resamples + 1) for any consistent shift (one window: always). Wilson
@@ -90,7 +91,7 @@ class Arm:
 
     name: str
     folder: Path
-    results: dict[str, Any]
+    results: RunResults
     spectral: list[dict[str, Any]]
     timings: list[dict[str, Any]] = field(default_factory=list)
     partial: int | None = None  # an unfinished arm read from its last checkpoint: the edits it had reached
@@ -102,11 +103,6 @@ class Arm:
     @property
     def restrained_per_edit(self) -> bool:
         return self.name.endswith(PRUNE_SUFFIX)
-
-
-def newest_version(run: Path) -> Path | None:
-    versions = [p for p in run.glob("version_*") if (p / "results.json").is_file()]
-    return max(versions, key=lambda p: int(re.sub(r"\D", "", p.name) or 0)) if versions else None
 
 
 def read_timings(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -144,8 +140,9 @@ def load_checkpointed(study: Path, name: str, timings: list[dict[str, Any]]) -> 
     folder = pointer.parent / pointer.read_text().strip()
     state = json.loads((folder / "state.json").read_text())
     seen = int(state["counters"]["requests_seen"])
-    results = {**state.get("results", {}), "history": state.get("history", []), "num_edits": seen,
-               "edited_case_ids": state.get("edited_case_ids"), "model": state.get("fingerprint", {}).get("model_name")}
+    results = RunResults.from_dict({**state.get("results", {}), "history": state.get("history", []), "num_edits": seen,
+                                    "edited_case_ids": state.get("edited_case_ids"),
+                                    "model": state.get("fingerprint", {}).get("model_name")})
     spectral = state.get("callbacks", {}).get("SpectralDiagnostics", {}).get("records", [])
     return Arm(name, folder, results, spectral, timings, partial=seen)
 
@@ -164,10 +161,7 @@ def load_study(study: Path) -> tuple[dict[str, Arm], dict[str, list[dict[str, An
             if arm is not None:
                 arms[name] = arm
             continue
-        results = json.loads((folder / "results.json").read_text())
-        spectral_path = folder / "spectral.json"
-        spectral = json.loads(spectral_path.read_text()).get("records", []) if spectral_path.is_file() else []
-        arms[name] = Arm(name, folder, results, spectral, timings.get(name, []))
+        arms[name] = Arm(name, folder, RunResults.read(folder / "results.json"), read_spectral(folder), timings.get(name, []))
     return arms, timings
 
 
@@ -182,26 +176,28 @@ def curve(arm: Arm, variant: str) -> dict[int, dict[str, dict]]:
     sections (where the run kept them) are unrestrained. ``at-end``: the ``*_restrained`` sections, and at the
     last point the plain sections where no ``*_restrained`` one exists (empty when the run has no at-end curve).
     """
-    res = arm.results
-    history = res.get("history", []) or []
-    before = {s: res[f"{s}_before"] for s in SECTIONS if isinstance(res.get(f"{s}_before"), dict)}
+    history = arm.results.history
+    before = {s: v for s, v in arm.results.before.items() if s in SECTIONS and isinstance(v, dict)}
     end_restrained = has_end_restraint(arm)
-    last = max((int(row["num_edits"]) for row in history), default=None)
+    last = max((p.num_edits for p in history), default=None)
     out: dict[int, dict[str, dict]] = {}
-    for row in history:
-        n = int(row["num_edits"])
-        restrained = {s: row[f"{s}_restrained"] for s in SECTIONS if isinstance(row.get(f"{s}_restrained"), dict)}
-        plain = {s: row[s] for s in SECTIONS if isinstance(row.get(s), dict)}
+
+    def sections_of(point: Any, variant_: str) -> dict[str, dict]:
+        return {s: v for s in SECTIONS if (v := point.get(s, variant_)) is not None}
+
+    for point in history:
+        n = point.num_edits
+        restrained, plain = sections_of(point, RESTRAINED), sections_of(point, "")
         after_end = end_restrained and n == last  # plain sections scored after the end restraint
         if variant == "at-end":
             sections = ({**plain, **restrained} if after_end else restrained) if restrained or after_end else {}
         elif after_end:
-            sections = {s: row[f"{s}_before_end_restraint"] for s in SECTIONS if isinstance(row.get(f"{s}_before_end_restraint"), dict)}
+            sections = sections_of(point, BEFORE_END_RESTRAINT)
         else:
             sections = plain
         if sections:
             out.setdefault(n, {}).update(sections)
-    if variant == "at-end" and not any(f"{s}_restrained" in row for row in history for s in SECTIONS):
+    if variant == "at-end" and not any(p.has_variant(RESTRAINED) for p in history):
         return {}
     if before:
         out[0] = before  # restraining ΔW = 0 changes nothing: every variant starts at the unedited model
@@ -213,8 +209,7 @@ def has_end_restraint(arm: Arm) -> bool:
     ``*_before_end_restraint`` sections, or it has an at-end curve (``*_restrained``: PRUNE at the end)."""
     if arm.partial is not None:
         return False  # an unfinished run never reached its end restraint
-    rows = arm.results.get("history", []) or []
-    return any(f"{s}_before_end_restraint" in row or f"{s}_restrained" in row for row in rows for s in SECTIONS)
+    return any(p.has_variant(BEFORE_END_RESTRAINT) or p.has_variant(RESTRAINED) for p in arm.results.history)
 
 
 def variants_of(arms: dict[str, Arm]) -> dict[str, dict[str, tuple[Arm, dict[int, dict[str, dict]]]]]:
@@ -426,7 +421,7 @@ def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int
             if variant not in vs:
                 continue
             arm, other = vs[variant]
-            ids_a, ids_b = base_arm.results.get("edited_case_ids"), arm.results.get("edited_case_ids")
+            ids_a, ids_b = base_arm.results.edited_case_ids, arm.results.edited_case_ids
             if ids_a is not None and ids_b is not None:
                 m = min(len(ids_a), len(ids_b))
                 if ids_a[:m] != ids_b[:m]:
@@ -501,7 +496,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     variants = variants_of(arms)
     notes: list[str] = []
     md: list[str] = [f"# Study report: {study}", ""]
-    models = sorted({str(a.results.get("model")) for a in arms.values()})
+    models = sorted({str(a.results.model) for a in arms.values()})
     md.append(f"Arms found: {', '.join(arms)} (model: {', '.join(models)}). "
               f"Arms with a timing but no results.json: {', '.join(sorted(set(timings) - set(arms))) or 'none'}.")
     unfinished = [f"{a.name} (to {a.partial} edits)" for a in arms.values() if a.partial is not None]
@@ -617,13 +612,14 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         fresh = max((i for i, t in enumerate(all_tries) if not t["resume"]), default=0)
         tries = all_tries[fresh:]
         wall = sum(t["seconds"] for t in tries) if tries else None
-        r = arms[name].results if name in arms else {}
+        r = arms[name].results if name in arms else RunResults()
         times_summary[name] = {"tries": tries, "earlier_tries": all_tries[:fresh], "wall_seconds": wall} | {
-            k: r.get(k) for k in ("num_edits", "num_steps", "num_rejected_steps", "seconds_editing", "seconds_per_edit", "seconds_restraint")}
+            k: getattr(r, k) for k in ("num_edits", "num_steps", "num_rejected_steps", "seconds_editing", "seconds_per_edit", "seconds_restraint")}
         last_rc = tries[-1]["rc"] if tries else None
-        rows.append([name, str(r.get("num_edits", "—")), str(r.get("num_steps", "—")), str(r.get("num_rejected_steps", "—")),
+        counts = [r.num_edits, r.num_steps, r.num_rejected_steps]
+        rows.append([name, *("—" if c is None else str(c) for c in counts),
                      f"{wall}" if wall is not None else "—", f"{len(tries)}" + (f" (last rc={last_rc})" if last_rc else ""),
-                     fmt(r.get("seconds_editing"), 0), fmt(r.get("seconds_per_edit"), 2), fmt(r.get("seconds_restraint"), 1)])
+                     fmt(r.seconds_editing, 0), fmt(r.seconds_per_edit, 2), fmt(r.seconds_restraint, 1)])
     md += [table(["arm", "edits", "steps", "rejected steps", "wall (s)", "tries", "editing (s)", "s / edit", "restraint (s)"], rows), ""]
 
     # Plain answer
@@ -680,9 +676,9 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         notes.append(f"no unrestrained arm for: {', '.join(missing_none)}")
     for arm in arms.values():
         if has_end_restraint(arm):
-            last = max(int(r["num_edits"]) for r in arm.results["history"])
-            row = next(r for r in arm.results["history"] if int(r["num_edits"]) == last)
-            lost = [s for s in SECTIONS if f"{s}_before_end_restraint" not in row and (s in row or f"{s}_restrained" in row)]
+            last = max(p.num_edits for p in arm.results.history)
+            point = next(p for p in arm.results.history if p.num_edits == last)
+            lost = [s for s in SECTIONS if not point.has(s, BEFORE_END_RESTRAINT) and (point.has(s) or point.has(s, RESTRAINED))]
             if lost:
                 notes.append(f"{arm.name}: at {last} edits (the last point, after which PRUNE restrained the weights) the "
                              f"unrestrained {', '.join(lost)} scores are not in results.json (only the restrained ones); "
@@ -692,8 +688,8 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
 
     summary = {
         "study": str(study), "resamples": resamples, "seed": seed, "alpha": ALPHA,
-        "arms": {name: {"folder": str(a.folder), "editor": a.editor, "model": a.results.get("model"),
-                        "num_edits": a.results.get("num_edits"), "partial": a.partial} for name, a in arms.items()},
+        "arms": {name: {"folder": str(a.folder), "editor": a.editor, "model": a.results.model,
+                        "num_edits": a.results.num_edits, "partial": a.partial} for name, a in arms.items()},
         "points": points, "spectral": spectral_summary, "times": times_summary,
         "plain_answer": answers, "prune_tests": tests, "notes": list(dict.fromkeys(notes)),
         "kappa_w0": kappa_w0 or {},
@@ -909,7 +905,7 @@ def kappa_w0(study: Path) -> dict[str, float]:
 
     arms, _ = load_study(study)
     names = sorted({r["matrix"] for a in arms.values() for r in a.spectral})
-    models = {a.results.get("model", "smollm2-135m") for a in arms.values()}
+    models = {a.results.model or "smollm2-135m" for a in arms.values()}
     if len(models) != 1:
         raise ValueError(f"arms of several models: {models}")
     model = load_model(models.pop()).model
@@ -934,7 +930,7 @@ def finite(x: Any) -> Any:
 def main(argv: list[str] | None = None) -> Report:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", type=Path, default=Path("logs/study"), help="run_study.sh's STUDY_DIR (logs/<arm>/, timings.tsv)")
-    p.add_argument("--figures", type=Path, default=Path("docs/figures"), help="folder of the study_*.png figures")
+    p.add_argument("--figures", type=Path, default=Path("docs/figures/study1000"), help="folder of the study_*.png figures")
     p.add_argument("--prefix", default="study", help="file name prefix of the figures")
     p.add_argument("--md", type=Path, default=None, help="also write the Markdown tables here")
     p.add_argument("--out", type=Path, default=None, help="also write a JSON summary here")

@@ -1,21 +1,20 @@
 """Callbacks that take part in an edit step, and the fixed order in which they do.
 
-Lightning runs callbacks' hooks in list order, so "restraint before diagnostics" used to depend on how a
-config listed them. Here the module calls `EditStepCallback.on_edit_step` itself, right after each edit,
+Lightning runs callbacks' hooks in list order, so "restraint before diagnostics" would depend on how a config
+listed them. Instead the editing loop calls `EditStepCallback.on_edit_step` itself, right after each edit,
 sorted by `phase`: every ``RESTRAIN`` callback (they may write the edited weights), then every ``MEASURE``
-callback (read-only), then the module's own evaluation and checkpoint. The same order holds at the end of
-the stream (`on_edits_end`), before the final evaluation. Position in ``trainer.callbacks`` never matters.
+callback (read-only), then the loop's own evaluation and checkpoint. The same order holds at the end of the
+stream (`on_edits_end`), before the final evaluation. Position in ``trainer.callbacks`` never matters.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 
-if TYPE_CHECKING:
-    from prune_lit.modules.edit_state import EditState
+from prune_lit.contracts.state import EditState
 
 
 class Phase(IntEnum):
@@ -27,7 +26,7 @@ class EditStepCallback(L.Callback):
     """A callback of the sequential-editing loop. Subclasses set `phase` and override the two hooks.
 
     `state_dict` / `load_state_dict` (Lightning's callback API) return / take JSON-serialisable values and tensors:
-    the module stores them in its resumable checkpoints.
+    the loop stores them in its resumable checkpoints.
     """
 
     phase: Phase = Phase.MEASURE

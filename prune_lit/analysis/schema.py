@@ -1,0 +1,228 @@
+"""results.json, the record a sequential-editing run leaves: one typed, versioned schema.
+
+The loop (``modules/``) writes it, the analysis (``study_report``, ``compare_runs``) reads it; every key name and
+suffix of the file is spelled here and nowhere else. This module imports nothing from ``modules/``, so both may
+import it.
+
+Layout (version 1; version 0 = the same keys without ``schema_version``, written before the schema existed)::
+
+    {"schema_version": 1, "model": ..., "editor": ..., "callbacks": [...],
+     "num_edits": ..., "edits_applied": ..., "num_steps": ..., "num_rejected_steps": ..., "world_size": ...,
+     "seconds_editing": ..., "seconds_per_edit": ..., "seconds_restraint": ..., "restraint_share_of_step": ...,
+     "edits_before": {...}, "probes_before": {...}, "downstream_before": {...},   # the unedited model
+     "edits_after": {...}, "probes_after": {...}, "downstream_after": {...},      # the final model
+     "history": [{"num_edits": n, "edits": {...}, "probes_restrained": {...}, ...}, ...],
+     "edited_case_ids": [...]}
+
+A section (``edits``, ``probes``, ``downstream``) is a dict of scores whose keys depend on the evaluator (edit
+metrics and ``n``; perplexity, KL and ``per_window`` lists; task scores and ``per_example`` lists). A history point
+holds each section under a variant name: plain (the run's weights), ``<section>_restrained`` (a copy restrained
+as if the run ended there) and ``<section>_before_end_restraint`` (the last point's scores before an at-end
+restraint changed the weights).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prune_lit.reporting import write_json_atomic
+
+SCHEMA_VERSION = 1
+SECTIONS = ("edits", "probes", "downstream")
+RESTRAINED = "_restrained"  # a history point's scores of a restrained copy of the weights
+BEFORE_END_RESTRAINT = "_before_end_restraint"  # the last point's scores before an at-end restraint ran
+BEFORE, AFTER = "_before", "_after"  # top-level sections: the unedited and the final model
+
+Section = dict[str, Any]
+
+
+class ResultsSchemaError(ValueError):
+    """A results.json this schema cannot read (a newer version, a wrong type, an unknown key)."""
+
+
+def variant_key(section: str, variant: str = "") -> str:
+    """The history key of ``section`` in ``variant`` (``""``, :data:`RESTRAINED` or :data:`BEFORE_END_RESTRAINT`)."""
+    return section + variant
+
+
+@dataclass
+class EvalPoint:
+    """One evaluation point of the history: the scores after ``num_edits`` requests, by variant key."""
+
+    num_edits: int
+    sections: dict[str, Section] = field(default_factory=dict)
+
+    def get(self, section: str, variant: str = "") -> Section | None:
+        """The ``section`` scores of ``variant`` at this point, or None where it was not measured."""
+        value = self.sections.get(variant_key(section, variant))
+        return value if isinstance(value, dict) else None
+
+    def has(self, section: str, variant: str = "") -> bool:
+        """Whether this point holds the key of ``section`` in ``variant`` (whatever its value)."""
+        return variant_key(section, variant) in self.sections
+
+    def has_variant(self, variant: str) -> bool:
+        return any(self.has(s, variant) for s in SECTIONS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_edits": self.num_edits, **self.sections}
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> EvalPoint:
+        if not isinstance(row, dict) or "num_edits" not in row:
+            raise ResultsSchemaError(f"a history point needs num_edits: {str(row)[:80]}")
+        return cls(int(row["num_edits"]), {k: v for k, v in row.items() if k != "num_edits"})
+
+
+# Top-level scalar fields, in file order, and their types (None: not recorded, e.g. an unfinished run).
+_SCALARS: dict[str, type] = {
+    "model": str, "editor": str, "num_edits": int, "edits_applied": int, "num_steps": int, "num_rejected_steps": int,
+    "world_size": int, "seconds_editing": float, "seconds_per_edit": float, "seconds_restraint": float,
+    "restraint_share_of_step": float,
+}
+
+
+@dataclass
+class RunResults:
+    """A run's results.json as typed fields. ``before`` / ``after``: ``{section: scores}`` of the unedited and the
+    final model; ``extra``: keys of an unversioned (version 0) file this version does not know, kept as they were."""
+
+    model: str | None = None
+    editor: str | None = None
+    callbacks: list[str] = field(default_factory=list)
+    num_edits: int | None = None
+    edits_applied: int | None = None
+    num_steps: int | None = None
+    num_rejected_steps: int | None = None
+    world_size: int | None = None
+    seconds_editing: float | None = None
+    seconds_per_edit: float | None = None
+    seconds_restraint: float | None = None
+    restraint_share_of_step: float | None = None
+    before: dict[str, Section] = field(default_factory=dict)
+    after: dict[str, Section] = field(default_factory=dict)
+    history: list[EvalPoint] = field(default_factory=list)
+    edited_case_ids: list[Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- reading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResults:
+        """Parse a results dict of any known version (no ``schema_version``: version 0, read leniently)."""
+        if not isinstance(data, dict):
+            raise ResultsSchemaError(f"results must be a JSON object, not {type(data).__name__}")
+        version = data.get("schema_version", 0)
+        if not isinstance(version, int) or not 0 <= version <= SCHEMA_VERSION:
+            raise ResultsSchemaError(f"results schema_version {version!r}: this code reads 0 to {SCHEMA_VERSION}")
+        out = cls(schema_version=version)
+        for key, value in data.items():
+            if key == "schema_version":
+                continue
+            if key in _SCALARS:
+                setattr(out, key, _typed(key, value, _SCALARS[key]))
+            elif key == "callbacks":
+                out.callbacks = [str(c) for c in value or []]
+            elif key == "history":
+                out.history = [EvalPoint.from_dict(r) for r in value or []]
+            elif key == "edited_case_ids":
+                out.edited_case_ids = None if value is None else list(value)
+            elif key.endswith(BEFORE) and isinstance(value, dict):
+                out.before[key[: -len(BEFORE)]] = value
+            elif key.endswith(AFTER) and isinstance(value, dict):
+                out.after[key[: -len(AFTER)]] = value
+            elif version == 0:
+                out.extra[key] = value
+            else:
+                raise ResultsSchemaError(f"results schema_version {version}: unknown key {key!r}")
+        return out
+
+    @classmethod
+    def read(cls, path: Path) -> RunResults:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ResultsSchemaError(f"{path}: not JSON ({err})") from err
+        try:
+            return cls.from_dict(data)
+        except ResultsSchemaError as err:
+            raise ResultsSchemaError(f"{path}: {err}") from err
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The results.json layout (this version's; a version-0 record read in is written back as version 1)."""
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+        for key in ("model", "editor"):
+            out[key] = getattr(self, key)
+        out["callbacks"] = list(self.callbacks)
+        for key in list(_SCALARS)[2:]:
+            out[key] = getattr(self, key)
+        out.update({section + BEFORE: scores for section, scores in self.before.items()})
+        out.update({section + AFTER: scores for section, scores in self.after.items()})
+        out["history"] = [p.to_dict() for p in self.history]
+        out["edited_case_ids"] = self.edited_case_ids
+        return out | self.extra
+
+    def write(self, path: Path) -> None:
+        """Write atomically (never a half-written file); numbers the JSON module does not know become floats."""
+        write_json_atomic(Path(path), self.to_dict(), default=float)
+
+    # ---- views for analysis ----------------------------------------------------------------------
+    def points(self) -> dict[int, dict[str, Section]]:
+        """``{num_edits: {variant key: scores}}``: 0 = the ``before`` sections, then every history point; the
+        ``after`` sections fill the final count (``num_edits``) where no history point holds them."""
+        out: dict[int, dict[str, Section]] = {}
+        if self.before:
+            out[0] = dict(self.before)
+        for p in self.history:
+            out.setdefault(p.num_edits, {}).update({k: v for k, v in p.sections.items() if isinstance(v, dict)})
+        if self.num_edits is not None:
+            for section, scores in self.after.items():
+                out.setdefault(self.num_edits, {}).setdefault(section, scores)
+        return out
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    if value is None:
+        return None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value  # an int stays one (a sum over no restraint is 0): written back as it was read
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is str:
+        return str(value)
+    raise ResultsSchemaError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def find_results(path: Path) -> Path:
+    """``path`` itself, ``path/results.json``, or the newest ``path/version_<n>/results.json``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / "results.json").is_file():
+        return path / "results.json"
+    newest = newest_version(path)
+    if newest is None:
+        raise FileNotFoundError(f"no results.json in {path} (nor in a version_* folder under it)")
+    return newest / "results.json"
+
+
+def newest_version(run: Path) -> Path | None:
+    """The ``version_<n>`` folder of ``run`` with the largest n that holds a results.json, or None."""
+    versions = [p for p in Path(run).glob("version_*") if (p / "results.json").is_file()]
+    return max(versions, key=lambda p: int("".join(c for c in p.name if c.isdigit()) or 0)) if versions else None
+
+
+def read_spectral(run: Path) -> list[dict[str, Any]]:
+    """The SpectralDiagnostics records in ``run/spectral.json`` (``{"records": [...]}``, or the bare list older runs
+    wrote); [] where the run has none."""
+    path = Path(run) / "spectral.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, list) else data.get("records", [])
