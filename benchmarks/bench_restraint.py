@@ -33,7 +33,6 @@ Results are merged (keyed by shape and rank) into ``benchmarks/results/restraint
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 from types import SimpleNamespace
 
 import lightning as L

@@ -29,7 +29,6 @@ finder (`lowrank_svd`, warm-started between steps), then only the ``[k, n]`` cor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
