@@ -26,7 +26,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from prune_lit.callbacks.diagnostics import SpectralDiagnostics
 from prune_lit.contracts import EditState, EditStepCallback, Phase, Restraint
 from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
+from prune_lit.callbacks.key_aware_restraint import KeyAwareSpectralRestraint
 from prune_lit.callbacks.restraint import SpectralRestraint
+from prune_lit.callbacks.sphere_restraint import SphereRestraint
 from prune_lit.data.counterfact import is_fact_file, parse_fact_record
 from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.data.edit_io import EditDataError
@@ -44,7 +46,7 @@ from prune_lit.restraint.posthoc import CheckpointMismatchError, PosthocError, P
 from prune_lit.restraint.spectrum import check_restraint_args
 
 EDITORS: dict[str, type[Editor]] = {"rome": ROMEEditor, "memit": MEMITEditor, "alphaedit": AlphaEditEditor, "mend": MENDEditor}
-RESTRAINTS = ("prune", "prune_at_end", "prune_factored", "none")
+RESTRAINTS = ("prune", "prune_at_end", "prune_factored", "prune_key_aware", "sphere", "none")
 # What the CLI sets for every run (PruneLitCLI.add_arguments_to_parser, configs/base.yaml); a test keeps them equal.
 # The CLI's Trainer defaults; an API run saves no Lightning checkpoints (its own run checkpoints are the module's).
 TRAINER_DEFAULTS: dict[str, Any] = {**EDIT_TRAINER_DEFAULTS, "enable_checkpointing": False}
@@ -102,7 +104,8 @@ def get_editor(name: str, hparams: str | None = None, **overrides: Any) -> Edito
 def get_restraint(name: str | None = "prune", **options: Any) -> Restraint | None:
     """A restraint by name, as the configs in ``configs/restraint/`` set it: ``prune`` (after every edit),
     ``prune_at_end`` (once after the last edit, as the reference code), ``prune_factored`` (MEND's factored
-    edits), ``none`` / None. ``options`` are the callback's arguments (``alpha=1.2``, ``mode="linear"``, ...)."""
+    edits), ``prune_key_aware`` (PRUNE's map on ΔW C^{1/2}, docs/restraints.md), ``sphere`` (SPHERE on each
+    step's update), ``none`` / None. ``options`` are the callback's arguments (``alpha=1.2``, ``mode="linear"``, ...)."""
     key = "none" if name is None else name.lower()
     if key == "prune":
         return SpectralRestraint(**options)
@@ -110,6 +113,10 @@ def get_restraint(name: str | None = "prune", **options: Any) -> Restraint | Non
         return SpectralRestraint(**{"at_end_only": True, **options})
     if key == "prune_factored":
         return FactoredSpectralRestraint(**options)
+    if key == "prune_key_aware":
+        return KeyAwareSpectralRestraint(**options)
+    if key == "sphere":
+        return SphereRestraint(**options)
     if key == "none":
         if options:
             raise ValueError(f"restraint 'none' takes no options, got {sorted(options)}")

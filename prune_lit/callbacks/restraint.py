@@ -107,15 +107,18 @@ class SpectralRestraint(Restraint):
         counts: dict[str, int] = {}
         for name, w0 in state.original_weights.items():
             w = get_weight(model, name)
-            w0 = w0.to(w.device, torch.float32)
-            try:
-                sigma_max = self.sigma_max_w0(name, w0)
-            except ValueError as err:
-                raise ValueError(f"restraint of {name}: {err}") from err
-            counts[name] = self._restrain_dense(model, name, w, w.float() - w0, sigma_max, warm_starts).n_restrained
+            counts[name] = self._restrain_matrix(model, name, w, w0.to(w.device, torch.float32), warm_starts).n_restrained
         if record:
             self._record(state, trainer, counts, time.perf_counter() - start)
         return counts
+
+    def _restrain_matrix(self, model: torch.nn.Module, name: str, w: torch.Tensor, w0: torch.Tensor, warm_starts: WarmStarts) -> RestraintResult:
+        """Restrain one matrix (``w`` now, ``w0`` float32 on its device); subclasses with another map override this."""
+        try:
+            sigma_max = self.sigma_max_w0(name, w0)
+        except ValueError as err:
+            raise ValueError(f"restraint of {name}: {err}") from err
+        return self._restrain_dense(model, name, w, w.float() - w0, sigma_max, warm_starts)
 
     def _restrain_dense(self, model: torch.nn.Module, name: str, w: torch.Tensor, delta: torch.Tensor, sigma_max: float,
                         warm_starts: WarmStarts) -> RestraintResult:
