@@ -1,4 +1,4 @@
-"""The cost of one 1,000-edit ROME arm of the study protocol, before and after issue 19, from measured parts.
+"""The cost of one 1,000-edit ROME arm of the study protocol, with the hf and loop generation engines, from measured parts.
 
 Reads ``benchmarks/results/eval_speed.json`` (``bench_eval_speed.py``: per-batch generation times of both engines,
 healthy and collapsed, edit-metric seconds per case, probe seconds) and *multiplies out* the protocol of

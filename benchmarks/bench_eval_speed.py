@@ -1,4 +1,4 @@
-"""Today's evaluation against the new one, in the same run, interleaved (issue 19, part 1).
+"""Today's evaluation against the new one, in the same run, interleaved.
 
 What it times, on SmolLM2-135M-Instruct, float32, one thread, with the study's evaluator (200 examples per task,
 chat template, batches of 8 of the length-sorted examples):

@@ -1,16 +1,16 @@
-"""Seconds per sequential ROME edit / MEMIT step: the settings of before issue 10 vs the current default, interleaved.
+"""Seconds per sequential ROME edit / MEMIT step: the earlier defaults vs the current default, interleaved.
 
 Copies of SmolLM2-135M are edited sequentially on the same CounterFact cases, one copy per variant; the steps
 alternate (step i on copy A, then step i on copy B, ...), so every variant sees the same machine load at the
 same time and the ratios are fair on a shared CPU. Timed: ``editor.edit`` (value searches + closed-form
 update), in CPU seconds of this process (one torch thread) and wall seconds. Variants:
 
-* ``before``   the settings of before issue 10 (ROME: paper anchor; MEMIT: uniform key averaging; both: squared
+* ``before``   the earlier defaults (ROME: paper anchor; MEMIT: uniform key averaging; both: squared
                weight decay, no MPES, no prefix cache);
 * ``no_mpes``  the current default without most-probable early stopping (MPES's share of the speed-up);
 * ``default``  the current default.
 
-All run the current code. The code of before issue 10 also ran two forwards per value search that the current
+All run the current code. The earlier code also ran two forwards per value search that the current
 search takes from its first step (v_init up to the searched module, and the KL prompt's reference distribution);
 they are timed here on the same model after each ``before`` step (``old_extra_cpu_s``) and reported as a second
 ratio, "incl. the old code's forwards".
@@ -57,7 +57,7 @@ EDITORS = {"rome": ROMEEditor, "memit": MEMITEditor}
 
 @torch.no_grad()
 def old_extra_forwards(model: torch.nn.Module, tok, module_name: str, request: EditRequest) -> float:
-    """CPU seconds of the two forwards the value search of before issue 10 ran before its first step."""
+    """CPU seconds of the two forwards the earlier value search ran before its first step."""
     c = time.process_time()
     pad = pad_token_id(tok)
     ids, p = subject_last_token(tok, "{}", request)

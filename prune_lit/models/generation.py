@@ -8,7 +8,7 @@ KV-cache loop in a preallocated cache, in which a row leaves the batch (down to 
 rule (EOS or a stop string, checked on that row's new tokens only); and ``"hf"``, Hugging Face's ``generate``,
 which keeps finished rows in the batch until every row is done, concatenates its cache at every step and decodes
 every row's text at every step for the stop strings. Both prefill with logits at the last position only, and feed
-the same ids, mask and positions. Prefill dominates either way (docs/benchmarks.md, issue 19).
+the same ids, mask and positions. Prefill dominates either way (docs/benchmarks.md, "Evaluation cost of a study arm").
 """
 
 from __future__ import annotations

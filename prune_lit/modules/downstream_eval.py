@@ -200,7 +200,7 @@ class DownstreamEvaluator:
     editing see identical prompts. ``chat_template``: wrap prompts in the tokenizer's chat template
     (instruct models); ``keep_samples`` example predictions per task go to ``last_samples``.
     ``generation_engine``: ``"loop"`` (finished rows leave the batch) or ``"hf"`` (``model.generate``, the
-    engine before issue 19); both give the same greedy outputs (tests/test_generation_smollm2.py).
+    engine before the KV-cache loop); both give the same greedy outputs (tests/test_generation_smollm2.py).
     """
 
     def __init__(
