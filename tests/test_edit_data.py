@@ -189,6 +189,16 @@ def test_datamodule_train_val(tmp_path: Path) -> None:
     assert tr == set(range(18)) and va == {18, 19}
 
 
+def test_a_later_val_slice_holds_cases_the_first_one_does_not(tmp_path: Path) -> None:
+    write(tmp_path, "counterfact/counterfact-train.json", [cf_record(i) for i in range(4)])
+    write(tmp_path, "counterfact/counterfact-val.json", [cf_record(100 + i) for i in range(6)])
+    first = EditDataModule(data_dir=str(tmp_path), val_limit=3).train_val_requests()[1]
+    later = EditDataModule(data_dir=str(tmp_path), val_limit=3, val_start=3).train_val_requests()[1]
+    assert [r.case_id for r in first] == [100, 101, 102] and [r.case_id for r in later] == [103, 104, 105]
+    with pytest.raises(EditDataError, match="val_start=6"):
+        EditDataModule(data_dir=str(tmp_path), val_start=6).train_val_requests()
+
+
 def test_real_files_load() -> None:
     """The shared data files parse completely (skipped where they are not present)."""
     try:

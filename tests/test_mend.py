@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from prune_lit.data.edit_datamodule import collate_requests, load_edit_requests
+from prune_lit.data.edit_datamodule import EditDataModule, collate_requests, load_edit_requests
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.mend import MENDCheckpointError, MENDEditor
 from prune_lit.editors.mend_net import (
@@ -434,3 +434,20 @@ def test_trained_hypernetworks_stay_out_of_git():
         pytest.skip("not a git checkout")
     for path in ("checkpoints/mend/best.ckpt", "checkpoints/mend/last.ckpt", "checkpoints/mend/val/step250.ckpt"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
+
+
+def test_validate_caches_the_val_rows_alone(tmp_path):
+    """``cli.py validate`` on a later val slice (``val_start``) computes the lower states of those rows only, not of the
+    whole train split as fit does, so scoring a trained hypernetwork on unseen cases is cheap."""
+    module = MENDTraining(model_name="tiny-llama", rank=16, hidden_cache_dir=str(tmp_path))
+    dm = EditDataModule(val_limit=2, val_start=3, train_batch_size=2)
+    module.train()
+    with torch.no_grad():
+        module.edit_step(dm.train_val_requests()[0][:4])  # running statistics, as a trained hypernetwork has
+    module.hidden_cache = None  # what that step cached on the way
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        inference_mode=False, accelerator="cpu", devices=1)  # fmt: skip
+    trainer.validate(module, datamodule=dm)
+    val = dm.train_val_requests()[1]
+    assert len(val) == 2 and len(module.hidden_cache) == len(set(module.token_rows(val, with_truth=True)))
+    assert 0.0 <= trainer.callback_metrics["val/edit_success"] <= 1.0

@@ -79,12 +79,15 @@ class EditDataModule(L.LightningDataModule):
         shuffle: bool = False,
         train_batch_size: int = 1,
         val_limit: int | None = 200,
+        val_start: int = 0,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS and not is_fact_file(dataset):
             raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS} or a .json/.jsonl file of your own facts")
         if batch_size < 1 or train_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, train_batch_size={train_batch_size}")
+        if val_start < 0:
+            raise ValueError(f"val_start must be >= 0, got {val_start}")
         if num_edits is not None and num_edits < 1:
             raise ValueError(f"num_edits must be >= 1 or None (all), got {num_edits}")
         self.save_hyperparameters()
@@ -97,6 +100,7 @@ class EditDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.train_batch_size = train_batch_size
         self.val_limit = val_limit
+        self.val_start = val_start
         self._requests: list[EditRequest] | None = None
 
     @property
@@ -127,7 +131,8 @@ class EditDataModule(L.LightningDataModule):
         return DataLoader(EditStream(self.all_requests, self.batch_size), batch_size=None, num_workers=0)
 
     def train_val_requests(self) -> tuple[list[EditRequest], list[EditRequest]]:
-        """``(train, val)`` requests of MEND training (val capped at ``val_limit``); MEND caches their hidden states."""
+        """``(train, val)`` requests of MEND training: val is ``val_limit`` cases from case ``val_start`` of the val
+        split (a later slice than the one checkpoints were chosen on scores a trained hypernetwork on unseen cases)."""
         if is_fact_file(self.dataset):
             raise EditDataError(f"{self.dataset}: a fact file can be edited (test), not used to train MEND (fit); use counterfact or zsre")
         train = load_edit_requests(self.dataset, "train", self.data_dir)
@@ -136,6 +141,9 @@ class EditDataModule(L.LightningDataModule):
         else:
             n_val = max(1, int(len(train) * ZSRE_VAL_FRACTION))
             train, val = train[:-n_val], train[-n_val:]
+        if self.val_start >= len(val):
+            raise EditDataError(f"val_start={self.val_start} but the val split has only {len(val)} cases")
+        val = val[self.val_start :]
         return train, val if self.val_limit is None else val[: self.val_limit]
 
     def train_dataloader(self) -> DataLoader:

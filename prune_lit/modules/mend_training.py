@@ -247,14 +247,17 @@ class MENDTraining(L.LightningModule):
 
     # ---- the hidden-state cache -----------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Before fit / validate: load (or compute once and store) the cached states of every train and val row."""
+        """Before fit: load (or compute once and store) the cached states of every train and val row; before
+        validate, of the val rows alone (scoring a checkpoint on other val cases costs only those)."""
         if not self.hparams.cache_hidden or stage not in ("fit", "validate"):
             return
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "train_val_requests"):
             return  # plain dataloaders: rows are computed on first use
         train, val = datamodule.train_val_requests()
-        rows = self.token_rows(train, with_truth=False) + self.token_rows(val, with_truth=True)
+        rows = self.token_rows(val, with_truth=True)
+        if stage == "fit":
+            rows = self.token_rows(train, with_truth=False) + rows
         self.prefill_hidden_cache(rows, tag=str(getattr(datamodule, "dataset", "data")))
 
     def token_rows(self, requests: list[EditRequest], with_truth: bool) -> list[tuple[int, ...]]:
