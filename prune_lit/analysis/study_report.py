@@ -20,6 +20,12 @@ downstream scores with intervals from their per-example scores (Wilson for 0/1 s
 wall times; a "plain answer" table (the first point where perplexity rises / a downstream score falls
 significantly against the unedited model, paired over the same windows / examples) and PRUNE's paired tests
 (per-edit arm vs the unrestrained arm, at-end curve vs the unrestrained curve) at every point.
+docs/results.md's summary table (``summary_table``: editor × dataset × variant at 250 / 500 / 1,000 edits) comes
+from a committed JSON summary alone, without the run folders, and replaces the text between the page's
+``<!-- summary:begin -->`` / ``<!-- summary:end -->`` markers:
+
+    python -m prune_lit.analysis.study_report --summary-from benchmarks/results/study1000.json --write-summary docs/results.md
+
 Figures (``--figures``): study_probes.png (perplexity and KL vs edits, one panel per editor), study_edits.png,
 study_downstream.png, study_spectral.png. ``--out`` writes every number as JSON.
 """
