@@ -145,6 +145,21 @@ def test_downstream_intervals_from_per_example(report):
     assert f"0.300 [{low:.3f}, {high:.3f}]" in report.markdown
 
 
+def test_downstream_points_carry_their_paired_test_against_the_unedited_model(report):
+    lost = _point(report.summary, "rome", "per-edit", 20)["downstream"]["reasoning/exact_match"]["change"]
+    assert lost["method"] == "mcnemar_exact" and lost["difference"] == pytest.approx(-0.2)
+    assert lost["p_value"] == pytest.approx(2 * 0.5**20)
+    same = _point(report.summary, "rome", "per-edit", 10)["downstream"]["reasoning/exact_match"]["change"]
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0
+    assert "change" not in _point(report.summary, "rome", "per-edit", 0)["downstream"]["reasoning/exact_match"]
+    # The summary table shows each point's own test (not only the plain answer's first significant fall).
+    table = study_report.summary_table(report.summary, edits=(10, 20))
+    row = next(line for line in table.splitlines() if line.startswith("| ROME | CounterFact | PRUNE per edit | 20 |"))
+    assert f"0.100 [{wilson_by_hand(0.1, 100)[0]:.3f}, {wilson_by_hand(0.1, 100)[1]:.3f}] · Δ -0.200, p=1.91e-06" in row
+    row = next(line for line in table.splitlines() if line.startswith("| ROME | CounterFact | PRUNE per edit | 10 |"))
+    assert "0.300 [" in row and "· Δ +0.000, p=1.000" in row
+
+
 def test_plain_answer_finds_the_first_significant_decline(report):
     answers = {(a["editor"], a["variant"]): a for a in report.summary["plain_answer"]}
     ppl = answers[("rome", "none")]["perplexity"]

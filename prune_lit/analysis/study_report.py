@@ -20,6 +20,12 @@ downstream scores with intervals from their per-example scores (Wilson for 0/1 s
 wall times; a "plain answer" table (the first point where perplexity rises / a downstream score falls
 significantly against the unedited model, paired over the same windows / examples) and PRUNE's paired tests
 (per-edit arm vs the unrestrained arm, at-end curve vs the unrestrained curve) at every point.
+docs/results.md's summary table (``summary_table``: editor × dataset × variant at 250 / 500 / 1,000 edits) comes
+from a committed JSON summary alone, without the run folders, and replaces the text between the page's
+``<!-- summary:begin -->`` / ``<!-- summary:end -->`` markers:
+
+    python -m prune_lit.analysis.study_report --summary-from benchmarks/results/study1000.json --write-summary docs/results.md
+
 Figures (``--figures``): study_probes.png (perplexity and KL vs edits, one panel per editor), study_edits.png,
 study_downstream.png, study_spectral.png. ``--out`` writes every number as JSON.
 """
@@ -509,6 +515,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         for variant, (arm, c) in vs.items():
             rows = []
             before_probes = c.get(0, {}).get("probes")
+            before_downstream = c.get(0, {}).get("downstream")
             for n, sections in c.items():
                 probes = probe_intervals(sections["probes"], resamples, seed) if "probes" in sections else None
                 if probes is not None and before_probes is not None and n > 0:
@@ -519,11 +526,17 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                         probes["nll_change"] = change
                 token_acc = {k: float(v) for k, v in sections.get("edits", {}).items()
                              if k in TOKEN_ACCURACIES and isinstance(v, (int, float)) and math.isfinite(v)}
+                scores = downstream_intervals(sections["downstream"], resamples, seed) if "downstream" in sections else None
+                if scores is not None and before_downstream is not None and n > 0:
+                    for key, iv in scores.items():  # each score's change from the unedited model, same examples
+                        change = paired_scores(before_downstream, sections["downstream"], key, resamples, seed)
+                        if change is not None:
+                            iv["change"] = change
                 rows.append({"num_edits": n,
                              "edits": edit_intervals(sections["edits"]) if "edits" in sections else None,
                              "token_accuracy": token_acc or None,
                              "probes": probes,
-                             "downstream": downstream_intervals(sections["downstream"], resamples, seed) if "downstream" in sections else None})
+                             "downstream": scores})
             points.setdefault(editor, {})[variant] = rows
 
     # Edit metrics
@@ -695,6 +708,134 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         "kappa_w0": kappa_w0 or {},
     }
     return Report("\n".join(md), summary)
+
+
+# ---------------------------------------------------------------- summary table (docs/results.md)
+
+
+SUMMARY_EDITS = (250, 500, 1000)
+# The matrix issue 19 asks for (editor keys as the study names its arms); editors the JSON also has follow.
+SUMMARY_EDITORS = ["rome", "memit", "alphaedit", "zsre_rome"]
+DATASET_PREFIXES = {"zsre_": "ZsRE"}  # an arm named <prefix><editor> edits that dataset; every other arm CounterFact
+SUMMARY_BEGIN, SUMMARY_END = "<!-- summary:begin -->", "<!-- summary:end -->"
+
+
+def editor_and_dataset(editor: str) -> tuple[str, str]:
+    """``("ROME", "ZsRE")`` for the study's editor key ``zsre_rome``; CounterFact when no dataset prefix."""
+    for prefix, dataset in DATASET_PREFIXES.items():
+        if editor.startswith(prefix):
+            rest = editor[len(prefix):]
+            return EDITOR_LABELS.get(rest, rest), dataset
+    return EDITOR_LABELS.get(editor, editor), "CounterFact"
+
+
+def summary_point(rows: list[dict[str, Any]], target: int, following: int | None) -> dict[str, Any] | None:
+    """The evaluation point shown for ``target`` edits: the first one in [target, following) with downstream
+    scores (a batch editor reaches 250 at 300), else the point at exactly ``target``, else None."""
+    late = [r for r in rows if target <= r["num_edits"] < (following or math.inf) and r.get("downstream")]
+    if late:
+        return min(late, key=lambda r: r["num_edits"])
+    return next((r for r in rows if r["num_edits"] == target), None)
+
+
+def _test_text(change: dict[str, Any], digits: int) -> str:
+    return f"Δ {change['difference']:+.{digits}f}, p={fmt(change['p_value'], 3)}"
+
+
+def _downstream_test(summary: dict[str, Any], editor: str, variant: str, key: str, point: dict[str, Any]) -> str:
+    """The paired test of a downstream score against the unedited model at ``point``: the point's own ``change``
+    (reports since it was added), else what the plain answer kept — Δ and p at the first significant fall,
+    "no sig. fall" at the points tested before it — else nothing."""
+    change = (point["downstream"].get(key) or {}).get("change")
+    if change is not None:
+        return _test_text(change, 3)
+    answer = next((a for a in summary.get("plain_answer", []) if a["editor"] == editor and a["variant"] == variant), None)
+    first = (answer or {}).get("downstream", {}).get(key)
+    if not first:
+        return ""
+    if first.get("num_edits") == point["num_edits"]:
+        return _test_text(first, 3)
+    if point["num_edits"] in first.get("tested", []):
+        return "no sig. fall"
+    return ""
+
+
+def summary_table(summary: dict[str, Any], edits: tuple[int, ...] = SUMMARY_EDITS) -> str:
+    """docs/results.md's summary table from a study report's JSON summary (``--out``), as Markdown.
+
+    Rows: editor × dataset × {unedited, no restraint, PRUNE per edit, PRUNE once at N} × ``edits``; columns:
+    perplexity with its paired change from the unedited model, KL, the four tasks with their paired tests, and
+    efficacy / generalization / neighborhood, each with its 95 % interval. "—": not measured. Needs only the
+    JSON (no run folders).
+    """
+    points = summary.get("points", {})
+    editors = sorted(set(SUMMARY_EDITORS) | set(points), key=arm_order)
+    tasks = list(DOWNSTREAM)
+    header = ["editor", "dataset", "PRUNE", "edits", "perplexity (Δ NLL vs unedited)", "KL",
+              *[DOWNSTREAM[k] for k in tasks], "efficacy", "generalization", "neighborhood"]
+    blank = ["—"] * (len(header) - 4)
+
+    def cells(editor: str, variant: str | None, r: dict[str, Any] | None) -> list[str]:
+        if r is None:
+            return blank
+        probes, downstream, edit = r.get("probes") or {}, r.get("downstream") or {}, r.get("edits") or {}
+        perplexity = fmt_iv(probes.get("perplexity"), 2)
+        if probes.get("nll_change"):
+            perplexity += f" · {_test_text(probes['nll_change'], 3)}"
+        out = [perplexity, fmt_iv(probes.get("kl"), 4)]
+        for key in tasks:
+            text = fmt_iv(downstream.get(key))
+            test = _downstream_test(summary, editor, variant, key, r) if variant and key in downstream else ""
+            out.append(f"{text} · {test}" if test else text)
+        return out + [fmt_iv(edit.get(k)) for k in ("efficacy", "generalization", "neighborhood")]
+
+    rows = []
+    for editor in editors:
+        name, dataset = editor_and_dataset(editor)
+        curves = points.get(editor, {})
+        if not curves:
+            rows.append([name, dataset, "not run", "—", *blank])
+            continue
+        unedited = next((r for rs in curves.values() for r in rs if r["num_edits"] == 0), None)
+        rows.append([name, dataset, "unedited", "0", *cells(editor, None, unedited)])
+        for variant in VARIANTS:
+            shown = [(target, summary_point(curves.get(variant, []), target, following))
+                     for target, following in zip(edits, [*edits[1:], None])]
+            if not any(r for _, r in shown):  # a variant not run, or stopped before the first target: one row
+                rows.append([name, dataset, VARIANT_LABELS[variant], "—", *blank])
+                continue
+            rows += [[name, dataset, VARIANT_LABELS[variant], str(r["num_edits"] if r else target), *cells(editor, variant, r)]
+                     for target, r in shown]
+    legend = (
+        "Generated by `python -m prune_lit.analysis.study_report --summary-from <study JSON> --write-summary <this page>`. "
+        "Each value with its 95 % interval (perplexity: bootstrap over probe windows; KL: bootstrap over windows; tasks: "
+        "Wilson for 0/1 scores, percentile bootstrap for ROUGE; edit metrics: Wilson over the edited cases). After `·`, the "
+        "paired test against the unedited model on the same windows / examples: Δ NLL in nats per token (paired "
+        f"bootstrap with {summary.get('resamples', 0):,} resamples, whose smallest p is 1/(resamples + 1)), task score change "
+        "(exact McNemar for 0/1 scores, paired bootstrap for ROUGE). \"no sig. fall\": tested, "
+        "no fall with p < 0.05; no test shown: the JSON keeps none for that point (reports before per-point tests kept "
+        "only each curve's first significant fall). \"—\": not measured. The unedited edit metrics are over every case "
+        "of the run, the edited rows' over the cases edited so far. A batch editor's row is its first evaluation point "
+        f"with downstream scores at or past the target (edits column). Targets: {', '.join(map(str, edits))} edits; a "
+        "variant with no point at any of them has one row, edits \"—\"."
+    )
+    return legend + "\n\n" + table(header, rows)
+
+
+def replace_between_markers(text: str, content: str, begin: str = SUMMARY_BEGIN, end: str = SUMMARY_END) -> str:
+    """``text`` with what lies between the ``begin`` and ``end`` marker lines replaced by ``content``."""
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"need exactly one {begin!r} and one {end!r}, found {text.count(begin)} and {text.count(end)}")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    if end in head:
+        raise ValueError(f"{end!r} comes before {begin!r}")
+    return f"{head}{begin}\n{content.strip()}\n{end}{tail}"
+
+
+def write_summary(page: Path, summary: dict[str, Any]) -> None:
+    """Regenerate the summary table between the markers of ``page`` (the page is only written when it has them)."""
+    page.write_text(replace_between_markers(page.read_text(), summary_table(summary)))
 
 
 # ---------------------------------------------------------------- figures
@@ -927,7 +1068,7 @@ def finite(x: Any) -> Any:
     return x
 
 
-def main(argv: list[str] | None = None) -> Report:
+def main(argv: list[str] | None = None) -> Report | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", type=Path, default=Path("logs/study"), help="run_study.sh's STUDY_DIR (logs/<arm>/, timings.tsv)")
     p.add_argument("--figures", type=Path, default=Path("docs/figures/study1000"), help="folder of the study_*.png figures")
@@ -938,7 +1079,20 @@ def main(argv: list[str] | None = None) -> Report:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-w0", action="store_true", help="skip κ(W₀) of the unedited model (no model load)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--summary-from", type=Path, default=None,
+                   help="only make the summary table, from this JSON summary (a committed --out; no run folders)")
+    p.add_argument("--write-summary", type=Path, default=None,
+                   help=f"with --summary-from: write the table between {SUMMARY_BEGIN} and {SUMMARY_END} of this page")
     args = p.parse_args(argv)
+    if args.write_summary and not args.summary_from:
+        p.error("--write-summary needs --summary-from")
+    if args.summary_from:
+        summary = json.loads(args.summary_from.read_text())
+        if args.write_summary:
+            write_summary(args.write_summary, summary)
+        else:
+            print(summary_table(summary))
+        return None
     k0 = None if args.no_w0 else kappa_w0(args.study)
     report = build_report(args.study, args.resamples, args.seed, k0)
     print(report.markdown)
