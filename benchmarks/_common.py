@@ -20,6 +20,19 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+REPO = RESULTS.parent.parent
+
+
+def portable(path: str | os.PathLike) -> str:
+    """``path`` as a committed result file may name it: relative to the repository (or to the working folder), else
+    its last three parts; never the machine's absolute path."""
+    p = Path(path)
+    for root in (REPO, Path.cwd()):
+        try:
+            return str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return str(Path(*p.parts[-3:])) if p.is_absolute() else str(p)
 
 
 def add_output_args(p: argparse.ArgumentParser, out: str | None, threads: int | None = 1) -> None:

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 import torch
-from _common import add_output_args, machine_meta, pin_threads, write_result  # benchmarks/ is on sys.path
+from _common import add_output_args, machine_meta, pin_threads, portable, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.modules.mend_training import MENDTraining
@@ -104,7 +104,7 @@ def main() -> None:
         f"(of totals {summary['cpu_ratio_of_totals']:.2f}x); max relative loss difference {summary['max_rel_loss_diff']:.1e}; "
         f"cache fill {fill_cpu:.1f} cpu-s for {summary['cache_rows']} rows"
     )
-    settings = {**vars(args), "out": str(args.out), **hp}
+    settings = {**vars(args), "out": portable(args.out), **hp}
     write_result(args.out, {"machine": meta, "settings": settings, "summary": summary, "steps": rows})
 
 

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from _common import add_output_args, machine_meta, pin_threads, write_result  # benchmarks/ is on sys.path
+from _common import add_output_args, machine_meta, pin_threads, portable, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.contracts import EditState
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
@@ -70,7 +70,7 @@ def main() -> None:
     add_output_args(p, "warm_svd.json")
     args = p.parse_args()
     pin_threads(args.threads)
-    meta = {"argv": vars(args) | {"out": str(args.out)}} | machine_meta()
+    meta = {"argv": vars(args) | {"out": portable(args.out)}} | machine_meta()
     out = {}
     for variant in ("cold", "warm"):
         out[variant] = run(variant, args)

@@ -13,7 +13,7 @@ from). Per matrix:
                   builds it): 0 would be a true null space.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/edit_disturbance.py \\
-        --runs /root/prune-lit-study/checkpoints/alphaedit/step-0000500 /work/runs/memit/step-0000500 \\
+        --runs $STUDY_DIR/checkpoints/alphaedit/step-0000500 $STUDY_DIR/checkpoints/memit/step-0000500 \\
         --alphaedit-threshold 0.02 --out benchmarks/results/edit_disturbance.json
 """
 

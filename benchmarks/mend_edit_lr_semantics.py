@@ -15,7 +15,7 @@ import copy
 import statistics
 
 import torch
-from _common import add_output_args, machine_meta, pin_threads, write_result  # benchmarks/ is on sys.path
+from _common import add_output_args, machine_meta, pin_threads, portable, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.modules.mend_training import MENDTraining
@@ -72,7 +72,7 @@ def main() -> None:
         lrs = f["edit_lrs"]
         print(f"{k}: edit lrs {min(lrs):.3e}..{max(lrs):.3e}; train loss (last 20) {f['train_loss_last20']:.4f}; "
               + ", ".join(f"{n} {v:.3f}" for n, v in sorted(f["val"].items())))  # fmt: skip
-    settings = {**vars(args), "out": str(args.out), **hp, "edits_per_step": 4}
+    settings = {**vars(args), "out": portable(args.out), **hp, "edits_per_step": 4}
     write_result(args.out, {"machine": meta, "settings": settings, "final": final, "history": history})
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import RESULTS, write_result  # benchmarks/ is on sys.path
+from _common import RESULTS, portable, write_result  # benchmarks/ is on sys.path
 
 VAL_TAGS = ["val/edit_success", "val/locality", "val/loss", "val/edit_loss", "val/loc_loss"]
 TRAIN_TAGS = ["train/loss", "train/edit_loss", "train/loc_loss", "train/edit_lr_mean"]
@@ -43,7 +43,7 @@ def main() -> None:
     train = read_scalars(args.runs, TRAIN_TAGS)
     steps = sorted(val["val/loss"])
     rows = [{"step": s, **{t.split("/", 1)[1]: val[t].get(s) for t in VAL_TAGS}} for s in steps]
-    write_result(args.out, {"runs": args.runs, "val": rows})
+    write_result(args.out, {"runs": [portable(r) for r in args.runs], "val": rows})
 
     print("| step | edit_success | locality | loss | edit_loss | loc_loss |")
     print("| --- | --- | --- | --- | --- | --- |")

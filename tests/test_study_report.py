@@ -202,9 +202,10 @@ def test_spectra_and_timings(report):
 def test_main_writes_markdown_json_and_figures(study, tmp_path):
     md, out, figs = tmp_path / "r.md", tmp_path / "s.json", tmp_path / "fig"
     study_report.main(["--study", str(study), "--md", str(md), "--out", str(out), "--figures", str(figs), "--no-w0", "--resamples", "500"])
-    assert md.read_text().startswith(f"# Study report: {study}")
+    assert md.read_text().startswith(f"# Study report: {study.name}\n")  # no machine path
     saved = json.loads(out.read_text())
-    assert set(saved["arms"]) == {"rome", "rome_prune"} and saved["arms"]["rome"]["folder"].endswith("version_1")
+    assert set(saved["arms"]) == {"rome", "rome_prune"} and saved["arms"]["rome"]["folder"] == "logs/rome/version_1"
+    assert str(tmp_path) not in out.read_text()
     assert sorted(p.name for p in figs.iterdir()) == [f"study_{n}.png" for n in ("downstream", "edits", "probes", "spectral")]
 
 

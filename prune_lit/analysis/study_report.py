@@ -501,7 +501,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         raise FileNotFoundError(f"no arm (logs/<arm>/version_<n>/results.json or checkpoints/<arm>/latest) under {study}")
     variants = variants_of(arms)
     notes: list[str] = []
-    md: list[str] = [f"# Study report: {study}", ""]
+    md: list[str] = [f"# Study report: {Path(study).name}", ""]
     models = sorted({str(a.results.model) for a in arms.values()})
     md.append(f"Arms found: {', '.join(arms)} (model: {', '.join(models)}). "
               f"Arms with a timing but no results.json: {', '.join(sorted(set(timings) - set(arms))) or 'none'}.")
@@ -700,8 +700,8 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         md += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
 
     summary = {
-        "study": str(study), "resamples": resamples, "seed": seed, "alpha": ALPHA,
-        "arms": {name: {"folder": str(a.folder), "editor": a.editor, "model": a.results.model,
+        "study": Path(study).name, "resamples": resamples, "seed": seed, "alpha": ALPHA,
+        "arms": {name: {"folder": _under(a.folder, study), "editor": a.editor, "model": a.results.model,
                         "num_edits": a.results.num_edits, "partial": a.partial} for name, a in arms.items()},
         "points": points, "spectral": spectral_summary, "times": times_summary,
         "plain_answer": answers, "prune_tests": tests, "notes": list(dict.fromkeys(notes)),
@@ -1022,6 +1022,14 @@ def plot_spectral(summary: dict[str, Any], out: Path) -> bool:
         ax.grid(alpha=0.3)
     _finish(fig, axes, f"Spectra of the edited matrices ({_model(summary)}; ★ restrained once at the end)", out)
     return True
+
+
+def _under(folder: Path, study: Path) -> str:
+    """An arm's folder as the committed summary names it: relative to the study folder (no machine paths)."""
+    try:
+        return str(Path(folder).resolve().relative_to(Path(study).resolve()))
+    except ValueError:
+        return Path(folder).name
 
 
 def write_figures(summary: dict[str, Any], folder: Path, prefix: str = "study") -> list[Path]:
