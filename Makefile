@@ -36,7 +36,8 @@ bench: $(STAMP)
 
 # The study of docs/results.md (benchmarks/run_study.sh; MEND needs checkpoints/mend/best.ckpt), then its tables,
 # paired tests and figures: benchmarks/results/$(STUDY_NAME).md / .json and docs/figures/$(STUDY_NAME)/, the files
-# docs/results.md cites (the 200-edit study's study.json and docs/figures/study_*.png are never written).
+# docs/results.md cites (the 200-edit study's study.json and docs/figures/study_*.png are never written), and the summary
+# table of docs/results.md regenerated from that JSON.
 STUDY_DIR  ?= logs/study
 STUDY_NAME ?= study1000
 
@@ -44,6 +45,8 @@ study: $(STAMP)
 	STUDY_DIR=$(STUDY_DIR) PYTHON=$(BIN)/python bash benchmarks/run_study.sh
 	$(BIN)/python -m prune_lit.analysis.study_report --study $(STUDY_DIR) --md benchmarks/results/$(STUDY_NAME).md \
 		--out benchmarks/results/$(STUDY_NAME).json --figures docs/figures/$(STUDY_NAME)
+	$(BIN)/python -m prune_lit.analysis.study_report --summary-from benchmarks/results/$(STUDY_NAME).json \
+		--write-summary docs/results.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
