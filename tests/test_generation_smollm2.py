@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prune_lit.models.generation import MIN_DECODE_ROWS, _greedy_rows, _tokenize, generate_texts
+from prune_lit.models.generation import MIN_DECODE_ROWS, _greedy_rows, _tokenize, decode_floor, generate_texts
 
 DATA = Path(__file__).parent / "data" / "generation_smollm2.json"
 BATCH_STARTS = (0, 96)  # the shortest prompts and the median ones, in the evaluator's length order
@@ -87,8 +87,10 @@ def test_loop_reproduces_hf_generate_texts(smollm2, state: str) -> None:
         assert at_limit >= 1
 
 
-def test_gemm_rows_do_not_depend_on_the_row_count_from_min_decode_rows_up() -> None:
-    """Why a decode batch may shrink to MIN_DECODE_ROWS rows without changing any row's logits (SmolLM2's shapes)."""
+def test_gemm_rows_do_not_depend_on_the_row_count_from_min_decode_rows_up(one_thread) -> None:
+    """Why a decode batch may shrink to MIN_DECODE_ROWS rows without changing any row's logits (SmolLM2's shapes),
+    with one thread: the only case in which `decode_floor` lets rows leave."""
+    assert decode_floor(8) == MIN_DECODE_ROWS
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 576, generator=g)
     for out_features in (576, 1536, 49152):
@@ -128,3 +130,12 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     torch.set_num_threads(1)
     _write()
+
+
+def test_no_row_leaves_a_batch_decoded_on_several_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert decode_floor(8) == 8 and decode_floor(3) == 3
+    finally:
+        torch.set_num_threads(before)

@@ -34,8 +34,16 @@ from prune_lit.models.batching import model_device
 log = logging.getLogger(__name__)
 
 GENERATION_ENGINES: tuple[str, ...] = ("loop", "hf")
-# Fewest rows a decode batch shrinks to: from 4 rows up, a float32 GEMM row does not depend on the row count here.
+# Fewest rows a decode batch shrinks to: from 4 rows up, a float32 GEMM row does not depend on the row count here,
+# with one intra-op thread. With several threads the split of the work depends on the row count, so the batch keeps
+# all its rows (`decode_floor`): shrinking is exact only where it was measured to be.
 MIN_DECODE_ROWS = 4
+
+
+def decode_floor(n_rows: int, min_rows: int = MIN_DECODE_ROWS) -> int:
+    """How many rows a greedy decode batch of ``n_rows`` keeps at least: ``min_rows`` with one torch thread,
+    all of them otherwise (tests/test_generation_smollm2.py shows rows changing with the row count at 2 threads)."""
+    return min(min_rows, n_rows) if torch.get_num_threads() == 1 else n_rows
 
 
 def apply_chat_template(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[str]:
@@ -198,7 +206,8 @@ def _greedy_rows(
     step, logits at the last position only), so every row gets the same logits, bit for bit. A finished row
     leaves the batch and its KV cache, except that the batch keeps ``min_rows`` rows (finished ones ride along,
     their tokens dropped) while it started with that many: a float32 GEMM row's result depends on the row count
-    below 4 on this CPU (small-M kernels), not from 4 up (tests/test_generation_smollm2.py checks both).
+    below 4 on this CPU (small-M kernels), not from 4 up, with one thread; with several threads no row leaves
+    (`decode_floor`; tests/test_generation_smollm2.py checks both).
     """
     keep_ok, cache_arg = forward_kwargs(type(model))
     keep = {"logits_to_keep": 1} if keep_ok else {}
@@ -212,7 +221,7 @@ def _greedy_rows(
     rows: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     batch_rows = list(range(n))  # the caller's row of each row in the batch
-    floor = min(min_rows, n)
+    floor = decode_floor(n, min_rows)
     stops = tuple(stop_strings or ())
     for step in range(max_new_tokens):
         next_ids = out.logits[:, -1, :].float().argmax(-1)
