@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the embedded defaults: sequential ROME editing of SmolLM2-135M with PRUNE.
+# No run checkpoints: a second `make demo` would otherwise be refused (a run name with checkpoints needs resume or
+# overwrite), and the demo is short enough to rerun.
 demo: $(STAMP)
-	$(BIN)/python cli.py test --config configs/rome_prune.yaml
+	$(BIN)/python cli.py test --config configs/rome_prune.yaml --model.init_args.checkpoint_dir null
 
 baseline: $(STAMP)
 	$(BIN)/python cli.py test --config configs/baseline.yaml
