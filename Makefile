@@ -47,7 +47,7 @@ study: $(STAMP)
 	STUDY_DIR=$(STUDY_DIR) PYTHON=$(BIN)/python bash benchmarks/run_study.sh
 	$(BIN)/python -m prune_lit.analysis.study_report --study $(STUDY_DIR) --md benchmarks/results/$(STUDY_NAME).md \
 		--out benchmarks/results/$(STUDY_NAME).json --figures docs/figures/$(STUDY_NAME)
-	$(BIN)/python -m prune_lit.analysis.study_report --summary-from benchmarks/results/$(STUDY_NAME).json \
+	$(BIN)/python -m prune_lit.analysis.study_report --summary-from benchmarks/results/study1000*.json \
 		--write-summary docs/results.md
 
 clean:

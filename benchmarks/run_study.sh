@@ -22,7 +22,11 @@
 #                                                    alphaedit carry their at-end curve as rome does (a point
 #                                                    where no σ of ΔW exceeds σ_max(W₀) reuses its scores)
 #   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
-#   zsre_rome, zsre_rome_prune                       ZsRE eval cases, ROME ± PRUNE (per edit)
+#   rome_key_aware, alphaedit_key_aware              + key-aware PRUNE after every step, threshold "energy" at scale
+#                                                    STUDY_KEY_SCALE (0.2: the screen's candidate, docs/restraints.md)
+#   rome_sphere, alphaedit_sphere                    + SPHERE (restraint/sphere.yaml, the reference README's settings)
+#   zsre_rome, zsre_rome_prune                       ZsRE eval cases, ROME ± PRUNE (per edit); zsre_rome carries
+#                                                    its at-N curve as rome does
 # Every arm: probes (perplexity and KL from the unedited model on 5,000 WikiText-2 test tokens) and edit
 # metrics every 100 edits; the four downstream tasks (200 examples each, all of a task's file where it has
 # fewer) at 0, 250, 500 and 1,000 edits; σ_max(ΔW)/σ_max(W₀) every edit and κ(W) every 50.
@@ -41,6 +45,7 @@ PROBE_TOKENS="${STUDY_PROBE_TOKENS:-5000}"
 LIMIT="${STUDY_DOWNSTREAM_LIMIT:-200}"
 EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 100 ? 100 : N))}"
 BATCH="${STUDY_BATCH:-}"
+KEY_SCALE="${STUDY_KEY_SCALE:-0.2}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p "$DIR"
 
@@ -52,7 +57,9 @@ every() {  # every $1 up to $N, as a YAML list
 EVAL_AT="$(every "$EVAL_EVERY")"
 DOWN_AT="[$((N / 4)),$((N / 2)),$N]"
 
-ARMS_ALL=(rome rome_prune alphaedit alphaedit_prune memit memit_prune zsre_rome zsre_rome_prune mend mend_prune)
+ARMS_ALL=(rome rome_prune alphaedit alphaedit_prune memit memit_prune zsre_rome zsre_rome_prune mend mend_prune
+          rome_key_aware rome_sphere alphaedit_key_aware alphaedit_sphere)
+KEY_AWARE=(--model.init_args.restraint.init_args.threshold energy --model.init_args.restraint.init_args.threshold_scale "$KEY_SCALE")
 
 run() {  # $1 = arm
   local arm=$1 parts extra=()
@@ -63,9 +70,13 @@ run() {  # $1 = arm
     memit_prune)      parts="editor/memit.yaml restraint/prune.yaml" ;;
     alphaedit)        parts="editor/alphaedit.yaml restraint/prune_at_end.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
     alphaedit_prune)  parts="editor/alphaedit.yaml restraint/prune.yaml" ;;
+    rome_key_aware)   parts="editor/rome.yaml restraint/prune_key_aware.yaml"; extra=("${KEY_AWARE[@]}") ;;
+    rome_sphere)      parts="editor/rome.yaml restraint/sphere.yaml" ;;
+    alphaedit_key_aware) parts="editor/alphaedit.yaml restraint/prune_key_aware.yaml"; extra=("${KEY_AWARE[@]}") ;;
+    alphaedit_sphere) parts="editor/alphaedit.yaml restraint/sphere.yaml" ;;
     mend)             parts="editor/mend.yaml" ;;
     mend_prune)       parts="editor/mend.yaml restraint/prune_factored.yaml" ;;
-    zsre_rome)        parts="editor/rome.yaml data/zsre.yaml" ;;
+    zsre_rome)        parts="editor/rome.yaml restraint/prune_at_end.yaml data/zsre.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
     zsre_rome_prune)  parts="editor/rome.yaml restraint/prune.yaml data/zsre.yaml" ;;
     *) echo "unknown arm: $arm (known: ${ARMS_ALL[*]})" >&2; return 2 ;;
   esac

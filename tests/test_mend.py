@@ -121,6 +121,26 @@ def test_gradient_transform_skips_zero_rows_and_refuses_to_run_untrained():
     assert ut.shape == (4, 6) and dt.shape == (4, 4) and gt.norm_u.count == 4
 
 
+def test_input_z_clip_bounds_the_normalised_inputs_and_is_off_by_default():
+    torch.manual_seed(0)
+    gt = GradientTransform(d_in=6, d_out=4, rank=3)
+    gt.train()
+    gt(torch.randn(50, 6), torch.randn(50, 4))  # fit the running statistics
+    gt.eval()
+    u, d = torch.randn(5, 6), torch.randn(5, 4)
+    u[0] *= 100  # a row far outside what the statistics saw
+    plain = gt.normalized(u, d)
+    assert gt.z_clip is None and plain.abs().max() > 50
+    gt.z_clip = 3.0
+    clipped = gt.normalized(u, d)
+    assert clipped.abs().max() <= 3.0
+    inside = plain.abs() <= 3.0
+    torch.testing.assert_close(clipped[inside], plain[inside])  # rows inside the range are untouched
+    ut, _ = gt(u, d)
+    gt.z_clip = None
+    assert not torch.allclose(ut, gt(u, d)[0])
+
+
 def _edit_loss(module: MENDTraining, batches: list[list[EditRequest]]) -> float:
     module.eval()
     with torch.no_grad():
@@ -224,6 +244,21 @@ def test_exploded_finite_update_is_rejected_by_the_norm_guard(tiny_checkpoint, r
     assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
     with pytest.raises(ValueError, match="max_update_norm_ratio"):
         MENDEditor(tiny_checkpoint, max_update_norm_ratio=0.0)
+
+
+def test_input_z_clip_reaches_every_transform_and_the_fingerprint(tiny_checkpoint, requests):
+    lm = load_model("tiny-llama")
+    plain = MENDEditor(tiny_checkpoint)
+    plain.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    clipped = MENDEditor(tiny_checkpoint, input_z_clip=0.5)
+    clipped.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    assert all(t.z_clip == 0.5 for t in clipped.hypernet.transforms.values())
+    a, _ = plain.compute_deltas(lm.model, lm.tokenizer, requests[:1])
+    b, _ = clipped.compute_deltas(lm.model, lm.tokenizer, requests[:1])
+    assert any(not torch.allclose(a[n], b[n]) for n in a)
+    assert "input_z_clip" not in plain.fingerprint() and clipped.fingerprint()["input_z_clip"] == 0.5
+    with pytest.raises(ValueError, match="input_z_clip"):
+        MENDEditor(tiny_checkpoint, input_z_clip=0.0)
 
 
 def test_checkpoint_for_another_model_or_other_params_is_refused(tiny_checkpoint, tmp_path):

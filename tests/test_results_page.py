@@ -1,4 +1,4 @@
-"""docs/results.md's summary table is generated from benchmarks/results/study1000.json and kept equal to it."""
+"""docs/results.md's summary table is generated from benchmarks/results/study1000*.json and kept equal to them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from prune_lit.analysis import study_report
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDY_JSON = ROOT / "benchmarks" / "results" / "study1000.json"
+STUDY_JSONS = sorted((ROOT / "benchmarks" / "results").glob("study1000*.json"))  # the shell's glob order
 RESULTS_PAGE = ROOT / "docs" / "results.md"
 
 
@@ -19,10 +19,26 @@ def between_markers(text: str) -> str:
 
 
 def test_results_page_holds_the_table_generated_from_the_committed_study_json():
-    expected = study_report.summary_table(json.loads(STUDY_JSON.read_text()))
+    assert STUDY_JSONS and STUDY_JSONS[0].name == "study1000.json"
+    expected = study_report.summary_table(study_report.merge_summaries([json.loads(p.read_text()) for p in STUDY_JSONS]))
     assert between_markers(RESULTS_PAGE.read_text()) == expected.strip(), (
-        "docs/results.md drifted from benchmarks/results/study1000.json: run python -m prune_lit.analysis.study_report "
-        "--summary-from benchmarks/results/study1000.json --write-summary docs/results.md")
+        "docs/results.md drifted from benchmarks/results/study1000*.json: run python -m prune_lit.analysis.study_report "
+        "--summary-from benchmarks/results/study1000*.json --write-summary docs/results.md")
+
+
+def test_merged_summaries_take_later_editors_and_variants_and_refuse_other_bootstrap_settings():
+    a = {"resamples": 10, "seed": 0, "alpha": 0.05, "points": {"rome": {"none": [1], "per-edit": [2]}},
+         "arms": {"rome": {"x": 1}}, "plain_answer": [{"editor": "rome", "variant": "none", "v": "old"}], "notes": ["n1"]}
+    b = {"resamples": 10, "seed": 0, "alpha": 0.05, "points": {"rome": {"none": [3]}, "memit": {"none": [4]}},
+         "arms": {"memit": {"x": 2}}, "plain_answer": [{"editor": "rome", "variant": "none", "v": "new"}], "notes": ["n1", "n2"]}
+    m = study_report.merge_summaries([a, b])
+    assert m["points"] == {"rome": {"none": [3], "per-edit": [2]}, "memit": {"none": [4]}}
+    assert m["arms"] == {"rome": {"x": 1}, "memit": {"x": 2}}
+    assert m["plain_answer"] == [{"editor": "rome", "variant": "none", "v": "new"}]
+    assert m["notes"] == ["n1", "n2"]
+    assert a["points"]["rome"]["none"] == [1]  # inputs untouched
+    with pytest.raises(ValueError, match="resamples"):
+        study_report.merge_summaries([a, {**b, "resamples": 20}])
 
 
 def iv(estimate: float, low: float, high: float) -> dict:

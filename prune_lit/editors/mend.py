@@ -61,6 +61,9 @@ class MENDEditor(Editor):
             (None = only NaN/Inf are rejected). A hypernetwork can emit finite but exploded updates.
         lr_scale: multiplies every ΔW at edit time (training is unaffected), as ``lr_scale`` of the MEND
             hyperparameters of PRUNE / EasyEdit (their LLaMA preset: 0.5). 1.0 = the trained update.
+        input_z_clip: clip the hypernetwork's normalised inputs ``(x − μ)/σ`` to ±this at edit time (None = as
+            trained, the reference). Not in the reference: a named option against the sequential growth of
+            updates (docs/mend.md, "Sequential MEND").
     """
 
     def __init__(
@@ -70,7 +73,11 @@ class MENDEditor(Editor):
         check_model_name: bool = True,
         max_update_norm_ratio: float | None = None,
         lr_scale: float = 1.0,
+        input_z_clip: float | None = None,
     ) -> None:
+        if input_z_clip is not None and input_z_clip <= 0:
+            raise ValueError(f"input_z_clip must be positive or None, got {input_z_clip}")
+        self.input_z_clip = input_z_clip
         if lr_scale <= 0:
             raise ValueError(f"lr_scale must be positive, got {lr_scale}")
         self.lr_scale = float(lr_scale)
@@ -104,6 +111,8 @@ class MENDEditor(Editor):
             raise MENDCheckpointError(f"{where}: hypernetwork weights do not match its metadata: {err}") from err
         device = model_device(model)
         self.hypernet = hypernet.to(device).eval().requires_grad_(False)
+        for transform in self.hypernet.transforms.values():
+            transform.z_clip = self.input_z_clip
         self.meta = meta
         log.info("loaded MEND hypernetwork from %s (%d inner params)", self.checkpoint, len(shapes))
 
@@ -122,9 +131,15 @@ class MENDEditor(Editor):
         batch = lm_batch(tokenizer, [r.prompt for r in requests], [r.target_new for r in requests], max_len)
         device = model_device(model)
         loss, factors, _ = finetune_factors(model, batch.to(device), self.meta["inner_params"])
-        with torch.no_grad():
-            thin = {n: (self.lr_scale * a.float(), b.float()) for n, (a, b) in self.hypernet.delta_factors(factors).items()}
-        return thin, float(loss)
+        return self.transform_factors(factors), float(loss)
+
+    @torch.no_grad()
+    def transform_factors(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Gradient factors ``{name: (u [n, in], δ [n, out])}`` -> update factors ``{name: (A [out, k], B [in, k])}``
+        with ΔW = A Bᵀ (``lr_scale`` and ``input_z_clip`` applied)."""
+        if self.hypernet is None:
+            raise RuntimeError("MENDEditor.prepare must run before edit")
+        return {n: (self.lr_scale * a.float(), b.float()) for n, (a, b) in self.hypernet.delta_factors(factors).items()}
 
     def compute_update(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest]) -> ProposedUpdate:
         """The step's ΔW per inner matrix with its thin factors (ΔW = A Bᵀ, for `FactoredSpectralRestraint`);
@@ -138,4 +153,7 @@ class MENDEditor(Editor):
         return update.deltas, update.stats
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "checkpoint": str(self.checkpoint)}
+        options = {"lr_scale": self.lr_scale} if self.lr_scale != 1.0 else {}
+        if self.input_z_clip is not None:  # only when set: the fingerprints of earlier runs stay valid
+            options["input_z_clip"] = self.input_z_clip
+        return {**super().fingerprint(), "checkpoint": str(self.checkpoint), **options}

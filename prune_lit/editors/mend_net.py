@@ -416,6 +416,8 @@ class GradientTransform(nn.Module):
         self.norm_u = RunningMeanStd(d_in)
         self.norm_delta = RunningMeanStd(d_out)
         self.mlp = IDMLP(d_in + d_out, rank, n_hidden, n_modes, form)
+        # Edit-time option (not trained, not saved): clip normalised inputs to ±z_clip (None = as trained).
+        self.z_clip: float | None = None
 
     def normalized(self, u: Tensor, delta: Tensor) -> Tensor:
         """``[norm_u(u); norm_delta(δ)]`` [n', d_in + d_out] of the non-zero rows, the statistics first updated
@@ -426,7 +428,8 @@ class GradientTransform(nn.Module):
             self.norm_delta.update(delta)
         if self.norm_u.count < 2:
             raise RuntimeError("GradientTransform has seen fewer than 2 gradient rows: train it before editing")
-        return torch.cat([self.norm_u(u), self.norm_delta(delta)], -1)
+        z = torch.cat([self.norm_u(u), self.norm_delta(delta)], -1)
+        return z if self.z_clip is None else z.clamp(-self.z_clip, self.z_clip)
 
     def forward(self, u: Tensor, delta: Tensor, mode: int = 0) -> tuple[Tensor, Tensor]:
         out = self.mlp(self.normalized(u, delta), mode)
