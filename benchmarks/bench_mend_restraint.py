@@ -22,7 +22,7 @@ import time
 from types import SimpleNamespace
 
 import torch
-from _common import add_output_args, pin_threads, write_result  # benchmarks/ is on sys.path
+from _common import add_output_args, pin_threads, portable, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.callbacks import SpectralRestraint
 from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
@@ -89,9 +89,10 @@ def main() -> None:
     del fresh
     step_median = statistics.median(seconds)
     out = {
-        "command": "python benchmarks/bench_mend_restraint.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "command": "python benchmarks/bench_mend_restraint.py " + " ".join(
+            f"--{k.replace('_', '-')} {portable(v) if k in ('checkpoint', 'out') else v}" for k, v in vars(args).items()),
         "machine": {"platform": platform.platform(), "threads": args.threads, "load_avg": os.getloadavg()},
-        "checkpoint": args.checkpoint,
+        "checkpoint": portable(args.checkpoint),
         "n_edits": args.n_edits,
         "mend_step_s": {"median": step_median, "mean": statistics.mean(seconds), "total": sum(seconds)},
         "record_wall_s": time.time() - t0,
