@@ -19,13 +19,13 @@ import os
 import platform
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 from _common import add_output_args, pin_threads, portable, write_result  # benchmarks/ is on sys.path
 
 from prune_lit.callbacks import SpectralRestraint
 from prune_lit.callbacks.factored_restraint import FactoredSpectralRestraint
+from prune_lit.contracts import EditResult, EditState
 from prune_lit.data.edit_datamodule import load_edit_requests
 from prune_lit.editors.mend import MENDEditor
 from prune_lit.models.arch import get_weight, set_weight
@@ -48,21 +48,21 @@ def record(args: argparse.Namespace, lm) -> tuple[list[float], list[dict[str, tu
 
 
 def replay(model, w0: dict[str, torch.Tensor], factors, scale: float, callback) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Apply the recorded updates (×``scale``) from W_0 as the loop does, timing only ``callback.on_edit_step``."""
     for n, w in w0.items():
         set_weight(model, n, w)
-    module = SimpleNamespace(model=model, original_weights=w0, num_edits=0, last_result=None)
-    trainer = SimpleNamespace(loggers=[])
+    state = EditState(model=model, tokenizer=None, original_weights=w0)
     for n in w0:  # one-off σ_max(W_0), outside the per-step times
         callback.sigma_max_w0(n, w0[n])
     times = []
-    for step, f in enumerate(factors):
+    for f in factors:
         scaled = {n: (a * scale, b) for n, (a, b) in f.items()}
-        for n, (a, b) in scaled.items():
-            set_weight(model, n, get_weight(model, n) + a @ b.T)  # as apply_deltas: float32 ΔW added to W
-        module.num_edits += 1
-        module.last_result = SimpleNamespace(applied=bool(f), factors=scaled)
+        deltas = {n: a @ b.T for n, (a, b) in scaled.items()}
+        for n, d in deltas.items():
+            set_weight(model, n, get_weight(model, n) + d)  # as apply_deltas: float32 ΔW added to W
+        state.record_step([None], EditResult(deltas, applied=bool(f), factors=scaled), 0.0)
         t = time.perf_counter()
-        callback.on_test_batch_end(trainer, module, None, [None], step)
+        callback.on_edit_step(None, state)
         times.append(time.perf_counter() - t)
     final = {n: get_weight(model, n).clone() for n in w0}
     return times, final
@@ -109,7 +109,7 @@ def main() -> None:
                 "scale": scale, "variant": variant, "restraint_total_s": sum(times), "restraint_median_s": statistics.median(times),
                 "restraint_last10_mean_s": statistics.mean(times[-10:]), "share_of_mend_step": sum(times) / sum(seconds),
                 "share_median": statistics.median(times) / step_median, "n_restrained_total": restrained,
-                "method_counts": dict(getattr(cb, "method_counts", {})) or None,
+                "method_counts": dict(cb.method_counts) if variant == "factored" else None,
             }  # fmt: skip
             out["runs"].append(row)
             print(

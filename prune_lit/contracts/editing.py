@@ -47,6 +47,16 @@ class SequentialEditor(Protocol):
 
 
 @runtime_checkable
+class TrainValRequestSource(Protocol):
+    """A data module MEND's training can cache hidden states for (`prune_lit.data.EditDataModule`): its train and
+    val requests up front, and the dataset name that tags the cache."""
+
+    dataset: str
+
+    def train_val_requests(self) -> tuple[list[EditRequest], list[EditRequest]]: ...
+
+
+@runtime_checkable
 class EditRequestSource(Protocol):
     """The data module of an editing run (`prune_lit.data.EditDataModule`): the whole edit stream in order and the
     number of requests per edit step. Its ``test_dataloader`` yields the stream as ``list[EditRequest]`` batches."""

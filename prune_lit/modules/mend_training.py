@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from prune_lit.contracts import TrainValRequestSource
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.mend_net import (
     CHECKPOINT_FORMAT,
@@ -251,14 +252,14 @@ class MENDTraining(L.LightningModule):
         validate, of the val rows alone (scoring a checkpoint on other val cases costs only those)."""
         if not self.hparams.cache_hidden or stage not in ("fit", "validate"):
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "train_val_requests"):
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if not isinstance(datamodule, TrainValRequestSource):
             return  # plain dataloaders: rows are computed on first use
         train, val = datamodule.train_val_requests()
         rows = self.token_rows(val, with_truth=True)
         if stage == "fit":
             rows = self.token_rows(train, with_truth=False) + rows
-        self.prefill_hidden_cache(rows, tag=str(getattr(datamodule, "dataset", "data")))
+        self.prefill_hidden_cache(rows, tag=str(datamodule.dataset))
 
     def token_rows(self, requests: list[EditRequest], with_truth: bool) -> list[tuple[int, ...]]:
         """Every token row the MEND steps of ``requests`` (one by one) run through the model."""
