@@ -169,3 +169,25 @@ def test_high_rank_mixed_precision_restraint_equals_the_dense_restraint(m, n, mo
             assert fast.sigma_max_after == pytest.approx(dense.sigma_max_after, rel=1e-5)
         else:
             assert fast.corr_left is None and fast.sigma_max_after <= sigma_max
+
+
+@pytest.mark.parametrize("top", [1e4, 1e6])
+def test_high_rank_restraint_next_to_an_exploded_component_equals_the_dense_restraint(top):
+    """σ_1 = top·σ_max (a broken MEND model's ΔW) beside a cluster just above σ_max: float32 cannot place σ_max next
+    to σ_1, so `restrain_high_rank` must not decide from its float32 Gram matrix; it equals the float64 dense path."""
+    from prune_lit.restraint.factored import restrain_high_rank
+
+    g = torch.Generator().manual_seed(7)
+    m, n, sigma_max = 240, 96, 3.0
+    u = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
+    s = torch.cat([torch.tensor([top * sigma_max]), sigma_max * (1 + 0.2 * torch.rand(40, generator=g, dtype=torch.float64)),
+                   sigma_max * torch.rand(n - 41, generator=g, dtype=torch.float64)]).sort(descending=True).values
+    delta = ((u * s) @ v.T).float()
+    dense = restrain_delta_with_stats(delta, sigma_max)
+    fast = restrain_high_rank(delta, sigma_max)
+    assert fast.n_restrained == dense.n_restrained
+    # compare the cluster's corrections: the exploded component's own correction (~top·σ_max) would hide their errors
+    top_dir = u[:, :1]
+    outside = lambda c: c - top_dir @ (top_dir.T @ c)  # noqa: E731
+    assert rel(outside((fast.corr_left @ fast.corr_right.T).double()), outside(dense.correction.double())) < 1e-4
