@@ -13,9 +13,12 @@ study's 0–999) on SmolLM2-135M with a trained hypernetwork. For every step and
 * every ``--every`` steps: σ_max(W − W₀)/σ_max(W₀) per matrix and WikiText-2 perplexity on ``--ppl-tokens`` test
   tokens.
 
-``--variants`` runs several arms on the same cases from a fresh model each: ``none`` (the trained update),
-``prune`` (PRUNE after every edit on the accumulated ΔW, dense), ``zclip<c>`` (the named `MENDEditor` option
-``input_z_clip=c``: normalised inputs clipped to ±c before the hypernetwork).
+Every ``--every`` steps also the efficacy and generalization of the cases edited so far (`evaluate_edits`).
+
+``--variants`` runs several arms on the same cases from a fresh model each, each a ``+``-joined list of parts:
+``none`` (the trained update), ``prune`` (PRUNE after every edit on the accumulated ΔW, dense), ``zclip<c>`` (the
+named `MENDEditor` option ``input_z_clip=c``: normalised inputs clipped to ±c before the hypernetwork), ``lr<s>``
+(``lr_scale=s``: every update times s); e.g. ``zclip3+lr0.3``.
 
     OMP_NUM_THREADS=1 python benchmarks/mend_sequential_diagnostics.py --n-edits 100 --every 10 \\
         --variants none,prune --out benchmarks/results/mend_sequential_diagnostics.json
@@ -36,6 +39,7 @@ from prune_lit.data.wikitext import wikitext_windows
 from prune_lit.editors.mend import MENDEditor
 from prune_lit.editors.mend_net import _key, finetune_factors, lm_batch, nonzero_rows
 from prune_lit.models.arch import get_weight
+from prune_lit.metrics.editing_eval import evaluate_edits
 from prune_lit.models.loader import load_model
 from prune_lit.restraint.prune import restrain_delta
 
@@ -59,15 +63,22 @@ def step_sigma1(a: torch.Tensor, b: torch.Tensor) -> float:
 def run_variant(args: argparse.Namespace, variant: str, requests: list, windows: torch.Tensor) -> dict[str, Any]:
     lm = load_model(args.model)
     model, tok = lm.model, lm.tokenizer
-    z_clip = float(variant[5:]) if variant.startswith("zclip") else None
-    editor = MENDEditor(args.checkpoint, input_z_clip=z_clip)
+    parts = variant.split("+")
+    unknown = [x for x in parts if x not in ("none", "prune") and not x.startswith(("zclip", "lr"))]
+    if unknown:
+        raise SystemExit(f"unknown variant part(s) {unknown} in {variant!r}")
+    z_clip = next((float(x[5:]) for x in parts if x.startswith("zclip")), None)
+    lr_scale = next((float(x[2:]) for x in parts if x.startswith("lr")), 1.0)
+    editor = MENDEditor(args.checkpoint, input_z_clip=z_clip, lr_scale=lr_scale)
     editor.prepare(model, tok, args.model, None)
     hyper, names = editor.hypernet, editor.meta["inner_params"]
     w0 = {n: get_weight(model, n).detach().clone() for n in names}
     smax0 = {n: float(torch.linalg.matrix_norm(w, ord=2)) for n, w in w0.items()}
     fro0 = {n: float(torch.linalg.vector_norm(w)) for n, w in w0.items()}
     lrs = {n: float(hyper.edit_lrs[i]) for i, n in enumerate(hyper.names)}
-    steps, checkpoints = [], [{"edits": 0, "ppl": perplexity(model, windows), "sigma_ratio": {n: 0.0 for n in names}}]
+    scores0 = evaluate_edits(model, tok, requests, None)
+    steps, checkpoints = [], [{"edits": 0, "ppl": perplexity(model, windows), "sigma_ratio": {n: 0.0 for n in names},
+                               "efficacy": scores0.efficacy, "generalization": scores0.generalization}]
     t0 = time.perf_counter()
     for i, req in enumerate(requests, 1):
         batch = lm_batch(tok, [req.prompt], [req.target_new], int(editor.meta.get("max_length", 64)))
@@ -87,7 +98,7 @@ def run_variant(args: argparse.Namespace, variant: str, requests: list, windows:
                     "step_fro_ratio": float(torch.linalg.vector_norm(a @ b.T)) / fro0[n], "step_sigma1": step_sigma1(a, b),
                 }
                 get_weight(model, n).add_(a @ b.T)
-            if variant == "prune":
+            if "prune" in parts:
                 for n in names:
                     w = get_weight(model, n)
                     w.copy_(w0[n] + restrain_delta(w - w0[n], smax0[n]))
@@ -95,9 +106,11 @@ def run_variant(args: argparse.Namespace, variant: str, requests: list, windows:
         if i % args.every == 0 or i == len(requests):
             with torch.no_grad():
                 ratio = {n: float(torch.linalg.matrix_norm(get_weight(model, n) - w0[n], ord=2)) / smax0[n] for n in names}
-            checkpoints.append({"edits": i, "ppl": perplexity(model, windows), "sigma_ratio": ratio})
+            scores = evaluate_edits(model, tok, requests[:i], None)
+            checkpoints.append({"edits": i, "ppl": perplexity(model, windows), "sigma_ratio": ratio,
+                                "efficacy": scores.efficacy, "generalization": scores.generalization})
             print(f"{variant} {i}: ppl {checkpoints[-1]['ppl']:.4g}, max σ ratio {max(ratio.values()):.3g}, "
-                  f"nll_before {row['nll_before']:.3g}", flush=True)
+                  f"efficacy {scores.efficacy:.2f}, nll_before {row['nll_before']:.3g}", flush=True)
     return {"variant": variant, "edit_lrs": lrs, "sigma_max_w0": smax0, "steps": steps, "checkpoints": checkpoints,
             "seconds": time.perf_counter() - t0}
 
