@@ -7,11 +7,28 @@ import json
 import math
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+
+def code_commit() -> str | None:
+    """The git commit of the code running (12 hex digits, ``+dirty`` when tracked files differ from it), or None
+    outside a git checkout (an installed package) or without git."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None
 
 
 def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.editors.base import Editor, EditStats
 from prune_lit.models import arch_spec, get_weight
 from prune_lit.modules.sequential_editing import SequentialEditingModule
+from prune_lit.reporting import code_commit
 
 
 def test_cli_runs_rome_with_prune_and_writes_results(tmp_path):
@@ -42,6 +44,8 @@ def test_cli_runs_rome_with_prune_and_writes_results(tmp_path):
     typed = RunResults.read(run / "results.json")  # strict for this version: a key the schema lacks is refused
     assert typed.schema_version == SCHEMA_VERSION and typed.to_dict() == results
     assert [p.num_edits for p in typed.history] == [2, 4] and typed.points()[0]["edits"] == results["edits_before"]
+    # the code that ran, as git names it (this suite runs from a checkout; an installed package records none)
+    assert results["code_commit"] == code_commit() and re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", results["code_commit"])
 
 
 class _FlakyEditor(Editor):

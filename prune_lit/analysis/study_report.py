@@ -629,7 +629,8 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         wall = sum(t["seconds"] for t in tries) if tries else None
         r = arms[name].results if name in arms else RunResults()
         times_summary[name] = {"tries": tries, "earlier_tries": all_tries[:fresh], "wall_seconds": wall} | {
-            k: getattr(r, k) for k in ("num_edits", "num_steps", "num_rejected_steps", "seconds_editing", "seconds_per_edit", "seconds_restraint")}
+            k: getattr(r, k) for k in ("num_edits", "num_steps", "num_rejected_steps", "seconds_editing", "seconds_per_edit", "seconds_restraint",
+                                       "code_commit")}
         last_rc = tries[-1]["rc"] if tries else None
         counts = [r.num_edits, r.num_steps, r.num_rejected_steps]
         rows.append([name, *("—" if c is None else str(c) for c in counts),
@@ -822,6 +823,10 @@ def summary_table(summary: dict[str, Any], edits: tuple[int, ...] = SUMMARY_EDIT
         f"with downstream scores at or past the target (edits column). Targets: {', '.join(map(str, edits))} edits; a "
         "variant with no point at any of them has one row, edits \"—\"."
     )
+    commits = {arm: t.get("code_commit") for arm, t in summary.get("times", {}).items()}
+    if commits:
+        legend += " Code of each arm (results.json's `code_commit`): " + ", ".join(
+            f"{arm} {c or 'not recorded'}" for arm, c in sorted(commits.items(), key=lambda kv: arm_order(kv[0]))) + "."
     return legend + "\n\n" + table(header, rows)
 
 

@@ -81,8 +81,10 @@ class EvalPoint:
 _SCALARS: dict[str, type] = {
     "model": str, "editor": str, "num_edits": int, "edits_applied": int, "num_steps": int, "num_rejected_steps": int,
     "world_size": int, "seconds_editing": float, "seconds_per_edit": float, "seconds_restraint": float,
-    "restraint_share_of_step": float,
+    "restraint_share_of_step": float, "code_commit": str,
 }
+
+_OPTIONAL = {"code_commit"}  # added within version 1: written only when known, so older files round-trip unchanged
 
 
 @dataclass
@@ -102,6 +104,7 @@ class RunResults:
     seconds_per_edit: float | None = None
     seconds_restraint: float | None = None
     restraint_share_of_step: float | None = None
+    code_commit: str | None = None  # git commit of the code that wrote the file ("+dirty": with local changes)
     before: dict[str, Section] = field(default_factory=dict)
     after: dict[str, Section] = field(default_factory=dict)
     history: list[EvalPoint] = field(default_factory=list)
@@ -159,7 +162,8 @@ class RunResults:
             out[key] = getattr(self, key)
         out["callbacks"] = list(self.callbacks)
         for key in list(_SCALARS)[2:]:
-            out[key] = getattr(self, key)
+            if key not in _OPTIONAL or getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         out.update({section + BEFORE: scores for section, scores in self.before.items()})
         out.update({section + AFTER: scores for section, scores in self.after.items()})
         out["history"] = [p.to_dict() for p in self.history]

@@ -35,7 +35,7 @@ from prune_lit.modules.edit_step import end_edits, run_edit_step
 from prune_lit.modules.evaluation import RunEvaluation
 from prune_lit.modules.run_checks import check_marks, check_request_lengths
 from prune_lit.modules.run_resume import RunCheckpoints
-from prune_lit.reporting import RemoveRunFolderOnFailure, run_dir
+from prune_lit.reporting import RemoveRunFolderOnFailure, code_commit, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class SequentialEditingModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.state: EditState | None = None
         self.results: dict[str, Any] = {}
+        self.code_commit = code_commit()  # the code this process runs (HEAD may move while a long run goes on)
         self._evaluation: RunEvaluation | None = None  # built when the test loop starts (it needs the trainer)
         self._checkpoints: RunCheckpoints | None = None
         self._resumed_steps = 0  # test batches already edited by the run this one resumes
@@ -259,6 +260,7 @@ class SequentialEditingModule(L.LightningModule):
             restraint_share_of_step=restraint_seconds / max(edit_total + restraint_seconds, 1e-12),
             history=state.history,
             edited_case_ids=[r.case_id for r in state.edited],
+            code_commit=self.code_commit,
         )
         path = run_dir(self.trainer) / "results.json"
         RunResults.from_dict(self.results).write(path)  # typed and versioned: prune_lit.contracts.results
