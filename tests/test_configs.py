@@ -14,8 +14,13 @@ import yaml
 
 from prune_lit.cli_main import CONFIG_DIR, main, resolve_config_paths
 
-# Complete configs: every top-level YAML but the base; MEND training ones run with fit.
-COMPLETE = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "base.yaml")
+# Overlays: a top-level YAML used on top of another one (name -> the config it goes on), listed with what it changes.
+OVERLAYS = {"mend_sequential.yaml": "mend.yaml"}
+OVERLAY_DIFFERENCES = {
+    "mend_sequential.yaml": {"model.init_args.sequential_edits", "trainer.logger.init_args.name", "trainer.callbacks"},
+}
+# Complete configs: every top-level YAML but the base and the overlays; MEND training ones run with fit.
+COMPLETE = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "base.yaml" and p.name not in OVERLAYS)
 # Complete editing configs = a composition (+ the run name): keep these in step when adding an editor.
 COMPOSITIONS = {
     "rome.yaml": (["base.yaml", "editor/rome.yaml"], []),
@@ -75,6 +80,16 @@ def test_complete_config_parses(name: str) -> None:
     subcommand = "fit" if "MENDTraining" in (CONFIG_DIR / name).read_text() else "test"
     cfg = print_config(*configs(name), subcommand=subcommand)
     assert cfg["model"]["class_path"]
+
+
+@pytest.mark.parametrize("name", sorted(OVERLAYS))
+def test_overlay_changes_only_what_it_says(name: str) -> None:
+    under = print_config(*configs(OVERLAYS[name]), subcommand="fit")
+    over = print_config(*configs(OVERLAYS[name], name), subcommand="fit")
+    assert differences(under, over) == OVERLAY_DIFFERENCES[name]
+    dirs = [cb["init_args"]["dirpath"] for cb in over["trainer"]["callbacks"] if "dirpath" in cb.get("init_args", {})]
+    assert dirs and not any(d == "checkpoints/mend" or d.startswith("checkpoints/mend/") for d in dirs)  # keeps the independent run's
+    assert over["model"]["init_args"]["sequential_edits"] is True
 
 
 @pytest.mark.parametrize("fragment", sorted(str(p.relative_to(CONFIG_DIR)) for d in FRAGMENT_DIRS for p in (CONFIG_DIR / d).glob("*.yaml")))

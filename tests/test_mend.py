@@ -486,3 +486,36 @@ def test_validate_caches_the_val_rows_alone(tmp_path):
     val = dm.train_val_requests()[1]
     assert len(val) == 2 and len(module.hidden_cache) == len(set(module.token_rows(val, with_truth=True)))
     assert 0.0 <= trainer.callback_metrics["val/edit_success"] <= 1.0
+
+
+def test_sequential_edits_apply_each_edit_on_the_model_the_earlier_ones_made(tiny_checkpoint, requests, tmp_path):
+    """``sequential_edits``: edit 1's gradient is taken on W + ΔW_0 (checked against ΔW_0 added to the weights), one
+    edit alone gives the independent step's losses, and validation is unchanged (single edits)."""
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    kwargs = dict(model_name="tiny-llama", rank=16, hidden_cache_dir=str(tmp_path))
+    seq, ind = MENDTraining(**kwargs, sequential_edits=True), MENDTraining(**kwargs)
+    for m in (seq, ind):
+        m.load_state_dict(state)
+        m.train()
+        m.hypernet.eval()  # running statistics frozen, so both paths and the check below normalise alike
+        m.hypernet.edit_lrs.data.mul_(30)  # edits large enough to move the next edit's loss clearly
+    r0, r1 = requests[0], requests[1]
+    one_seq, one_ind = seq.edit_step([r0]), ind.edit_step([r0])
+    for key in ("loss", "edit_loss", "loc_loss", "edit_loss_pre"):
+        torch.testing.assert_close(one_seq[key], one_ind[key], rtol=1e-4, atol=1e-6)
+    two = seq.edit_step([r0, r1])
+    # by hand: ΔW_0 from r0 on the unedited model, added to the weights, then r1's fine-tuning NLL there
+    model = ind.model
+    batch1 = lm_batch(ind.tokenizer, [r1.prompt], [r1.target_new], 64)
+    nll1_unedited = finetune_factors(model, batch1, ind.inner_params)[0]
+    nll0, factors0, _ = finetune_factors(model, lm_batch(ind.tokenizer, [r0.prompt], [r0.target_new], 64), ind.inner_params)
+    with torch.no_grad():
+        for n, (a, b) in ind.hypernet.delta_factors(factors0).items():
+            get_weight(model, n).add_(a @ b.T)
+    nll1 = finetune_factors(model, batch1, ind.inner_params)[0]
+    assert abs(float(nll1 - nll1_unedited)) > 0.05  # the check can tell the two apart
+    torch.testing.assert_close(two["edit_loss_pre"], (nll0 + nll1) / 2, rtol=0, atol=2e-4)
+    two["loss"].backward()  # the graph reaches the hypernetwork
+    assert seq.hypernet.edit_lrs.grad is not None and seq.hypernet.edit_lrs.grad.abs().sum() > 0
+    seq.eval()
+    assert seq.edit_step([r0, r1], with_truth=True)["post_logits"] is not None  # validation: the independent path

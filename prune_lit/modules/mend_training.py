@@ -163,6 +163,11 @@ class MENDTraining(L.LightningModule):
             ``train_batch_size`` requests is that many independent edits, their losses averaged — the same
             optimizer step as accumulating them one batch each, with one forward for all of them (None: the
             whole batch is one edit).
+        sequential_edits: training only (not in the reference; docs/mend.md "Sequential MEND"): the edits of a
+            training batch are applied one after another instead of each to the unedited model — edit j's
+            gradient is taken on the model carrying edits 0..j−1 (their updates detached), and its edit and
+            locality losses on the model carrying 0..j, the locality KL still against the unedited model, so the
+            loss sees the accumulated update. Validation stays single edits of the unedited model.
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class MENDTraining(L.LightningModule):
         cache_hidden: bool = True,
         hidden_cache_dir: str | None = None,
         requests_per_edit: int | None = 1,
+        sequential_edits: bool = False,
     ) -> None:
         super().__init__()
         if requests_per_edit is not None and requests_per_edit < 1:
@@ -348,6 +354,42 @@ class MENDTraining(L.LightningModule):
             where.append(mine)
         return torch.cat(parts)[torch.cat(where).argsort()]
 
+    def _sequential_step(self, inputs: EditInputs, batch: LMBatch, read: ReadPositions) -> dict[str, Any]:
+        """`edit_step`'s losses with the batch's edits applied in turn (``sequential_edits``)."""
+        with torch.no_grad():  # the unedited model's logits: the locality reference of every edit
+            base = self._logits(batch.input_ids, batch.attention_mask, read.rows, read.cols)
+        edit_of_row = inputs.edit_of_row.to(self.device)
+        applied: list[tuple[None, dict[str, tuple[Tensor, Tensor]]]] = []  # earlier edits' updates, detached
+        pre, l_edit, l_loc = [], [], []
+        for j in range(inputs.n_edits):
+            rows = (edit_of_row == j).nonzero().squeeze(1)
+            local = torch.full((len(batch.input_ids),), -1, dtype=torch.long, device=self.device)
+            local[rows] = torch.arange(len(rows), device=self.device)
+            mine = (read.edit_id == j).nonzero().squeeze(1)
+            sub_rows, sub_cols = local[read.rows[mine]], read.cols[mine]
+            is_edit = (mine >= read.edit.start) & (mine < read.edit.stop)
+            is_loc = (mine >= read.loc.start) & (mine < read.loc.stop)
+            ids, mask = batch.input_ids[rows], batch.attention_mask[rows]
+            targets = read.targets[mine]
+
+            def forward_loss() -> tuple[Tensor, Tensor]:
+                logits = self._logits(ids, mask, sub_rows, sub_cols)
+                return token_nll(logits[is_edit], targets[is_edit]).mean(), logits
+
+            with low_rank_update(self.model, applied):
+                loss_j, factors, _ = gradient_factors(self.model, self.inner_params, forward_loss)
+                thin = self.hypernet.delta_factors(factors)
+                with low_rank_update(self.model, [(None, thin)]):
+                    post = self._logits(ids, mask, sub_rows, sub_cols)
+            pre.append(loss_j)
+            l_edit.append(token_nll(post[is_edit], targets[is_edit]).mean())
+            l_loc.append(token_kl(base[mine][is_loc], post[is_loc]).mean())
+            applied.append((None, {n: (a.detach(), b.detach()) for n, (a, b) in thin.items()}))
+        l_edit_t, l_loc_t = torch.stack(l_edit), torch.stack(l_loc)
+        loss = (self.hparams.c_edit * l_edit_t + self.hparams.c_loc * l_loc_t).mean()
+        return {"loss": loss, "edit_loss": l_edit_t.mean(), "loc_loss": l_loc_t.mean(), "edit_loss_pre": torch.stack(pre).mean(),
+                "inputs": inputs, "read": read, "base_logits": base, "post_logits": None}  # fmt: skip
+
     # ---- the edit --------------------------------------------------------------------------------
     def edit_step(self, requests: list[EditRequest], with_truth: bool = False) -> dict[str, Any]:
         """The MEND edits of ``requests`` (``requests_per_edit`` each, independent), evaluated functionally, and
@@ -357,6 +399,8 @@ class MENDTraining(L.LightningModule):
         inputs = edit_inputs(self.tokenizer, requests, self.hparams.max_length, with_truth, self.hparams.requests_per_edit)
         batch = inputs.batch.to(self.device)
         read = ReadPositions.of(inputs).to(self.device)
+        if self.hparams.sequential_edits and self.training:
+            return self._sequential_step(inputs, batch, read)
         pre_loss, factors, base = self._base_pass(inputs, batch, read)
         # outer graph only while training; validation needs autograd just for the factors above
         with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
