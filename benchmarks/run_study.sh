@@ -9,7 +9,8 @@
 # Settings (environment): STUDY_EDITS (1000), STUDY_MODEL (smollm2-135m), STUDY_DIR (logs/study),
 # STUDY_PROBE_TOKENS (5000), STUDY_DOWNSTREAM_LIMIT (200), STUDY_EVAL_EVERY (probes and edit metrics every
 # this many edits; 100, or STUDY_EDITS when smaller), STUDY_BATCH (requests per edit step of the MEMIT and
-# AlphaEdit arms; empty = the editor config's value), STUDY_FORCE=1 (rerun the named arms from the
+# AlphaEdit arms; empty = the editor config's value), STUDY_DRY_RUN=1 (print each named arm's command, run nothing),
+# STUDY_FORCE=1 (rerun the named arms from the
 # start; their earlier checkpoints and logs move to $STUDY_DIR/replaced/), PYTHON.
 #
 # Arms (each a composition of configs/base.yaml + editor/ + restraint/ + data/ fragments):
@@ -47,7 +48,7 @@ EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 100 ? 100 : N))}"
 BATCH="${STUDY_BATCH:-}"
 KEY_SCALE="${STUDY_KEY_SCALE:-0.2}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-mkdir -p "$DIR"
+[ -n "${STUDY_DRY_RUN:-}" ] || mkdir -p "$DIR"
 
 every() {  # every $1 up to $N, as a YAML list
   local step=$1 out="" i
@@ -83,39 +84,44 @@ run() {  # $1 = arm
   case "$arm" in  # batch editors: STUDY_BATCH overrides the editor config's requests per step
     memit*|alphaedit*) if [ -n "$BATCH" ]; then extra+=(--data.init_args.batch_size "$BATCH"); fi ;;
   esac
-  if [ -z "${STUDY_FORCE:-}" ] && compgen -G "$DIR/logs/$arm/version_*/results.json" >/dev/null; then
-    echo "$arm: done already ($DIR/logs/$arm), skipped"; return 0
+  if [ -z "${STUDY_DRY_RUN:-}" ]; then
+    if [ -z "${STUDY_FORCE:-}" ] && compgen -G "$DIR/logs/$arm/version_*/results.json" >/dev/null; then
+      echo "$arm: done already ($DIR/logs/$arm), skipped"; return 0
+    fi
+    if [ -n "${STUDY_FORCE:-}" ] && [ -e "$DIR/checkpoints/$arm" -o -e "$DIR/logs/$arm" ]; then
+      # A forced rerun starts afresh: resuming would reload the finished run's last checkpoint and edit nothing.
+      # Its old runs move aside, so that a killed forced rerun resumes (without STUDY_FORCE) like any other.
+      local old="$DIR/replaced/$arm-$(date -u +%Y%m%dT%H%M%S)"
+      mkdir -p "$old"
+      for sub in checkpoints logs; do [ -e "$DIR/$sub/$arm" ] && mv "$DIR/$sub/$arm" "$old/$sub"; done
+      echo "$arm: STUDY_FORCE: its earlier checkpoints and logs moved to $old"
+    fi
   fi
   local configs=(--config base.yaml)
   for part in $parts; do configs+=(--config "$part"); done
   local resume=false
-  if [ -n "${STUDY_FORCE:-}" ] && [ -e "$DIR/checkpoints/$arm" -o -e "$DIR/logs/$arm" ]; then
-    # A forced rerun starts afresh: resuming would reload the finished run's last checkpoint and edit nothing.
-    # Its old runs move aside, so that a killed forced rerun resumes (without STUDY_FORCE) like any other.
-    local old="$DIR/replaced/$arm-$(date -u +%Y%m%dT%H%M%S)"
-    mkdir -p "$old"
-    for sub in checkpoints logs; do [ -e "$DIR/$sub/$arm" ] && mv "$DIR/$sub/$arm" "$old/$sub"; done
-    echo "$arm: STUDY_FORCE: its earlier checkpoints and logs moved to $old"
-  fi
   [ -f "$DIR/checkpoints/$arm/latest" ] && resume=true
+  local cmd=("$PY" cli.py test "${configs[@]}" "${extra[@]}"
+    --model.init_args.model_name "$MODEL"
+    --data.init_args.num_edits "$N"
+    --model.init_args.eval_at "$EVAL_AT"
+    --model.init_args.downstream_at "$DOWN_AT"
+    --model.init_args.downstream.init_args.limit "$LIMIT"
+    --model.init_args.probe_tokens "$PROBE_TOKENS"
+    --model.init_args.diagnostics.init_args.kappa_every_n_edits 50
+    --model.init_args.checkpoint_dir "$DIR/checkpoints"
+    --model.init_args.checkpoint_every 100
+    --model.init_args.run_name "$arm"
+    --model.init_args.resume "$resume"
+    --trainer.logger.init_args.save_dir "$DIR/logs"
+    --trainer.logger.init_args.name "$arm"
+    --trainer.enable_progress_bar false)
+  if [ -n "${STUDY_DRY_RUN:-}" ]; then  # print the arm's command (one line, shell-quoted) and run nothing
+    printf '%q ' "${cmd[@]}"; echo; return 0
+  fi
   echo "$arm: starting (resume=$resume) at $(date -u +%T)"
   local start=$SECONDS rc
-  nice -n 5 "$PY" cli.py test "${configs[@]}" "${extra[@]}" \
-    --model.init_args.model_name "$MODEL" \
-    --data.init_args.num_edits "$N" \
-    --model.init_args.eval_at "$EVAL_AT" \
-    --model.init_args.downstream_at "$DOWN_AT" \
-    --model.init_args.downstream.init_args.limit "$LIMIT" \
-    --model.init_args.probe_tokens "$PROBE_TOKENS" \
-    --model.init_args.diagnostics.init_args.kappa_every_n_edits 50 \
-    --model.init_args.checkpoint_dir "$DIR/checkpoints" \
-    --model.init_args.checkpoint_every 100 \
-    --model.init_args.run_name "$arm" \
-    --model.init_args.resume "$resume" \
-    --trainer.logger.init_args.save_dir "$DIR/logs" \
-    --trainer.logger.init_args.name "$arm" \
-    --trainer.enable_progress_bar false \
-    >>"$DIR/$arm.out" 2>&1 && rc=0 || rc=$?
+  nice -n 5 "${cmd[@]}" >>"$DIR/$arm.out" 2>&1 && rc=0 || rc=$?
   printf '%s\t%s\t%d\t%s\tresume=%s\n' "$arm" "$(date -u +%FT%TZ)" "$((SECONDS - start))" "rc=$rc" "$resume" >>"$DIR/timings.tsv"
   return $rc
 }
