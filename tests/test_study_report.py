@@ -251,3 +251,10 @@ def test_an_unfinished_arm_is_read_from_its_last_checkpoint(tmp_path):
     assert study_report.curve(arm, "at-end")[20]["edits"]["efficacy"] == 0.75
     report = study_report.build_report(tmp_path, resamples=200)
     assert "**Unfinished arms**, read from their last checkpoint: alphaedit (to 20 edits)." in report.markdown
+
+
+def test_a_report_of_chosen_arms_leaves_the_others_out(study):
+    only = study_report.build_report(study, resamples=200, only=["rome_prune"])
+    assert set(only.summary["arms"]) == {"rome_prune"} and set(only.summary["times"]) == {"rome_prune"}
+    with pytest.raises(FileNotFoundError, match="no_such_arm"):
+        study_report.build_report(study, resamples=200, only=["rome", "no_such_arm"])

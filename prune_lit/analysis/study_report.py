@@ -40,7 +40,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import matplotlib
@@ -155,13 +155,19 @@ def load_checkpointed(study: Path, name: str, timings: list[dict[str, Any]]) -> 
     return Arm(name, folder, results, spectral, timings, partial=seen)
 
 
-def load_study(study: Path) -> tuple[dict[str, Arm], dict[str, list[dict[str, Any]]]]:
-    """The arms under ``study/logs`` (in display order) and every arm's timings (finished or not). An arm
-    without a finished run is read from its last checkpoint, when it has one (``Arm.partial``)."""
+def load_study(study: Path, only: Sequence[str] | None = None) -> tuple[dict[str, Arm], dict[str, list[dict[str, Any]]]]:
+    """The arms under ``study/logs`` (in display order; ``only``: just these) and every arm's timings (finished or
+    not). An arm without a finished run is read from its last checkpoint, when it has one (``Arm.partial``)."""
     logs = study / "logs"
     timings = read_timings(study / "timings.tsv")
     arms: dict[str, Arm] = {}
     names = sorted((p.name for p in logs.iterdir() if p.is_dir()), key=arm_order) if logs.is_dir() else []
+    if only is not None:
+        missing = sorted(set(only) - set(names))
+        if missing:
+            raise FileNotFoundError(f"no arm folder {missing} under {logs}")
+        names = [n for n in names if n in set(only)]
+        timings = {k: v for k, v in timings.items() if k in set(only)}
     for name in names:
         folder = newest_version(logs / name)
         if folder is None:
@@ -496,9 +502,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: dict[str, float] | None = None) -> Report:
-    """Every table (Markdown) and number (JSON-able summary) of the study under ``study``."""
-    arms, timings = load_study(study)
+def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: dict[str, float] | None = None,
+                 only: Sequence[str] | None = None) -> Report:
+    """Every table (Markdown) and number (JSON-able summary) of the study under ``study`` (``only``: these arms)."""
+    arms, timings = load_study(study, only)
     if not arms:
         raise FileNotFoundError(f"no arm (logs/<arm>/version_<n>/results.json or checkpoints/<arm>/latest) under {study}")
     variants = variants_of(arms)
@@ -1083,14 +1090,14 @@ def write_figures(summary: dict[str, Any], folder: Path, prefix: str = "study") 
 # ---------------------------------------------------------------- κ(W₀)
 
 
-def kappa_w0(study: Path) -> dict[str, float]:
+def kappa_w0(study: Path, only: Sequence[str] | None = None) -> dict[str, float]:
     """κ(W₀) of every matrix any arm edited, from the unedited model (loads it once)."""
     import torch
 
     from prune_lit.models.arch import get_weight
     from prune_lit.models.loader import load_model
 
-    arms, _ = load_study(study)
+    arms, _ = load_study(study, only)
     names = sorted({r["matrix"] for a in arms.values() for r in a.spectral})
     models = {a.results.model or "smollm2-135m" for a in arms.values()}
     if len(models) != 1:
@@ -1123,6 +1130,7 @@ def main(argv: list[str] | None = None) -> Report | None:
     p.add_argument("--out", type=Path, default=None, help="also write a JSON summary here")
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples per interval / test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", nargs="+", default=None, help="report only these arms (default: every arm folder)")
     p.add_argument("--no-w0", action="store_true", help="skip κ(W₀) of the unedited model (no model load)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--summary-from", type=Path, nargs="+", default=None,
@@ -1140,8 +1148,8 @@ def main(argv: list[str] | None = None) -> Report | None:
         else:
             print(summary_table(summary))
         return None
-    k0 = None if args.no_w0 else kappa_w0(args.study)
-    report = build_report(args.study, args.resamples, args.seed, k0)
+    k0 = None if args.no_w0 else kappa_w0(args.study, args.arms)
+    report = build_report(args.study, args.resamples, args.seed, k0, args.arms)
     print(report.markdown)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
