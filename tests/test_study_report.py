@@ -258,3 +258,24 @@ def test_a_report_of_chosen_arms_leaves_the_others_out(study):
     assert set(only.summary["arms"]) == {"rome_prune"} and set(only.summary["times"]) == {"rome_prune"}
     with pytest.raises(FileNotFoundError, match="no_such_arm"):
         study_report.build_report(study, resamples=200, only=["rome", "no_such_arm"])
+
+
+def test_restraint_comparison_arms_are_variants_of_their_editor(study, tmp_path):
+    """rome_key_aware / rome_sphere (run_study.sh's names) are ROME with another restraint per step: variants of ROME,
+    paired with ROME's unrestrained arm, and rows of the summary table only where they ran."""
+    import shutil
+
+    root = tmp_path / "study"
+    shutil.copytree(study, root)
+    for name in ("rome_key_aware", "rome_sphere"):
+        shutil.copytree(root / "logs" / "rome_prune", root / "logs" / name)
+    arms, _ = study_report.load_study(root)
+    assert [(arms[n].editor, arms[n].variant) for n in ("rome", "rome_prune", "rome_key_aware", "rome_sphere")] == [
+        ("rome", "none"), ("rome", "per-edit"), ("rome", "key-aware"), ("rome", "sphere")]
+    assert sorted(arms, key=study_report.arm_order) == ["rome", "rome_prune", "rome_key_aware", "rome_sphere"]
+    report = study_report.build_report(root, resamples=200)
+    assert set(report.summary["points"]["rome"]) == {"none", "per-edit", "at-end", "key-aware", "sphere"}
+    assert {t["variant"] for t in report.summary["prune_tests"] if t["editor"] == "rome"} == {"per-edit", "at-end", "key-aware", "sphere"}
+    table = study_report.summary_table(report.summary, edits=(10, 20))
+    assert "| ROME | CounterFact | key-aware PRUNE per edit | 20 |" in table and "| ROME | CounterFact | SPHERE per step |" in table
+    assert "MEMIT | CounterFact | not run" in table and "MEMIT | CounterFact | key-aware" not in table

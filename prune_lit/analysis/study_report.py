@@ -6,7 +6,8 @@
 Reads ``<study>/logs/<arm>/version_<n>/`` (the newest version holding a results.json; spectral.json beside
 it) for every arm present — any subset of rome, rome_prune, memit[_prune], alphaedit[_prune], mend[_prune],
 zsre_rome[_prune] and any other folder — and ``<study>/timings.tsv``. An arm ``X_prune`` is editor ``X``
-with PRUNE after every edit; an arm whose history holds ``*_restrained`` sections (``rome``) also gives the
+with PRUNE after every edit (``X_key_aware`` / ``X_sphere``: key-aware PRUNE / SPHERE after every step, the variants
+``key-aware`` / ``sphere``, paired with ``none`` like ``per-edit`` and in the summary table only where they ran); an arm whose history holds ``*_restrained`` sections (``rome``) also gives the
 "PRUNE once at N" curve of the same run. Three variants per editor, where present:
 
 * ``none``     the unrestrained run (at an at-end-restrained run's last point its ``*_before_end_restraint``
@@ -68,10 +69,13 @@ from prune_lit.metrics.intervals import (  # noqa: E402
 EDITORS = ["rome", "memit", "alphaedit", "mend", "zsre_rome"]  # display order; other arms follow by name
 EDITOR_LABELS = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "mend": "MEND", "zsre_rome": "ROME (ZsRE)"}
 EDITOR_COLORS = {"rome": "tab:blue", "memit": "tab:orange", "alphaedit": "tab:purple", "mend": "tab:green", "zsre_rome": "tab:brown"}
-VARIANTS = ["none", "per-edit", "at-end"]
-VARIANT_LABELS = {"none": "no restraint", "per-edit": "PRUNE per edit", "at-end": "PRUNE once at N"}
-VARIANT_STYLES = {"none": "--", "per-edit": "-", "at-end": ":"}
-PRUNE_SUFFIX = "_prune"
+VARIANTS = ["none", "per-edit", "at-end", "key-aware", "sphere"]
+CORE_VARIANTS = VARIANTS[:3]  # the summary table always has these rows; the others only where an arm ran them
+VARIANT_LABELS = {"none": "no restraint", "per-edit": "PRUNE per edit", "at-end": "PRUNE once at N",
+                  "key-aware": "key-aware PRUNE per edit", "sphere": "SPHERE per step"}
+VARIANT_STYLES = {"none": "--", "per-edit": "-", "at-end": ":", "key-aware": "-.", "sphere": (0, (3, 1, 1, 1, 1, 1))}
+# An arm named <editor><suffix> runs that editor with a restraint after every step (run_study.sh's arm names).
+RESTRAINT_SUFFIXES = {"_prune": "per-edit", "_key_aware": "key-aware", "_sphere": "sphere"}
 # Edit metrics shown when results.json has them (proportions of prompts; the *_acc token accuracies are not).
 EDIT_METRICS = ["efficacy", "generalization", "neighborhood", "locality", "locality_top1"]
 # EasyEdit's teacher-forced token accuracies (means of per-prompt shares: no interval without per-case values);
@@ -106,11 +110,13 @@ class Arm:
 
     @property
     def editor(self) -> str:
-        return self.name[: -len(PRUNE_SUFFIX)] if self.name.endswith(PRUNE_SUFFIX) else self.name
+        suffix = next((s for s in RESTRAINT_SUFFIXES if self.name.endswith(s)), "")
+        return self.name[: len(self.name) - len(suffix)]
 
     @property
-    def restrained_per_edit(self) -> bool:
-        return self.name.endswith(PRUNE_SUFFIX)
+    def variant(self) -> str:
+        """``none`` (with its ``at-end`` curve, if any), or the restraint the arm applied after every step."""
+        return next((v for s, v in RESTRAINT_SUFFIXES.items() if self.name.endswith(s)), "none")
 
 
 def read_timings(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -132,8 +138,10 @@ def read_timings(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def arm_order(name: str) -> tuple[int, int, str]:
-    editor = name[: -len(PRUNE_SUFFIX)] if name.endswith(PRUNE_SUFFIX) else name
-    return (EDITORS.index(editor) if editor in EDITORS else len(EDITORS), int(name.endswith(PRUNE_SUFFIX)), name)
+    suffix = next((s for s in RESTRAINT_SUFFIXES if name.endswith(s)), "")
+    editor = name[: len(name) - len(suffix)]
+    rank = 1 + list(RESTRAINT_SUFFIXES).index(suffix) if suffix else 0
+    return (EDITORS.index(editor) if editor in EDITORS else len(EDITORS), rank, name)
 
 
 def load_checkpointed(study: Path, name: str, timings: list[dict[str, Any]]) -> Arm | None:
@@ -231,8 +239,8 @@ def variants_of(arms: dict[str, Arm]) -> dict[str, dict[str, tuple[Arm, dict[int
     out: dict[str, dict[str, tuple[Arm, dict]]] = {}
     for arm in arms.values():
         slot = out.setdefault(arm.editor, {})
-        if arm.restrained_per_edit:
-            slot["per-edit"] = (arm, curve(arm, "per-edit"))
+        if arm.variant != "none":
+            slot[arm.variant] = (arm, curve(arm, arm.variant))
         else:
             slot["none"] = (arm, curve(arm, "none"))
             at_end = curve(arm, "at-end")
@@ -431,7 +439,7 @@ def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int
         if "none" not in vs:
             continue
         base_arm, base = vs["none"]
-        for variant in ("per-edit", "at-end"):
+        for variant in VARIANTS[1:]:
             if variant not in vs:
                 continue
             arm, other = vs[variant]
@@ -808,7 +816,7 @@ def summary_table(summary: dict[str, Any], edits: tuple[int, ...] = SUMMARY_EDIT
             continue
         unedited = next((r for rs in curves.values() for r in rs if r["num_edits"] == 0), None)
         rows.append([name, dataset, "unedited", "0", *cells(editor, None, unedited)])
-        for variant in VARIANTS:
+        for variant in [v for v in VARIANTS if v in CORE_VARIANTS or v in curves]:
             shown = [(target, summary_point(curves.get(variant, []), target, following))
                      for target, following in zip(edits, [*edits[1:], None])]
             if not any(r for _, r in shown):  # a variant not run, or stopped before the first target: one row
