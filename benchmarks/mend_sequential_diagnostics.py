@@ -40,24 +40,16 @@ from prune_lit.editors.mend import MENDEditor
 from prune_lit.editors.mend_net import _key, finetune_factors, lm_batch, nonzero_rows
 from prune_lit.models.arch import get_weight
 from prune_lit.metrics.editing_eval import evaluate_edits
+from prune_lit.metrics.probes import next_token_nll
 from prune_lit.models.loader import load_model
+from prune_lit.restraint.factored import spectral_norm_of_factors
 from prune_lit.restraint.prune import restrain_delta
 
 
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, windows: torch.Tensor) -> float:
-    nll, count = 0.0, 0
-    for ids in windows.split(4):
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"))
-        count += ids[:, 1:].numel()
-    return math.exp(nll / count)
-
-
-def step_sigma1(a: torch.Tensor, b: torch.Tensor) -> float:
-    """σ₁(A Bᵀ) via λ_max((AᵀA)(BᵀB)) — k×k."""
-    m = (a.double().T @ a.double()) @ (b.double().T @ b.double())
-    return float(torch.linalg.eigvals(m).real.clamp_min(0).max().sqrt())
+    nll = sum(float(next_token_nll(model(input_ids=ids).logits, ids).sum()) for ids in windows.split(4))
+    return math.exp(nll / windows[:, 1:].numel())
 
 
 def run_variant(args: argparse.Namespace, variant: str, requests: list, windows: torch.Tensor) -> dict[str, Any]:
@@ -95,7 +87,7 @@ def run_variant(args: argparse.Namespace, variant: str, requests: list, windows:
                     "u_rms": float(u.pow(2).mean().sqrt()), "delta_rms": float(d.pow(2).mean().sqrt()),
                     "z_u": float(zu.abs().mean()), "z_delta": float(zd.abs().mean()),
                     "z_delta_max": float(zd.abs().max()) if zd.numel() else 0.0,
-                    "step_fro_ratio": float(torch.linalg.vector_norm(a @ b.T)) / fro0[n], "step_sigma1": step_sigma1(a, b),
+                    "step_fro_ratio": float(torch.linalg.vector_norm(a @ b.T)) / fro0[n], "step_sigma1": spectral_norm_of_factors(a, b),
                 }
                 get_weight(model, n).add_(a @ b.T)
             if "prune" in parts:
