@@ -81,7 +81,7 @@ def main() -> None:
         parts["evaluation (metrics + probes + downstream)"] = parts["edit metrics"] + parts["probes"] + parts["downstream"]
         parts["arm"] = parts["edits"] + parts["restraint"] + parts["evaluation (metrics + probes + downstream)"]
         rows[when] = parts
-    print(f"| part | before (s) | after (s) | after / before |\n|---|---|---|---|")
+    print("| part | before (s) | after (s) | after / before |\n|---|---|---|---|")
     for key in rows["before"]:
         b, a = rows["before"][key], rows["after"][key]
         print(f"| {key} | {b:,.0f} | {a:,.0f} | {a / b:.2f} |")

@@ -17,7 +17,6 @@ The key statistics of all candidate layers are computed in one pass first (and c
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform

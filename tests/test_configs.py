@@ -4,15 +4,13 @@ compositions; mend_gpu.yaml differs from mend.yaml and baseline.yaml from base.y
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from prune_lit.cli_main import CONFIG_DIR, main, resolve_config_paths
+from cli_config import print_config
+from prune_lit.cli_main import CONFIG_DIR, resolve_config_paths
 
 # Overlays: a top-level YAML used on top of another one (name -> the config it goes on), listed with what it changes.
 OVERLAYS = {"mend_sequential.yaml": "mend.yaml"}
@@ -46,15 +44,6 @@ BASELINE_DIFFERENCES = {  # baseline.yaml against base.yaml + an editor: the une
     "data", "model.class_path", "model.init_args.downstream.init_args.limit", "trainer.accelerator",
     "trainer.enable_checkpointing", "trainer.enable_progress_bar", "trainer.logger.init_args.name",
 }
-
-
-def print_config(*args: str, subcommand: str = "test") -> dict:
-    """The fully resolved config of ``cli.py <subcommand> <args>``, as LightningCLI prints it."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
-        main([subcommand, *args, "--print_config"])
-    assert done.value.code in (0, None), out.getvalue()
-    return yaml.safe_load(out.getvalue())
 
 
 def configs(*args: str) -> list[str]:

@@ -191,3 +191,23 @@ def test_high_rank_restraint_next_to_an_exploded_component_equals_the_dense_rest
     top_dir = u[:, :1]
     outside = lambda c: c - top_dir @ (top_dir.T @ c)  # noqa: E731
     assert rel(outside((fast.corr_left @ fast.corr_right.T).double()), outside(dense.correction.double())) < 1e-4
+
+
+def test_rayleigh_lower_bound_never_exceeds_the_top_eigenvalue():
+    """The power-step bound that lets `restrain_high_rank` skip its float32 eigh on an exploded ΔW must be a lower
+    bound (else a healthy ΔW would take the float64 path for nothing, or worse, an estimate above λ_max would be
+    trusted), at least the largest diagonal entry, and close to λ_max when one component dominates."""
+    from prune_lit.restraint.factored import _rayleigh_lower_bound
+
+    g = torch.Generator().manual_seed(3)
+    for k, spike in [(50, 0.0), (80, 1e3), (120, 1e6)]:
+        x = torch.randn(200, k, generator=g, dtype=torch.float64)
+        if spike:
+            x += spike * torch.randn(200, 1, generator=g, dtype=torch.float64) @ torch.randn(1, k, generator=g, dtype=torch.float64) / k
+        gram = x.T @ x
+        lam_max = float(torch.linalg.eigvalsh(gram)[-1])
+        bound = _rayleigh_lower_bound(gram)
+        assert float(gram.diagonal().max()) * (1 - 1e-12) <= bound <= lam_max * (1 + 1e-12)
+        if spike:
+            assert bound > 0.999 * lam_max
+    assert _rayleigh_lower_bound(torch.zeros(4, 4)) == 0.0

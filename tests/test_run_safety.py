@@ -1,7 +1,6 @@
 """Runs that survive resume, extension, refusal and corrupt checkpoints (issue: runs you can trust with days of work)."""
 
 import json
-import math
 
 import lightning as L
 import pytest

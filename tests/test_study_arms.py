@@ -7,9 +7,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from test_configs import print_config
+from cli_config import print_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EDITORS = {"rome": "ROMEEditor", "memit": "MEMITEditor", "alphaedit": "AlphaEditEditor", "mend": "MENDEditor"}

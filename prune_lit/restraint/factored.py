@@ -210,6 +210,24 @@ GRAM32_RTOL = 1e-3
 
 
 @torch.no_grad()
+def _rayleigh_lower_bound(gram: Tensor, steps: int = 4) -> float:
+    """A lower bound on λ_max of a PSD ``gram [k, k]``: the Rayleigh quotient after ``steps`` power steps.
+
+    Starts from the column of the largest diagonal entry, so the bound is ≥ max_i G_ii ≥ λ_max / k at once.
+    """
+    if not gram.numel():
+        return 0.0
+    x = gram[:, int(gram.diagonal().argmax())].double()
+    g = gram.double()
+    for _ in range(steps):
+        norm = float(x.norm())
+        if norm == 0.0:
+            return 0.0
+        x = g @ (x / norm)
+    norm = float(x.norm())
+    return 0.0 if norm == 0.0 else float(x @ (g @ x)) / norm**2
+
+
 def restrain_high_rank(
     delta: Tensor, sigma_max: float, alpha: float = math.e, mode: RestraintMode = "log", margin: int = 8
 ) -> GramRestraint:
@@ -228,9 +246,15 @@ def restrain_high_rank(
     m, n = delta.shape
     x = delta if n <= m else delta.T  # x: [long, short]
     x32 = x.float()
-    lam, vec = torch.linalg.eigh(x32.T @ x32)  # ascending
-    lam_max = float(lam[-1]) if lam.numel() else 0.0
-    if sigma_max**2 <= GRAM32_RTOL * lam_max:
+    gram = x32.T @ x32
+    # A few power steps give a lower bound on λ_max for the price of matrix-vector products: an exploded ΔW is
+    # usually recognised here, before the float32 eigh whose result the float64 fallback would throw away.
+    exploded = sigma_max**2 <= GRAM32_RTOL * _rayleigh_lower_bound(gram)
+    if not exploded:
+        lam, vec = torch.linalg.eigh(gram)  # ascending
+        lam_max = float(lam[-1]) if lam.numel() else 0.0
+        exploded = sigma_max**2 <= GRAM32_RTOL * lam_max
+    if exploded:
         # An exploded component (σ_1 ≥ ~32 σ_max, e.g. a broken MEND model) leaves σ_max below what float32 resolves
         # next to it: the float64 thin SVD of the dense path instead (without it the factored MEND restraint drifted
         # 1.6e-2 from the dense one over 100 real edits, with it 4.2e-3: float32 round-off of the weights).
