@@ -24,7 +24,7 @@ from prune_lit.modules.run_checkpoint import RunCheckpointError
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "world_size"}
+TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "world_size", "cost"}
 
 
 def test_cadence_counts_crossings_of_multiples_and_marks():

@@ -25,7 +25,7 @@ from prune_lit.models import get_weight
 from prune_lit.modules.run_checkpoint import has_checkpoints
 
 NUM_EDITS = 3
-TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks"}
+TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "cost"}
 # Where a kill may land: (module, attribute) of functions wrapped so that the k-th call of any of them dies.
 SITES = {
     "edit": (ROMEEditor, "edit"),  # after the editor wrote the update into the weights, before the step is counted

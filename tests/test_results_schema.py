@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prune_lit.contracts.results import SCHEMA_VERSION, EvalPoint, ResultsSchemaError, RunResults, find_results
+from prune_lit.contracts.results import SCHEMA_VERSION, EvalPoint, PartCost, ResultsSchemaError, RunCost, RunResults, find_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,3 +88,27 @@ def test_find_results_takes_the_newest_version(tmp_path):
     assert find_results(tmp_path) == tmp_path / "version_10" / "results.json"
     with pytest.raises(FileNotFoundError):
         find_results(tmp_path / "version_11")
+
+
+def test_cost_ledger_counts_nested_parts_once_and_round_trips(tmp_path):
+    import time
+
+    cost = RunCost()
+    with cost.measure("outer"):
+        time.sleep(0.02)
+        with cost.measure("inner"):
+            time.sleep(0.03)
+    with cost.measure("inner"):
+        pass
+    outer, inner = cost.parts["outer"], cost.parts["inner"]
+    assert (outer.calls, inner.calls) == (1, 2)
+    assert 0.015 < outer.wall < 0.03 + 0.02 and inner.wall >= 0.03  # the inner sleep is inner's only
+    other = RunCost(parts={"inner": PartCost(1.0, 0.5, 1), "new": PartCost(2.0, 2.0, 1)})
+    cost.absorb(other)
+    assert cost.parts["inner"].calls == 3 and cost.parts["new"].wall == 2.0
+    data = _results_v1() | {"cost": cost.to_dict()}
+    RunResults.from_dict(data).write(tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text()) == data
+    assert RunResults.read(tmp_path / "results.json").cost == cost
+    with pytest.raises(ResultsSchemaError, match="cost part"):
+        RunResults.from_dict(_results_v1() | {"cost": {"parts": {"x": {"wall": 1.0}}}})

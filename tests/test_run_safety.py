@@ -14,7 +14,7 @@ from prune_lit.models import get_weight
 from prune_lit.modules.run_checkpoint import RunCheckpointError, find_run_checkpoint, save_run_checkpoint
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 
-TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks"}
+TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "cost"}
 
 
 def _strict_load(path):
@@ -62,6 +62,16 @@ def test_extension_and_resume_of_a_finished_run_restrain_exactly_once(tmp_path, 
     again_w, again_r, again_s = _run(tmp_path / "ext", 6, resume=True, restraint_kw=restraint_kw)
     _same_weights(again_w, fresh_w)  # resuming a finished run restrains nothing twice
     assert _results(again_r) == _results(fresh_r) and again_s == fresh_s
+    # the cost ledger continues over resumes: 6 edit steps in all, one reference recording and total per start
+    calls = lambda r, part: r["cost"]["parts"][part]["calls"]  # noqa: E731
+    assert calls(fresh_r, "edit_steps") == calls(ext_r, "edit_steps") == calls(again_r, "edit_steps") == 6
+    assert [r["cost"]["total"]["calls"] for r in (fresh_r, ext_r, again_r)] == [1, 2, 3]
+    assert [calls(r, "references") for r in (fresh_r, ext_r, again_r)] == [1, 2, 3]
+    assert fresh_r["cost"]["since_edits"] == ext_r["cost"]["since_edits"] == 0
+    for r in (fresh_r, ext_r, again_r):
+        parts = r["cost"]["parts"].values()
+        assert {"edits_before", "edits", "checkpoints", "end_restraint"} <= r["cost"]["parts"].keys()
+        assert sum(p["wall"] for p in parts) <= r["cost"]["total"]["wall"] and sum(p["cpu"] for p in parts) <= r["cost"]["total"]["cpu"]
     # the checkpoint holds the state before the end restraint, which did change the weights (so the test can fail)
     saved = find_run_checkpoint(tmp_path / "ext" / "ckpt" / "r")
     assert saved.state["counters"]["requests_seen"] == 6
@@ -217,3 +227,16 @@ def test_a_state_json_damaged_into_other_valid_json_is_caught_by_its_checksum(tm
         (folder / "state.json").write_text(damaged)
         with pytest.raises(RunCheckpointError, match="state.json is corrupt"):
             load_run_checkpoint(folder)
+
+
+def test_a_checkpoint_without_a_cost_ledger_starts_the_ledger_at_its_edit_count():
+    """Checkpoints written before runs kept a ledger: the resumed run's ledger says from which edit it counts."""
+    module = SequentialEditingModule(editor=ROMEEditor(), model_name="tiny-llama", downstream=None, checkpoint_dir=None)
+    with module.cost.measure("references"):
+        pass
+    module._restore_cost(None, 300)
+    assert module.cost.since_edits == 300 and module.cost.parts["references"].calls == 1
+    saved = {"since_edits": 0, "total": {"wall": 10.0, "cpu": 9.0, "calls": 1}, "parts": {"references": {"wall": 1.0, "cpu": 1.0, "calls": 1}}}
+    module._restore_cost(saved, 300)
+    assert module.cost.since_edits == 0 and module.cost.parts["references"].calls == 2
+    assert module._cost_so_far()["total"]["calls"] == 2 and module._cost_so_far()["total"]["wall"] >= 10.0

@@ -69,6 +69,11 @@ def study(tmp_path_factory) -> Path:
         {"num_edits": 10, "edits": edits(0.7, 10), "probes": probes(BASE_NLL + noise(), 0.004), "downstream": downstream(GSM_BEFORE)},
         {"num_edits": 20, "edits": edits(0.7, 20), "probes": probes(BASE_NLL + noise(), 0.005), "downstream": downstream(lost)},
     ], "rome_prune")
+    rome_prune["cost"] = {"since_edits": 0, "total": {"wall": 130.0, "cpu": 120.0, "calls": 2}, "parts": {
+        "edit_steps": {"wall": 45.0, "cpu": 40.0, "calls": 20}, "edits": {"wall": 6.0, "cpu": 5.0, "calls": 2},
+        "edits_before": {"wall": 3.0, "cpu": 3.0, "calls": 1}, "probes": {"wall": 8.0, "cpu": 8.0, "calls": 2},
+        "downstream": {"wall": 40.0, "cpu": 36.0, "calls": 1}, "downstream_before": {"wall": 0.0, "cpu": 0.0, "calls": 1},
+        "references": {"wall": 4.0, "cpu": 4.0, "calls": 2}, "checkpoints": {"wall": 2.0, "cpu": 1.0, "calls": 2}}}
     matrix = "model.layers.1.mlp.down_proj.weight"
     spectral = {
         "rome": [{"num_edits": n, "matrix": matrix, "final": False, "sigma_max_w0": 2.0, "sigma_max_delta": float(n), "kappa_w": 10.0 + n}
@@ -197,6 +202,9 @@ def test_spectra_and_timings(report):
     assert times["rome_prune"]["wall_seconds"] == 70 and len(times["rome_prune"]["earlier_tries"]) == 1
     assert times["alphaedit"]["wall_seconds"] == 3 and times["alphaedit"]["tries"][0]["rc"] == 2
     assert "Arms with a timing but no results.json: alphaedit" in report.markdown
+    # CPU seconds by part from the run's ledger: evaluation = 5 + 3 + 8 + 36 = 52 of 120; rest = 120 − 97
+    assert "cost" not in times["rome"] and times["rome_prune"]["cost"]["total"]["cpu"] == 120.0
+    assert "| rome_prune | 0 | 130 | 120 | 40 | 8 | 8 | 36 | 5 | 23 | 0.43 |" in report.markdown
 
 
 def test_main_writes_markdown_json_and_figures(study, tmp_path):

@@ -53,6 +53,7 @@ from prune_lit.contracts.results import (  # noqa: E402
     BEFORE_END_RESTRAINT,
     RESTRAINED,
     SECTIONS,
+    RunCost,
     RunResults,
     newest_version,
     read_spectral,
@@ -134,6 +135,20 @@ def read_timings(path: Path) -> dict[str, list[dict[str, Any]]]:
                 "rc": int(extra["rc"]) if extra.get("rc", "").lstrip("-").isdigit() else None,
                 "resume": extra.get("resume") == "true",
             })
+    return out
+
+
+COST_GROUPS = ("edit steps", "edit metrics", "probes", "downstream", "other", "rest")
+
+
+def cost_groups(cost: RunCost) -> dict[str, float]:
+    """CPU seconds of a run's ledger in `COST_GROUPS` (evaluation parts are named by their results key)."""
+    out = dict.fromkeys(COST_GROUPS, 0.0)
+    for part, seconds in cost.parts.items():
+        group = ("edit steps" if part == "edit_steps" else "edit metrics" if part.startswith("edits")
+                 else "probes" if part.startswith("probes") else "downstream" if part.startswith("downstream") else "other")
+        out[group] += seconds.cpu
+    out["rest"] = max(cost.total.cpu - sum(out.values()), 0.0)
     return out
 
 
@@ -652,6 +667,27 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                      f"{wall}" if wall is not None else "—", f"{len(tries)}" + (f" (last rc={last_rc})" if last_rc else ""),
                      fmt(r.seconds_editing, 0), fmt(r.seconds_per_edit, 2), fmt(r.seconds_restraint, 1)])
     md += [table(["arm", "edits", "steps", "rejected steps", "wall (s)", "tries", "editing (s)", "s / edit", "restraint (s)"], rows), ""]
+
+    # CPU seconds by part, from the runs' own ledgers (results.json "cost"; runs started before it have none)
+    rows = []
+    for name in sorted(arms, key=arm_order):
+        cost = arms[name].results.cost
+        if cost is None:
+            continue
+        groups = cost_groups(cost)
+        times_summary[name]["cost"] = cost.to_dict()
+        evaluation = sum(groups[g] for g in ("edit metrics", "probes", "downstream"))
+        rows.append([name, str(cost.since_edits), fmt(cost.total.wall, 0), fmt(cost.total.cpu, 0),
+                     *(fmt(groups[g], 0) for g in COST_GROUPS), fmt(evaluation / cost.total.cpu if cost.total.cpu else None, 2)])
+    if rows:
+        md += ["## Where the CPU seconds went", "",
+               "From each run's own ledger (results.json `cost`, summed over its starts): process CPU seconds (all "
+               "threads; with one torch thread, seconds of one core) by part. edit steps: editor, restraint and "
+               "diagnostics; edit metrics / probes / downstream: every evaluation of the run's weights, of restrained "
+               "copies and of the unedited model; other: reference recording, checkpoints, restrained copies, the "
+               "end restraint; rest: the total minus the parts (model loading, data, Lightning). \"from edit\": the "
+               "ledger counts from this edit on (0: the whole run).", "",
+               table(["arm", "from edit", "wall (s)", "CPU (s)", *(f"{g} (CPU s)" for g in COST_GROUPS), "evaluation share of CPU"], rows), ""]
 
     # Plain answer
     answers = plain_answer(variants, resamples, seed)

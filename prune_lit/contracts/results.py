@@ -12,7 +12,10 @@ Layout (version 1; version 0 = the same keys without ``schema_version``, written
      "edits_before": {...}, "probes_before": {...}, "downstream_before": {...},   # the unedited model
      "edits_after": {...}, "probes_after": {...}, "downstream_after": {...},      # the final model
      "history": [{"num_edits": n, "edits": {...}, "probes_restrained": {...}, ...}, ...],
-     "edited_case_ids": [...]}
+     "edited_case_ids": [...],
+     "cost": {"since_edits": 0, "total": {"wall": s, "cpu": s, "calls": 1}, "parts": {"edit_steps": {...}, ...}}}
+
+``cost`` (optional, added within version 1) is `RunCost`: where the run's wall-clock and CPU seconds went.
 
 A section (``edits``, ``probes``, ``downstream``) is a dict of scores whose keys depend on the evaluator (edit
 metrics and ``n``; perplexity, KL and ``per_window`` lists; task scores and ``per_example`` lists). A history point
@@ -24,6 +27,9 @@ restraint changed the weights).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +83,80 @@ class EvalPoint:
         return cls(int(row["num_edits"]), {k: v for k, v in row.items() if k != "num_edits"})
 
 
+@dataclass
+class PartCost:
+    """Seconds spent in one part of a run: wall clock, this process's CPU time (all its threads), and how often."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    calls: int = 0
+
+    def add(self, other: PartCost) -> None:
+        self.wall += other.wall
+        self.cpu += other.cpu
+        self.calls += other.calls
+
+    def to_dict(self) -> dict[str, float]:
+        return {"wall": self.wall, "cpu": self.cpu, "calls": self.calls}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PartCost:
+        try:
+            return cls(float(data["wall"]), float(data["cpu"]), int(data.get("calls", 0)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ResultsSchemaError(f"cost part needs wall and cpu seconds, got {data!r}") from err
+
+
+@dataclass
+class RunCost:
+    """Where a run's time went, accumulated over all its starts (a resume adds to what its checkpoint held).
+
+    ``parts``: *exclusive* seconds by part name — a part measured inside another (`measure` nests) is not counted
+    in the outer one, so the parts add up to at most ``total``; the rest (model loading, data, Lightning) is
+    ``total`` − Σ parts. Part names are the run's own: ``edit_steps`` (editor + restraint + diagnostics),
+    ``checkpoints``, ``references`` (the unedited model's locality answers and probe distributions), and each
+    evaluation section under its results key (``edits``, ``probes_restrained``, ``downstream_before``, ...).
+    ``since_edits``: the ledger covers the run from this many edits on — 0 unless the run resumed from a checkpoint
+    written before runs kept one, whose earlier seconds are unknown.
+    """
+
+    since_edits: int = 0
+    total: PartCost = field(default_factory=PartCost)
+    parts: dict[str, PartCost] = field(default_factory=dict)
+    _open: list[list[float]] = field(default_factory=list, repr=False, compare=False)  # child seconds of open parts
+
+    @contextmanager
+    def measure(self, part: str) -> Iterator[None]:
+        """Add the wall and CPU seconds of the ``with`` body to ``part``, minus those of parts measured inside it."""
+        self._open.append([0.0, 0.0])
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            child_wall, child_cpu = self._open.pop()
+            if self._open:
+                self._open[-1][0] += wall
+                self._open[-1][1] += cpu
+            self.parts.setdefault(part, PartCost()).add(PartCost(wall - child_wall, cpu - child_cpu, 1))
+
+    def absorb(self, other: RunCost) -> None:
+        """Add ``other``'s parts (e.g. what this start measured before its checkpoint's ledger was restored)."""
+        for name, cost in other.parts.items():
+            self.parts.setdefault(name, PartCost()).add(cost)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"since_edits": self.since_edits, "total": self.total.to_dict(),
+                "parts": {name: cost.to_dict() for name, cost in self.parts.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunCost:
+        if not isinstance(data, dict) or not isinstance(data.get("parts", {}), dict):
+            raise ResultsSchemaError(f"cost must be an object with parts, got {str(data)[:80]}")
+        return cls(int(data.get("since_edits", 0)), PartCost.from_dict(data.get("total", {"wall": 0, "cpu": 0})),
+                   {str(k): PartCost.from_dict(v) for k, v in data.get("parts", {}).items()})
+
+
 # Top-level scalar fields, in file order, and their types (None: not recorded, e.g. an unfinished run).
 _SCALARS: dict[str, type] = {
     "model": str, "editor": str, "num_edits": int, "edits_applied": int, "num_steps": int, "num_rejected_steps": int,
@@ -109,6 +189,7 @@ class RunResults:
     after: dict[str, Section] = field(default_factory=dict)
     history: list[EvalPoint] = field(default_factory=list)
     edited_case_ids: list[Any] | None = None
+    cost: RunCost | None = None  # where the run's seconds went (None: written before runs kept a ledger)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -133,6 +214,8 @@ class RunResults:
                 out.history = [EvalPoint.from_dict(r) for r in value or []]
             elif key == "edited_case_ids":
                 out.edited_case_ids = None if value is None else list(value)
+            elif key == "cost":
+                out.cost = None if value is None else RunCost.from_dict(value)
             elif key.endswith(BEFORE) and isinstance(value, dict):
                 out.before[key[: -len(BEFORE)]] = value
             elif key.endswith(AFTER) and isinstance(value, dict):
@@ -168,6 +251,8 @@ class RunResults:
         out.update({section + AFTER: scores for section, scores in self.after.items()})
         out["history"] = [p.to_dict() for p in self.history]
         out["edited_case_ids"] = self.edited_case_ids
+        if self.cost is not None:
+            out["cost"] = self.cost.to_dict()
         return out | self.extra
 
     def write(self, path: Path) -> None:

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from prune_lit.contracts import EditRequest, EditState, restraints
+from prune_lit.contracts.results import RunCost
 from prune_lit.metrics.editing_eval import LocalityReference, evaluate_edits, record_locality_reference
 from prune_lit.metrics.probes import GeneralAbilityProbe
 from prune_lit.models.arch import get_weight
@@ -40,11 +41,13 @@ class RunEvaluation:
         downstream: the downstream-task evaluator (None = no downstream tasks).
         eval_batch_size: prompts per forward pass when scoring edits.
         downstream_cache: reuse the unedited model's downstream scores from an earlier identical evaluation.
+        cost: the run's ledger; each evaluation's seconds go to the part named like its results key.
     """
 
     def __init__(self, trainer: L.Trainer, state: EditState, downstream: DownstreamEvaluator | None, eval_batch_size: int,
-                 downstream_cache: bool) -> None:
+                 downstream_cache: bool, cost: RunCost | None = None) -> None:
         self.trainer, self.state, self.downstream = trainer, state, downstream
+        self.cost = cost if cost is not None else RunCost()
         self.eval_batch_size, self.downstream_cache = eval_batch_size, downstream_cache
         self.locality_reference: LocalityReference | None = None
         self.probe: GeneralAbilityProbe | None = None
@@ -53,15 +56,17 @@ class RunEvaluation:
     def record_references(self, requests: list[EditRequest], probe_tokens: int, probe_window: int, data_dir: str | None) -> None:
         """What the *unedited* model predicts: locality answers (this rank's share) and the probes' distributions."""
         state = self.state
-        self.locality_reference = record_locality_reference(state.model, state.tokenizer, shard(requests, self.trainer), self.eval_batch_size)
-        if probe_tokens:
-            self.probe = GeneralAbilityProbe.record(state.model, state.tokenizer, probe_tokens, probe_window, data_dir=data_dir)
+        with self.cost.measure("references"):
+            self.locality_reference = record_locality_reference(state.model, state.tokenizer, shard(requests, self.trainer), self.eval_batch_size)
+            if probe_tokens:
+                self.probe = GeneralAbilityProbe.record(state.model, state.tokenizer, probe_tokens, probe_window, data_dir=data_dir)
 
     def before(self, requests: list[EditRequest], evaluate_before: bool) -> dict[str, Any]:
         """The unedited model's ``edits_before``, ``probes_before`` and ``downstream_before`` (those that apply)."""
         results: dict[str, Any] = {}
         if evaluate_before and requests:
-            scores = self.score_edits(requests)
+            with self.cost.measure("edits_before"):
+                scores = self.score_edits(requests)
             results["edits_before"] = scores
             self._log_section("edits_before", scores, 0)
         if self.probe is not None:
@@ -84,7 +89,8 @@ class RunEvaluation:
         row.update(self._measure("", with_edits, with_downstream))
         for restraint in restraints(self.trainer):
             if restraint.restrained_copy_curve:
-                with restraint.restrained_copy(self.state) as counts:
+                # the copy's own seconds (restrain, put back) are "restrained_copy"; its evaluations count as theirs
+                with self.cost.measure("restrained_copy"), restraint.restrained_copy(self.state) as counts:
                     if any(counts.values()):
                         row.update(self._measure("_restrained", with_edits, with_downstream))
                     else:  # nothing above the bound: the copy is this model, its scores are the ones just measured
@@ -158,7 +164,8 @@ class RunEvaluation:
 
     def _evaluate_edited(self, tag: str) -> dict[str, float]:
         state = self.state
-        scores = self.score_edits(state.edited)
+        with self.cost.measure(tag):
+            scores = self.score_edits(state.edited)
         self._log_section(tag, scores, state.requests_seen)
         log.info("%s after %d edits: %s", tag, state.requests_seen, fmt_scores(scores))
         return scores
@@ -167,7 +174,8 @@ class RunEvaluation:
         """Perplexity and KL from the unedited model on the probe windows (sharded over ranks, gathered in order)."""
         assert self.probe is not None
         rank, size = world(self.trainer)
-        out = self.probe.probe(self.state.model, rank, size).as_dict(per_window=True)
+        with self.cost.measure(tag):
+            out = self.probe.probe(self.state.model, rank, size).as_dict(per_window=True)
         if size > 1:  # each rank holds its own windows (every size-th): interleave them back into file order
             parts: list[Any] = [None] * size
             torch.distributed.all_gather_object(parts, out["per_window"])
@@ -198,8 +206,9 @@ class RunEvaluation:
     def _downstream(self, step: int, tag: str) -> dict[str, float]:
         assert self.downstream is not None
         state = self.state
-        scores = self.downstream.evaluate(state.model, state.tokenizer) if world(self.trainer)[0] == 0 else None
-        scores = broadcast_object(self.trainer, scores)
+        with self.cost.measure(tag):
+            scores = self.downstream.evaluate(state.model, state.tokenizer) if world(self.trainer)[0] == 0 else None
+            scores = broadcast_object(self.trainer, scores)
         self._log_section(tag, scores, step)
         log.info("%s at %d edits: %s", tag, step, fmt_scores(scores))
         return scores

@@ -18,12 +18,13 @@ down in `prune_lit.contracts`.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import lightning as L
 import torch
 
-from prune_lit.contracts.results import RunResults
+from prune_lit.contracts.results import PartCost, RunCost, RunResults
 from prune_lit.contracts import EditRequest, EditRequestSource, EditState, Restraint, crossed, crossed_any, restraints
 from prune_lit.editors.base import Editor
 from prune_lit.models.arch import get_weight
@@ -129,6 +130,9 @@ class SequentialEditingModule(L.LightningModule):
         self._checkpoints: RunCheckpoints | None = None
         self._resumed_steps = 0  # test batches already edited by the run this one resumes
         self._given_model: LoadedModel | None = None  # set by `use_model` (the Python API's own model)
+        self.cost = RunCost()  # where this run's seconds go (results.json "cost"), kept across resumes
+        self._cost_before = PartCost()  # the total of the starts before this one (from the resumed checkpoint)
+        self._started: tuple[float, float] | None = None  # wall and CPU clocks when this start's test loop began
 
     # ---- set-up -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -182,6 +186,7 @@ class SequentialEditingModule(L.LightningModule):
         return dm
 
     def on_test_start(self) -> None:
+        self._started = (time.perf_counter(), time.process_time())
         state = self._state()
         hp = self.hparams
         state.original_weights = {n: w.to(self.device) for n, w in state.original_weights.items()}
@@ -193,16 +198,20 @@ class SequentialEditingModule(L.LightningModule):
                                            hp.checkpoint_dir, hp.run_name, keep=hp.keep_checkpoints)
         ckpt = self._checkpoints.to_resume(hp.resume, requests, overwrite=hp.overwrite)
         # Locality compares against what the *unedited* model predicted, so record that first.
-        self._evaluation = RunEvaluation(self.trainer, state, self.downstream, hp.eval_batch_size, hp.downstream_cache)
+        self._evaluation = RunEvaluation(self.trainer, state, self.downstream, hp.eval_batch_size, hp.downstream_cache, self.cost)
         self._evaluation.record_references(requests, hp.probe_tokens, hp.probe_window, hp.data_dir)
         if ckpt is not None:
             # An extended run (more edits than the checkpoint's) scores the 'before' column of all its cases, as a
             # fresh run of that length does; the model is still unedited here.
             before = ckpt.state.get("results", {}).get("edits_before")
-            rescored = self._evaluation.score_edits(requests) if before is not None and before.get("n") != len(requests) else None
+            rescored = None
+            if before is not None and before.get("n") != len(requests):
+                with self.cost.measure("edits_before"):
+                    rescored = self._evaluation.score_edits(requests)
             self.results = self._checkpoints.restore(ckpt, requests)
             if rescored is not None:
                 self.results["edits_before"] = rescored
+            self._restore_cost(self.results.pop("cost", None), state.requests_seen)
             self._resumed_steps = state.steps
             return
         self.results.update(self._evaluation.before(requests, hp.evaluate_before))
@@ -217,8 +226,9 @@ class SequentialEditingModule(L.LightningModule):
         if batch_idx < self._resumed_steps:
             return  # edited before the resume
         state = self._state()
-        evaluation, checkpoints = self._run_parts()
-        run_edit_step(self.trainer, self.editor, state, batch)
+        evaluation, _ = self._run_parts()
+        with self.cost.measure("edit_steps"):
+            run_edit_step(self.trainer, self.editor, state, batch)
         previous, now = state.previous_requests_seen, state.requests_seen
         if crossed_any(previous, now, self.eval_at):
             evaluation.point(with_downstream=crossed_any(previous, now, self.downstream_at))
@@ -226,15 +236,16 @@ class SequentialEditingModule(L.LightningModule):
             evaluation.point(with_edits=False, with_downstream=True)
         every = self.hparams.checkpoint_every
         if every and crossed(previous, now, every):
-            checkpoints.save(self.results)
+            self._save_checkpoint()
 
     # ---- the end of the run -------------------------------------------------------------------
     def on_test_epoch_end(self) -> None:
-        evaluation, checkpoints = self._run_parts()
+        evaluation, _ = self._run_parts()
         # Checkpoint *before* the end-of-run restraint and final evaluation: the checkpoint holds the unrestrained
         # state, so an extension continues from it and a resumed finished run repeats the end exactly once.
-        checkpoints.save(self.results)
-        changed = end_edits(self.trainer, self._state())
+        self._save_checkpoint()
+        with self.cost.measure("end_restraint"):
+            changed = end_edits(self.trainer, self._state())
         self.results.update(evaluation.final(changed))
         if self.trainer.is_global_zero:
             self._write_results()
@@ -261,10 +272,31 @@ class SequentialEditingModule(L.LightningModule):
             history=state.history,
             edited_case_ids=[r.case_id for r in state.edited],
             code_commit=self.code_commit,
+            cost=self._cost_so_far(),
         )
         path = run_dir(self.trainer) / "results.json"
         RunResults.from_dict(self.results).write(path)  # typed and versioned: prune_lit.contracts.results
         log.info("results written to %s", path)
+
+    # ---- where the seconds went ---------------------------------------------------------------------
+    def _save_checkpoint(self) -> None:
+        _, checkpoints = self._run_parts()
+        with self.cost.measure("checkpoints"):
+            self.results["cost"] = self._cost_so_far()  # the checkpoint carries the ledger up to this save
+            checkpoints.save(self.results)
+
+    def _restore_cost(self, saved: dict[str, Any] | None, edits_seen: int) -> None:
+        """Continue the resumed run's ledger (a checkpoint without one: the ledger starts at ``edits_seen``)."""
+        base = RunCost.from_dict(saved) if saved is not None else RunCost(since_edits=edits_seen)
+        base.absorb(self.cost)  # what this start measured before the checkpoint was read (its references)
+        self.cost.since_edits, self.cost.parts, self._cost_before = base.since_edits, base.parts, base.total
+
+    def _cost_so_far(self) -> dict[str, Any]:
+        """The ledger as results.json holds it, ``total`` = earlier starts + this one until now."""
+        wall0, cpu0 = self._started if self._started is not None else (time.perf_counter(), time.process_time())
+        self.cost.total = PartCost(self._cost_before.wall, self._cost_before.cpu, self._cost_before.calls)
+        self.cost.total.add(PartCost(time.perf_counter() - wall0, time.process_time() - cpu0, 1))
+        return self.cost.to_dict()
 
     def configure_optimizers(self) -> None:  # editing needs no optimiser; editors own their inner loops
         return None
