@@ -211,3 +211,25 @@ def test_rayleigh_lower_bound_never_exceeds_the_top_eigenvalue():
         if spike:
             assert bound > 0.999 * lam_max
     assert _rayleigh_lower_bound(torch.zeros(4, 4)) == 0.0
+
+
+def test_high_rank_restraint_skips_the_eigendecomposition_when_the_gram_norms_prove_nothing_exceeds():
+    """A full-rank ΔW of many moderate components: ‖ΔW‖_F is far above σ_max(W₀) (no Frobenius skip) but ‖G‖_F
+    is not, so nothing is decomposed and ΔW stays; one component above σ_max must still be found."""
+    from prune_lit.restraint.factored import restrain_high_rank
+
+    g = torch.Generator().manual_seed(11)
+    m, n, sigma_max = 300, 120, 1.0
+    u = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
+    s = torch.full((n,), 0.2, dtype=torch.float64)
+    delta = ((u * s) @ v.T).float()
+    assert float(delta.norm()) > sigma_max  # the caller's Frobenius bound cannot skip it
+    res = restrain_high_rank(delta, sigma_max)
+    assert res.subspace == 0 and res.corr_left is None and 0.2 <= res.sigma_max_before <= sigma_max
+    s[0] = 1.5 * sigma_max  # now one σ exceeds: restrained as the dense path does
+    delta = ((u * s) @ v.T).float()
+    res = restrain_high_rank(delta, sigma_max)
+    dense = restrain_delta_with_stats(delta, sigma_max)
+    assert res.n_restrained == dense.n_restrained == 1
+    assert rel((res.corr_left @ res.corr_right.T).double(), dense.correction.double()) < 1e-4

@@ -49,7 +49,8 @@ class FactoredSpectralRestraint(SpectralRestraint):
 
     Attributes:
         method_counts: how many matrix passes went through each path ("bound": Weyl certificate, "frobenius":
-            ‖ΔW‖_F ≤ σ_max(W_0), "factored", "gram": `restrain_high_rank`, "dense": `restrain_delta_with_stats`).
+            ‖ΔW‖_F ≤ σ_max(W_0), "factored", "gram": `restrain_high_rank`, "gram_bound": its Gram-norm certificate
+            (nothing decomposed), "dense": `restrain_delta_with_stats`).
     """
 
     def __init__(
@@ -190,7 +191,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
                 self._write(model, name, w, res_h)
                 self._bound[name] = res_h.sigma_max_after
                 counts[name] = res_h.n_restrained
-                self.method_counts["gram"] += 1
+                self.method_counts["gram" if res_h.subspace else "gram_bound"] += 1
                 continue
             # unknown or low rank without factors: the dense path of SpectralRestraint, warm-started
             res_d = self._restrain_dense(model, name, w, delta, sigma_max, self.warm)

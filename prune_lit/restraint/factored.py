@@ -240,13 +240,21 @@ def restrain_high_rank(
     errors ∝ the square of the float32 subspace error). If the last Ritz value still exceeds ``sigma_max`` the subspace is doubled.
     Same components and map as `restrain_delta_with_stats`; ``tests/test_restraint_factored.py`` checks ≤ 1e-4.
     When σ_max² ≤ ``GRAM32_RTOL``·λ_max float32 cannot place σ_max next to the top component, and the float64
-    thin SVD of `restrain_delta_with_stats` is taken instead.
+    thin SVD of `restrain_delta_with_stats` is taken instead. When ‖G‖_F or G's largest absolute row sum already
+    bounds λ_max below σ_max², nothing is decomposed (``subspace`` 0, ``sigma_max_before`` that bound).
     """
     check_restraint_args(sigma_max, alpha, mode)
     m, n = delta.shape
     x = delta if n <= m else delta.T  # x: [long, short]
     x32 = x.float()
     gram = x32.T @ x32
+    # λ_max(G) ≤ ‖G‖_F and ≤ its largest absolute row sum (Gershgorin): for a ΔW of many moderate components both
+    # sit far below ‖ΔW‖_F² (the Frobenius skip of the caller), so this often proves nothing exceeds σ_max without
+    # an eigendecomposition. The margin covers float32 round-off of G.
+    certified = min(float(torch.linalg.matrix_norm(gram)), float(gram.abs().sum(dim=1).max())) if gram.numel() else 0.0
+    if certified * (1 + GRAM32_RTOL) <= sigma_max**2:
+        bound = math.sqrt(certified * (1 + GRAM32_RTOL))
+        return GramRestraint(None, None, 0, bound, bound, 0)
     # A few power steps give a lower bound on λ_max for the price of matrix-vector products: an exploded ΔW is
     # usually recognised here, before the float32 eigh whose result the float64 fallback would throw away.
     exploded = sigma_max**2 <= GRAM32_RTOL * _rayleigh_lower_bound(gram)
