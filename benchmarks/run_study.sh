@@ -9,7 +9,7 @@
 # Settings (environment): STUDY_EDITS (1000), STUDY_MODEL (smollm2-135m), STUDY_DIR (logs/study),
 # STUDY_PROBE_TOKENS (5000), STUDY_DOWNSTREAM_LIMIT (200), STUDY_EVAL_EVERY (probes and edit metrics every
 # this many edits; 100, or STUDY_EDITS when smaller), STUDY_BATCH (requests per edit step of the MEMIT and
-# AlphaEdit arms; empty = the editor config's value), STUDY_DRY_RUN=1 (print each named arm's command, run nothing),
+# AlphaEdit arms; empty = the editor config's value), STUDY_MEND_SEQ_CKPT, STUDY_DRY_RUN=1 (print each named arm's command, run nothing),
 # STUDY_FORCE=1 (rerun the named arms from the
 # start; their earlier checkpoints and logs move to $STUDY_DIR/replaced/), PYTHON.
 #
@@ -23,6 +23,9 @@
 #                                                    alphaedit carry their at-end curve as rome does (a point
 #                                                    where no σ of ΔW exceeds σ_max(W₀) reuses its scores)
 #   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
+#   mend_seq, mend_seq_prune                         the same with the hypernetwork trained on sequences of edits
+#                                                    (configs/mend_sequential.yaml; STUDY_MEND_SEQ_CKPT, default
+#                                                    checkpoints/mend_seq/best.ckpt); mend_seq carries its at-N curve
 #   rome_key_aware, alphaedit_key_aware              + key-aware PRUNE after every step, threshold "energy" at scale
 #                                                    STUDY_KEY_SCALE (0.2: the screen's candidate, docs/restraints.md)
 #   rome_sphere, alphaedit_sphere                    + SPHERE (restraint/sphere.yaml, the reference README's settings)
@@ -47,6 +50,7 @@ LIMIT="${STUDY_DOWNSTREAM_LIMIT:-200}"
 EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 100 ? 100 : N))}"
 BATCH="${STUDY_BATCH:-}"
 KEY_SCALE="${STUDY_KEY_SCALE:-0.2}"
+MEND_SEQ_CKPT="${STUDY_MEND_SEQ_CKPT:-checkpoints/mend_seq/best.ckpt}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 [ -n "${STUDY_DRY_RUN:-}" ] || mkdir -p "$DIR"
 
@@ -58,7 +62,7 @@ every() {  # every $1 up to $N, as a YAML list
 EVAL_AT="$(every "$EVAL_EVERY")"
 DOWN_AT="[$((N / 4)),$((N / 2)),$N]"
 
-ARMS_ALL=(rome rome_prune alphaedit alphaedit_prune memit memit_prune zsre_rome zsre_rome_prune mend mend_prune
+ARMS_ALL=(rome rome_prune alphaedit alphaedit_prune memit memit_prune zsre_rome zsre_rome_prune mend mend_prune mend_seq mend_seq_prune
           rome_key_aware rome_sphere alphaedit_key_aware alphaedit_sphere)
 KEY_AWARE=(--model.init_args.restraint.init_args.threshold energy --model.init_args.restraint.init_args.threshold_scale "$KEY_SCALE")
 
@@ -77,6 +81,9 @@ run() {  # $1 = arm
     alphaedit_sphere) parts="editor/alphaedit.yaml restraint/sphere.yaml" ;;
     mend)             parts="editor/mend.yaml" ;;
     mend_prune)       parts="editor/mend.yaml restraint/prune_factored.yaml" ;;
+    mend_seq)         parts="editor/mend.yaml restraint/prune_at_end.yaml"
+                      extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true --model.init_args.editor.init_args.checkpoint "$MEND_SEQ_CKPT") ;;
+    mend_seq_prune)   parts="editor/mend.yaml restraint/prune_factored.yaml"; extra=(--model.init_args.editor.init_args.checkpoint "$MEND_SEQ_CKPT") ;;
     zsre_rome)        parts="editor/rome.yaml restraint/prune_at_end.yaml data/zsre.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
     zsre_rome_prune)  parts="editor/rome.yaml restraint/prune.yaml data/zsre.yaml" ;;
     *) echo "unknown arm: $arm (known: ${ARMS_ALL[*]})" >&2; return 2 ;;

@@ -10,7 +10,7 @@ from pathlib import Path
 from cli_config import print_config
 
 ROOT = Path(__file__).resolve().parents[1]
-EDITORS = {"rome": "ROMEEditor", "memit": "MEMITEditor", "alphaedit": "AlphaEditEditor", "mend": "MENDEditor"}
+EDITORS = {"rome": "ROMEEditor", "memit": "MEMITEditor", "alphaedit": "AlphaEditEditor", "mend": "MENDEditor", "mend_seq": "MENDEditor"}
 RESTRAINTS = {  # arm name suffix -> restraint callback (None: no restraint at all)
     "_prune": "SpectralRestraint", "_key_aware": "KeyAwareSpectralRestraint", "_sphere": "SphereRestraint",
 }
@@ -30,18 +30,21 @@ def arm_commands(tmp_path: Path, **env: str) -> dict[str, list[str]]:
 
 def test_every_arm_resolves_to_what_its_name_says(tmp_path):
     arms = arm_commands(tmp_path, STUDY_BATCH="100", STUDY_KEY_SCALE="0.3")
-    assert {"rome", "rome_prune", "memit_prune", "alphaedit_sphere", "rome_key_aware", "zsre_rome", "mend_prune"} <= set(arms)
+    assert {"rome", "rome_prune", "memit_prune", "alphaedit_sphere", "rome_key_aware", "zsre_rome", "mend_prune", "mend_seq"} <= set(arms)
     for arm, args in arms.items():
         cfg = print_config(*args)
         model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
         base = arm.removeprefix("zsre_")
-        editor = next(e for e in EDITORS if base == e or base.startswith(e + "_"))
+        editor = max((e for e in EDITORS if base == e or base.startswith(e + "_")), key=len)  # mend_seq before mend
         assert model["editor"]["class_path"].endswith(EDITORS[editor]), arm
         assert data["dataset"] == ("zsre" if arm.startswith("zsre_") else "counterfact"), arm
         suffix = base[len(editor):]
         restraint = model["restraint"]
+        if editor.startswith("mend"):  # which hypernetwork: the independent run's, or the sequentially trained one
+            expected_ckpt = "checkpoints/mend_seq/best.ckpt" if editor == "mend_seq" else "checkpoints/mend/best.ckpt"
+            assert model["editor"]["init_args"]["checkpoint"] == expected_ckpt, arm
         if suffix:
-            expected = "FactoredSpectralRestraint" if editor == "mend" else RESTRAINTS[suffix]
+            expected = "FactoredSpectralRestraint" if editor.startswith("mend") else RESTRAINTS[suffix]
             assert restraint["class_path"].endswith("." + expected), arm
             assert not restraint["init_args"].get("at_end_only", False), arm
         elif editor != "mend":  # the unrestrained arms carry the "PRUNE once at N" curve of the same run

@@ -67,9 +67,11 @@ from prune_lit.metrics.intervals import (  # noqa: E402
     wilson_interval,
 )
 
-EDITORS = ["rome", "memit", "alphaedit", "mend", "zsre_rome"]  # display order; other arms follow by name
-EDITOR_LABELS = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "mend": "MEND", "zsre_rome": "ROME (ZsRE)"}
-EDITOR_COLORS = {"rome": "tab:blue", "memit": "tab:orange", "alphaedit": "tab:purple", "mend": "tab:green", "zsre_rome": "tab:brown"}
+EDITORS = ["rome", "memit", "alphaedit", "mend", "mend_seq", "zsre_rome"]  # display order; other arms follow by name
+EDITOR_LABELS = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "mend": "MEND", "mend_seq": "MEND (trained on sequences)",
+                 "zsre_rome": "ROME (ZsRE)"}
+EDITOR_COLORS = {"rome": "tab:blue", "memit": "tab:orange", "alphaedit": "tab:purple", "mend": "tab:green", "mend_seq": "tab:olive",
+                 "zsre_rome": "tab:brown"}
 VARIANTS = ["none", "per-edit", "at-end", "key-aware", "sphere"]
 CORE_VARIANTS = VARIANTS[:3]  # the summary table always has these rows; the others only where an arm ran them
 VARIANT_LABELS = {"none": "no restraint", "per-edit": "PRUNE per edit", "at-end": "PRUNE once at N",
