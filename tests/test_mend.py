@@ -261,6 +261,25 @@ def test_input_z_clip_reaches_every_transform_and_the_fingerprint(tiny_checkpoin
         MENDEditor(tiny_checkpoint, input_z_clip=0.0)
 
 
+def test_the_fingerprint_tells_a_hypernetwork_rewritten_under_the_same_path(tiny_checkpoint, tmp_path):
+    """A training run keeps rewriting best.ckpt: an editing run must not resume on another hypernetwork that
+    happens to have the same file name."""
+    lm = load_model("tiny-llama")
+    path = tmp_path / "best.ckpt"
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    torch.save(ckpt, path)
+    first, again = MENDEditor(str(path)), MENDEditor(str(path))
+    first.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    again.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    assert first.fingerprint() == again.fingerprint() and len(first.fingerprint()["hypernet_sha256"]) == 64
+    ckpt["state_dict"]["hypernet.edit_lrs"] = ckpt["state_dict"]["hypernet.edit_lrs"] * 2
+    torch.save(ckpt, path)
+    rewritten = MENDEditor(str(path))
+    rewritten.prepare(lm.model, lm.tokenizer, "tiny-llama", None)
+    assert rewritten.fingerprint()["checkpoint"] == first.fingerprint()["checkpoint"]
+    assert rewritten.fingerprint()["hypernet_sha256"] != first.fingerprint()["hypernet_sha256"]
+
+
 def test_checkpoint_for_another_model_or_other_params_is_refused(tiny_checkpoint, tmp_path):
     gpt = load_model("tiny-gpt2")
     with pytest.raises(MENDCheckpointError, match="trained for model 'tiny-llama', not 'tiny-gpt2'"):

@@ -8,6 +8,7 @@ hypernetwork and adds ``ΔW = −lr·∇̃W`` to the inner MLP matrices with `ap
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ class MENDEditor(Editor):
         self.check_model_name = check_model_name
         self.hypernet: MENDHyperNet | None = None
         self.meta: dict[str, Any] = {}
+        self._weights_sha256: str | None = None  # of the loaded hypernetwork: a file rewritten under the same path differs
 
     def prepare(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str, data_dir: str | None) -> None:
         meta, state = load_mend_checkpoint(self.checkpoint)
@@ -114,6 +116,7 @@ class MENDEditor(Editor):
         for transform in self.hypernet.transforms.values():
             transform.z_clip = self.input_z_clip
         self.meta = meta
+        self._weights_sha256 = _state_sha256(state)
         log.info("loaded MEND hypernetwork from %s (%d inner params)", self.checkpoint, len(shapes))
 
     def weight_names(self, model: nn.Module) -> list[str]:
@@ -156,4 +159,16 @@ class MENDEditor(Editor):
         options = {"lr_scale": self.lr_scale} if self.lr_scale != 1.0 else {}
         if self.input_z_clip is not None:  # only when set: the fingerprints of earlier runs stay valid
             options["input_z_clip"] = self.input_z_clip
+        if self._weights_sha256 is not None:  # a run resumes only with the very hypernetwork it started with
+            options["hypernet_sha256"] = self._weights_sha256
         return {**super().fingerprint(), "checkpoint": str(self.checkpoint), **options}
+
+
+def _state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes and bytes of a state dict's tensors (name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
