@@ -9,7 +9,7 @@
 # Settings (environment): STUDY_EDITS (1000), STUDY_MODEL (smollm2-135m), STUDY_DIR (logs/study),
 # STUDY_PROBE_TOKENS (5000), STUDY_DOWNSTREAM_LIMIT (200), STUDY_EVAL_EVERY (probes and edit metrics every
 # this many edits; 100, or STUDY_EDITS when smaller), STUDY_BATCH (requests per edit step of the MEMIT and
-# AlphaEdit arms; empty = the editor config's value), STUDY_MEND_SEQ_CKPT, STUDY_DRY_RUN=1 (print each named arm's command, run nothing),
+# AlphaEdit arms; empty = the editor config's value), STUDY_MEND_SEQ_CKPT and STUDY_MEND_Z_CLIP (the mend_seq arms), STUDY_DRY_RUN=1 (print each named arm's command, run nothing),
 # STUDY_FORCE=1 (rerun the named arms from the
 # start; their earlier checkpoints and logs move to $STUDY_DIR/replaced/), PYTHON.
 #
@@ -25,7 +25,9 @@
 #   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
 #   mend_seq, mend_seq_prune                         the same with the hypernetwork trained on sequences of edits
 #                                                    (configs/mend_sequential.yaml; STUDY_MEND_SEQ_CKPT, default
-#                                                    checkpoints/mend_seq/best.ckpt); mend_seq carries its at-N curve
+#                                                    checkpoints/mend_seq/best.ckpt) and its inputs clipped to
+#                                                    ±STUDY_MEND_Z_CLIP (3: the screen on cases 2000–2099, docs/mend.md);
+#                                                    mend_seq carries its at-N curve
 #   rome_key_aware, alphaedit_key_aware              + key-aware PRUNE after every step, threshold "energy" at scale
 #                                                    STUDY_KEY_SCALE (0.2: the screen's candidate, docs/restraints.md)
 #   rome_sphere, alphaedit_sphere                    + SPHERE (restraint/sphere.yaml, the reference README's settings)
@@ -51,6 +53,8 @@ EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 100 ? 100 : N))}"
 BATCH="${STUDY_BATCH:-}"
 KEY_SCALE="${STUDY_KEY_SCALE:-0.2}"
 MEND_SEQ_CKPT="${STUDY_MEND_SEQ_CKPT:-checkpoints/mend_seq/best.ckpt}"
+MEND_Z_CLIP="${STUDY_MEND_Z_CLIP:-3}"
+MEND_SEQ=(--model.init_args.editor.init_args.checkpoint "$MEND_SEQ_CKPT" --model.init_args.editor.init_args.input_z_clip "$MEND_Z_CLIP")
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 [ -n "${STUDY_DRY_RUN:-}" ] || mkdir -p "$DIR"
 
@@ -81,9 +85,8 @@ run() {  # $1 = arm
     alphaedit_sphere) parts="editor/alphaedit.yaml restraint/sphere.yaml" ;;
     mend)             parts="editor/mend.yaml" ;;
     mend_prune)       parts="editor/mend.yaml restraint/prune_factored.yaml" ;;
-    mend_seq)         parts="editor/mend.yaml restraint/prune_at_end.yaml"
-                      extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true --model.init_args.editor.init_args.checkpoint "$MEND_SEQ_CKPT") ;;
-    mend_seq_prune)   parts="editor/mend.yaml restraint/prune_factored.yaml"; extra=(--model.init_args.editor.init_args.checkpoint "$MEND_SEQ_CKPT") ;;
+    mend_seq)         parts="editor/mend.yaml restraint/prune_at_end.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true "${MEND_SEQ[@]}") ;;
+    mend_seq_prune)   parts="editor/mend.yaml restraint/prune_factored.yaml"; extra=("${MEND_SEQ[@]}") ;;
     zsre_rome)        parts="editor/rome.yaml restraint/prune_at_end.yaml data/zsre.yaml"; extra=(--model.init_args.restraint.init_args.evaluate_at_end_curve true) ;;
     zsre_rome_prune)  parts="editor/rome.yaml restraint/prune.yaml data/zsre.yaml" ;;
     *) echo "unknown arm: $arm (known: ${ARMS_ALL[*]})" >&2; return 2 ;;

@@ -43,6 +43,7 @@ def test_every_arm_resolves_to_what_its_name_says(tmp_path):
         if editor.startswith("mend"):  # which hypernetwork: the independent run's, or the sequentially trained one
             expected_ckpt = "checkpoints/mend_seq/best.ckpt" if editor == "mend_seq" else "checkpoints/mend/best.ckpt"
             assert model["editor"]["init_args"]["checkpoint"] == expected_ckpt, arm
+            assert model["editor"]["init_args"]["input_z_clip"] == (3 if editor == "mend_seq" else None), arm
         if suffix:
             expected = "FactoredSpectralRestraint" if editor.startswith("mend") else RESTRAINTS[suffix]
             assert restraint["class_path"].endswith("." + expected), arm
