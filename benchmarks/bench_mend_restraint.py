@@ -34,7 +34,7 @@ from prune_lit.models.loader import load_model
 
 def record(args: argparse.Namespace, lm) -> tuple[list[float], list[dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
     """Sequential MEND edits: per-step seconds and thin factors (CPU float32)."""
-    editor = MENDEditor(args.checkpoint)
+    editor = MENDEditor(args.checkpoint, input_z_clip=args.input_z_clip)
     editor.prepare(lm.model, lm.tokenizer, args.model, None)
     requests = load_edit_requests("counterfact", "edit", limit=args.n_edits)
     seconds, factors = [], []
@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--checkpoint", default="checkpoints/mend/best.ckpt")
     p.add_argument("--n-edits", type=int, default=100)
+    p.add_argument("--input-z-clip", type=float, default=None, help="MENDEditor's input_z_clip (None: as trained)")
     p.add_argument("--scales", default="1,10", help="comma-separated multipliers of every A factor in the replay")
     add_output_args(p, "mend_restraint.json")
     args = p.parse_args()
@@ -90,9 +91,10 @@ def main() -> None:
     step_median = statistics.median(seconds)
     out = {
         "command": "python benchmarks/bench_mend_restraint.py " + " ".join(
-            f"--{k.replace('_', '-')} {portable(v) if k in ('checkpoint', 'out') else v}" for k, v in vars(args).items()),
+            f"--{k.replace('_', '-')} {portable(v) if k in ('checkpoint', 'out') else v}" for k, v in vars(args).items() if v is not None),
         "machine": {"platform": platform.platform(), "threads": args.threads, "load_avg": os.getloadavg()},
         "checkpoint": portable(args.checkpoint),
+        "input_z_clip": args.input_z_clip,
         "n_edits": args.n_edits,
         "mend_step_s": {"median": step_median, "mean": statistics.mean(seconds), "total": sum(seconds)},
         "record_wall_s": time.time() - t0,
