@@ -287,3 +287,10 @@ def test_restraint_comparison_arms_are_variants_of_their_editor(study, tmp_path)
     table = study_report.summary_table(report.summary, edits=(10, 20))
     assert "| ROME | CounterFact | key-aware PRUNE per edit | 20 |" in table and "| ROME | CounterFact | SPHERE per step |" in table
     assert "MEMIT | CounterFact | not run" in table and "MEMIT | CounterFact | key-aware" not in table
+    # the other restraints are also paired with PRUNE per edit (here copies of it: no difference, p = 1)
+    against_prune = report.summary["restraint_tests"]
+    assert {(t["variant"], t["baseline"]) for t in against_prune} == {("key-aware", "per-edit"), ("sphere", "per-edit")}
+    assert all(t["mean_a"] == t["mean_b"] and t["p_value"] == 1.0 for t in against_prune)
+    assert {t["metric"] for t in against_prune} >= {"NLL / token (perplexity)", "reasoning/exact_match"}
+    assert "## Other restraints against PRUNE per edit (paired)" in report.markdown
+    assert all(t["baseline"] == "none" for t in report.summary["prune_tests"])

@@ -445,19 +445,21 @@ def plain_answer(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: in
     return rows
 
 
-def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """PRUNE against no restraint at every point both have: perplexity (as mean NLL per window), KL and the
-    downstream scores, paired over the same windows / examples. Differences are PRUNE − none."""
+def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int, seed: int, baseline: str = "none",
+                compared: tuple[str, ...] = tuple(VARIANTS[1:])) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each ``compared`` variant against ``baseline`` (no restraint, or e.g. PRUNE per edit) at every point both have:
+    perplexity (as mean NLL per window), KL and the downstream scores, paired over the same windows / examples.
+    Differences are variant − baseline; each row names its ``baseline``."""
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     untested: dict[tuple[str, str, str], list[int]] = {}
     tasks = task_keys([c for vs in variants.values() for _, c in vs.values()])
     for editor, vs in variants.items():
-        if "none" not in vs:
+        if baseline not in vs:
             continue
-        base_arm, base = vs["none"]
-        for variant in VARIANTS[1:]:
-            if variant not in vs:
+        base_arm, base = vs[baseline]
+        for variant in compared:
+            if variant not in vs or variant == baseline:
                 continue
             arm, other = vs[variant]
             ids_a, ids_b = base_arm.results.edited_case_ids, arm.results.edited_case_ids
@@ -479,9 +481,9 @@ def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int
                     if c is None:
                         untested.setdefault((editor, variant, metric), []).append(n)
                         continue
-                    rows.append({"editor": editor, "variant": variant, "num_edits": n, "metric": metric} | c)
+                    rows.append({"editor": editor, "variant": variant, "baseline": baseline, "num_edits": n, "metric": metric} | c)
     for (editor, variant, metric), ns in untested.items():
-        notes.append(f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]} vs none, {DOWNSTREAM.get(metric, metric)} at "
+        notes.append(f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]} vs {VARIANT_LABELS[baseline]}, {DOWNSTREAM.get(metric, metric)} at "
                      f"{', '.join(map(str, ns))} edits: no paired test (per-window / per-example scores missing, of "
                      f"different lengths, or fewer than {MIN_BOOTSTRAP_N} for a bootstrap)")
     return rows, notes
@@ -720,9 +722,6 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
            "McNemar for 0/1 scores, paired bootstrap for ROUGE. Intervals of every difference: the JSON summary (`prune_tests`).", ""]
     metrics = ["NLL / token (perplexity)", "KL from unedited", *tasks]
     titles = {"NLL / token (perplexity)": "perplexity", "KL from unedited": "KL"} | DOWNSTREAM
-    by_point: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
-    for t in tests:
-        by_point.setdefault((t["editor"], t["variant"], t["num_edits"]), {})[t["metric"]] = t
 
     def test_cell(t: dict[str, Any] | None, metric: str) -> str:
         if t is None:
@@ -732,10 +731,26 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         p_text = f"p={fmt(t['p_value'], 3)}"
         return f"{fmt(a, digits)} → {fmt(b, digits)} (" + (f"**{p_text}**" if t["p_value"] < ALPHA else p_text) + ")"
 
-    rows = [[EDITOR_LABELS.get(e, e), VARIANT_LABELS[v], str(n)] + [test_cell(cells.get(m), m) for m in metrics]
-            for (e, v, n), cells in by_point.items()]
+    def test_rows(tests: list[dict[str, Any]]) -> list[list[str]]:
+        by_point: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+        for t in tests:
+            by_point.setdefault((t["editor"], t["variant"], t["num_edits"]), {})[t["metric"]] = t
+        return [[EDITOR_LABELS.get(e, e), VARIANT_LABELS[v], str(n)] + [test_cell(cells.get(m), m) for m in metrics]
+                for (e, v, n), cells in by_point.items()]
+
+    rows = test_rows(tests)
     md += [table(["editor", "PRUNE", "edits", *[titles.get(m, m) for m in metrics]], rows)
            if rows else "No editor has both an unrestrained and a PRUNE variant.", ""]
+
+    # The newer restraints against PRUNE per edit, where an editor has both (issue: restraints side by side)
+    restraint_tests, restraint_notes = prune_tests(variants, resamples, seed, baseline="per-edit", compared=("key-aware", "sphere"))
+    notes += restraint_notes
+    rows = test_rows(restraint_tests)
+    if rows:
+        md += ["## Other restraints against PRUNE per edit (paired)", "",
+               "As above, with PRUNE per edit in place of no restraint: each cell is PRUNE per edit → the other restraint "
+               "(same cases, windows and examples). Intervals: the JSON summary (`restraint_tests`).", "",
+               table(["editor", "restraint", "edits", *[titles.get(m, m) for m in metrics]], rows), ""]
 
     missing_prune = [e for e, vs in variants.items() if "none" in vs and "per-edit" not in vs]
     missing_none = [e for e, vs in variants.items() if "none" not in vs]
@@ -760,7 +775,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         "arms": {name: {"folder": _under(a.folder, study), "editor": a.editor, "model": a.results.model,
                         "num_edits": a.results.num_edits, "partial": a.partial} for name, a in arms.items()},
         "points": points, "spectral": spectral_summary, "times": times_summary,
-        "plain_answer": answers, "prune_tests": tests, "notes": list(dict.fromkeys(notes)),
+        "plain_answer": answers, "prune_tests": tests, "restraint_tests": restraint_tests, "notes": list(dict.fromkeys(notes)),
         "kappa_w0": kappa_w0 or {},
     }
     return Report("\n".join(md), summary)
@@ -898,7 +913,7 @@ def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """One summary from several study reports' JSON summaries (arms run in different studies, e.g. the first
     study's ROME arms and a later study's MEMIT arms), later ones winning: per editor and variant for ``points``
     and ``spectral``, per arm for ``arms`` and ``times``, per matrix for ``kappa_w0``; list items (``plain_answer``,
-    ``prune_tests``) of an (editor, variant) a later summary holds replace the earlier ones; ``notes`` are joined.
+    ``prune_tests``, ``restraint_tests``) of an (editor, variant) a later summary holds replace the earlier ones; ``notes`` are joined.
 
     Raises ValueError when the summaries used different bootstrap settings (their intervals would not compare).
     """
@@ -916,7 +931,7 @@ def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             merged[section] = into
         for section in ("arms", "times", "kappa_w0"):
             merged[section] = {**merged.get(section, {}), **later.get(section, {})}
-        for section in ("plain_answer", "prune_tests"):
+        for section in ("plain_answer", "prune_tests", "restraint_tests"):
             replaced = {(i.get("editor"), i.get("variant")) for i in later.get(section, [])}
             kept = [i for i in merged.get(section, []) if (i.get("editor"), i.get("variant")) not in replaced]
             merged[section] = kept + list(later.get(section, []))
