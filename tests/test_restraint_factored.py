@@ -233,3 +233,14 @@ def test_high_rank_restraint_skips_the_eigendecomposition_when_the_gram_norms_pr
     dense = restrain_delta_with_stats(delta, sigma_max)
     assert res.n_restrained == dense.n_restrained == 1
     assert rel((res.corr_left @ res.corr_right.T).double(), dense.correction.double()) < 1e-4
+
+
+def test_high_rank_restraint_builds_no_autograd_graph():
+    """A ΔW taken from weights that require grad (a direct call, outside the callbacks' no_grad) must not drag an
+    autograd graph through the Gram matrix and its eigendecomposition."""
+    from prune_lit.restraint.factored import restrain_high_rank
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(60, 30, generator=g, requires_grad=True)
+    res = restrain_high_rank(w * 1.0, sigma_max=0.5)
+    assert res.n_restrained > 0 and not res.corr_left.requires_grad and not res.corr_right.requires_grad

@@ -209,7 +209,6 @@ class GramRestraint:
 GRAM32_RTOL = 1e-3
 
 
-@torch.no_grad()
 def _rayleigh_lower_bound(gram: Tensor, steps: int = 4) -> float:
     """A lower bound on λ_max of a PSD ``gram [k, k]``: the Rayleigh quotient after ``steps`` power steps.
 
@@ -228,6 +227,7 @@ def _rayleigh_lower_bound(gram: Tensor, steps: int = 4) -> float:
     return 0.0 if norm == 0.0 else float(x @ (g @ x)) / norm**2
 
 
+@torch.no_grad()
 def restrain_high_rank(
     delta: Tensor, sigma_max: float, alpha: float = math.e, mode: RestraintMode = "log", margin: int = 8
 ) -> GramRestraint:
