@@ -113,13 +113,19 @@ class Arm:
 
     @property
     def editor(self) -> str:
-        suffix = next((s for s in RESTRAINT_SUFFIXES if self.name.endswith(s)), "")
-        return self.name[: len(self.name) - len(suffix)]
+        return split_arm(self.name)[0]
 
     @property
     def variant(self) -> str:
         """``none`` (with its ``at-end`` curve, if any), or the restraint the arm applied after every step."""
-        return next((v for s, v in RESTRAINT_SUFFIXES.items() if self.name.endswith(s)), "none")
+        suffix = split_arm(self.name)[1]
+        return RESTRAINT_SUFFIXES[suffix] if suffix else "none"
+
+
+def split_arm(name: str) -> tuple[str, str]:
+    """``(editor, restraint suffix)`` of an arm name: ``rome_key_aware`` -> ``("rome", "_key_aware")``; ``""`` when none."""
+    suffix = next((s for s in RESTRAINT_SUFFIXES if name.endswith(s)), "")
+    return name[: len(name) - len(suffix)], suffix
 
 
 def read_timings(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -155,8 +161,7 @@ def cost_groups(cost: RunCost) -> dict[str, float]:
 
 
 def arm_order(name: str) -> tuple[int, int, str]:
-    suffix = next((s for s in RESTRAINT_SUFFIXES if name.endswith(s)), "")
-    editor = name[: len(name) - len(suffix)]
+    editor, suffix = split_arm(name)
     rank = 1 + list(RESTRAINT_SUFFIXES).index(suffix) if suffix else 0
     return (EDITORS.index(editor) if editor in EDITORS else len(EDITORS), rank, name)
 
@@ -188,11 +193,12 @@ def load_study(study: Path, only: Sequence[str] | None = None) -> tuple[dict[str
     arms: dict[str, Arm] = {}
     names = sorted((p.name for p in logs.iterdir() if p.is_dir()), key=arm_order) if logs.is_dir() else []
     if only is not None:
-        missing = sorted(set(only) - set(names))
+        wanted = set(only)
+        missing = sorted(wanted - set(names))
         if missing:
             raise FileNotFoundError(f"no arm folder {missing} under {logs}")
-        names = [n for n in names if n in set(only)]
-        timings = {k: v for k, v in timings.items() if k in set(only)}
+        names = [n for n in names if n in wanted]
+        timings = {k: v for k, v in timings.items() if k in wanted}
     for name in names:
         folder = newest_version(logs / name)
         if folder is None:

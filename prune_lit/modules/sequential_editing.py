@@ -17,6 +17,7 @@ down in `prune_lit.contracts`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -294,7 +295,7 @@ class SequentialEditingModule(L.LightningModule):
     def _cost_so_far(self) -> dict[str, Any]:
         """The ledger as results.json holds it, ``total`` = earlier starts + this one until now."""
         wall0, cpu0 = self._started if self._started is not None else (time.perf_counter(), time.process_time())
-        self.cost.total = PartCost(self._cost_before.wall, self._cost_before.cpu, self._cost_before.calls)
+        self.cost.total = dataclasses.replace(self._cost_before)
         self.cost.total.add(PartCost(time.perf_counter() - wall0, time.process_time() - cpu0, 1))
         return self.cost.to_dict()
 
