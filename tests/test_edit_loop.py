@@ -19,12 +19,13 @@ from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.editors import ROMEEditor
 from prune_lit.models import get_weight
 from prune_lit.contracts import crossed, crossed_any
+from prune_lit.contracts.results import RUN_DEPENDENT_KEYS
 from prune_lit.modules.evaluation import RunEvaluation
 from prune_lit.modules.run_checkpoint import RunCheckpointError
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "world_size", "cost"}
+TIMING_KEYS = RUN_DEPENDENT_KEYS | {"world_size"}  # and the process count: DDP against one process
 
 
 def test_cadence_counts_crossings_of_multiples_and_marks():

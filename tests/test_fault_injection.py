@@ -19,13 +19,13 @@ import prune_lit.modules.run_checkpoint as run_checkpoint
 import prune_lit.modules.sequential_editing as sequential_editing
 import prune_lit.callbacks.diagnostics as diagnostics
 from prune_lit.callbacks import SpectralDiagnostics, SpectralRestraint
+from prune_lit.contracts.results import RUN_DEPENDENT_KEYS
 from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.editors import ROMEEditor
 from prune_lit.models import get_weight
 from prune_lit.modules.run_checkpoint import has_checkpoints
 
 NUM_EDITS = 3
-TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "cost"}
 # Where a kill may land: (module, attribute) of functions wrapped so that the k-th call of any of them dies.
 SITES = {
     "edit": (ROMEEditor, "edit"),  # after the editor wrote the update into the weights, before the step is counted
@@ -84,7 +84,7 @@ def _forked(root, kill_at=None, counts_to=None):
 def _outcome(root):
     version = max((root / "logs").glob("version_*/results.json"), key=lambda p: int(p.parent.name.split("_")[1])).parent
     results = json.loads((version / "results.json").read_text())
-    results = {k: v for k, v in results.items() if k not in TIMING_KEYS}
+    results = {k: v for k, v in results.items() if k not in RUN_DEPENDENT_KEYS}
     return torch.load(root / "final.pt"), results, json.loads((version / "spectral.json").read_text())
 
 

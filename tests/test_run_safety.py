@@ -11,10 +11,10 @@ from prune_lit.callbacks import FactoredSpectralRestraint, SpectralDiagnostics, 
 from prune_lit.data.edit_datamodule import EditDataModule
 from prune_lit.editors import ROMEEditor
 from prune_lit.models import get_weight
+from prune_lit.contracts.results import RUN_DEPENDENT_KEYS
 from prune_lit.modules.run_checkpoint import RunCheckpointError, find_run_checkpoint, save_run_checkpoint
 from prune_lit.modules.sequential_editing import SequentialEditingModule
 
-TIMING_KEYS = {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "cost"}
 
 
 def _strict_load(path):
@@ -45,7 +45,7 @@ def _same_weights(a, b):
 
 
 def _results(r):
-    out = {k: v for k, v in r.items() if k not in TIMING_KEYS}
+    out = {k: v for k, v in r.items() if k not in RUN_DEPENDENT_KEYS}
     for row in out.get("history", []):
         row.pop("seconds", None)
     return out

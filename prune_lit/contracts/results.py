@@ -164,6 +164,13 @@ _SCALARS: dict[str, type] = {
     "restraint_share_of_step": float, "code_commit": str,
 }
 
+# Keys of results.json that differ between two runs of the same edits (wall clock, the cost ledger, and the
+# callbacks' list, which carries profiling callbacks when timed): everything else is identical across resume,
+# replay and process count, which the tests compare.
+RUN_DEPENDENT_KEYS: frozenset[str] = frozenset(
+    {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "cost"}
+)
+
 _OPTIONAL = {"code_commit"}  # added within version 1: written only when known, so older files round-trip unchanged
 
 
