@@ -1,6 +1,6 @@
 """Time `record_locality_reference` + `evaluate_edits` on real edit cases (unedited model).
 
-    python -m benchmarks.bench_edit_eval --dataset counterfact --n 100 --threads 1 --out /tmp/bench.json
+    python -m benchmarks.bench_edit_eval --dataset counterfact --n 100 --threads 1 --out bench_edit_eval.json
 """
 
 from __future__ import annotations
