@@ -217,6 +217,13 @@ def test_main_writes_markdown_json_and_figures(study, tmp_path):
     assert sorted(p.name for p in figs.iterdir()) == [f"study_{n}.png" for n in ("downstream", "edits", "probes", "spectral")]
 
 
+def test_figures_default_to_the_study_folder_not_docs(study, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a docs/figures/study1000 here would be what the old default overwrote
+    study_report.main(["--study", str(study), "--no-w0", "--resamples", "200"])
+    assert sorted(p.name for p in (study / "figures").iterdir())[0] == "study_downstream.png"
+    assert not (tmp_path / "docs").exists()
+
+
 def test_a_study_without_finished_arms_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         study_report.build_report(tmp_path)

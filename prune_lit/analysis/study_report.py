@@ -1191,7 +1191,9 @@ def finite(x: Any) -> Any:
 def main(argv: list[str] | None = None) -> Report | None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", type=Path, default=Path("logs/study"), help="run_study.sh's STUDY_DIR (logs/<arm>/, timings.tsv)")
-    p.add_argument("--figures", type=Path, default=Path("docs/figures/study1000"), help="folder of the study_*.png figures")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="folder of the study_*.png figures (default: <study>/figures, beside the runs, so that a report of a "
+                        "few arms never overwrites the figures docs/ shows)")
     p.add_argument("--prefix", default="study", help="file name prefix of the figures")
     p.add_argument("--md", type=Path, default=None, help="also write the Markdown tables here")
     p.add_argument("--out", type=Path, default=None, help="also write a JSON summary here")
@@ -1225,7 +1227,7 @@ def main(argv: list[str] | None = None) -> Report | None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(finite(report.summary), indent=1, default=float, allow_nan=False) + "\n")
     if not args.no_figures:
-        written = write_figures(report.summary, args.figures, args.prefix)
+        written = write_figures(report.summary, args.figures or args.study / "figures", args.prefix)
         print("\nfigures: " + ", ".join(str(w) for w in written))
     return report
 
