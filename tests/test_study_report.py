@@ -243,6 +243,20 @@ def test_a_last_point_scored_only_after_the_end_restraint_belongs_to_the_at_end_
     assert sorted(study_report.curve(plain, "none")) == [0, 10] and study_report.curve(plain, "at-end") == {}
 
 
+def test_a_last_point_is_the_runs_own_when_the_end_restraint_had_nothing_to_do():
+    # Both curves scored at 20, the restrained copy equal to the model: σ_max(ΔW) stayed below σ_max(W₀), so the end
+    # restraint was the identity and the last plain row is the unrestrained model's (AlphaEdit at 1,000 edits).
+    history = [{"num_edits": 10, "edits": edits(0.9, 10), "edits_restrained": edits(0.9, 10)},
+               {"num_edits": 20, "edits": edits(0.85, 20), "edits_restrained": edits(0.85, 20)}]
+    below = [{"num_edits": 20, "matrix": "m", "final": False, "sigma_max_w0": 2.0, "sigma_max_delta": 1.8}]
+    arm = study_report.Arm("alphaedit", Path("."), RunResults.from_dict(results(history, "alphaedit")), below)
+    assert sorted(study_report.curve(arm, "none")) == [0, 10, 20] and sorted(study_report.curve(arm, "at-end")) == [0, 10, 20]
+    # Above the bound at the last point (and no *_before_end_restraint rows): the plain row came after the restraint.
+    above = [dict(below[0], sigma_max_delta=2.5)]
+    arm = study_report.Arm("alphaedit", Path("."), RunResults.from_dict(results(history, "alphaedit")), above)
+    assert sorted(study_report.curve(arm, "none")) == [0, 10]
+
+
 def test_an_unfinished_arm_is_read_from_its_last_checkpoint(tmp_path):
     # alphaedit: started (a log folder without results.json), checkpointed at 20 edits, its at-end curve present
     (tmp_path / "logs" / "alphaedit" / "version_0").mkdir(parents=True)

@@ -223,7 +223,7 @@ def curve(arm: Arm, variant: str) -> dict[int, dict[str, dict]]:
     """
     history = arm.results.history
     before = {s: v for s, v in arm.results.before.items() if s in SECTIONS and isinstance(v, dict)}
-    end_restrained = has_end_restraint(arm)
+    end_restrained = end_restraint_rewrote_last_point(arm)
     last = max((p.num_edits for p in history), default=None)
     out: dict[int, dict[str, dict]] = {}
 
@@ -255,6 +255,24 @@ def has_end_restraint(arm: Arm) -> bool:
     if arm.partial is not None:
         return False  # an unfinished run never reached its end restraint
     return any(p.has_variant(BEFORE_END_RESTRAINT) or p.has_variant(RESTRAINED) for p in arm.results.history)
+
+
+def end_restraint_rewrote_last_point(arm: Arm) -> bool:
+    """Whether the last history row's plain sections were scored after an at-end restraint changed the weights.
+
+    A run keeps ``*_before_end_restraint`` sections when its end restraint changed the weights. A run with an at-end
+    curve but without them either wrote results.json before those sections existed (its plain sections are the
+    restrained ones) or had nothing above σ_max(W₀) at the end (the restraint was the identity, its plain sections
+    are the unrestrained ones): the spectral record of the last point tells which; without one, the former.
+    """
+    if not has_end_restraint(arm):
+        return False
+    if any(p.has_variant(BEFORE_END_RESTRAINT) for p in arm.results.history):
+        return True
+    points, _ = spectral_points(arm.spectral)
+    last = max(p.num_edits for p in arm.results.history)
+    ratio = points.get(last, {}).get("ratio")
+    return ratio is None or ratio > 1.0
 
 
 def variants_of(arms: dict[str, Arm]) -> dict[str, dict[str, tuple[Arm, dict[int, dict[str, dict]]]]]:
@@ -765,7 +783,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     if missing_none:
         notes.append(f"no unrestrained arm for: {', '.join(missing_none)}")
     for arm in arms.values():
-        if has_end_restraint(arm):
+        if end_restraint_rewrote_last_point(arm):
             last = max(p.num_edits for p in arm.results.history)
             point = next(p for p in arm.results.history if p.num_edits == last)
             lost = [s for s in SECTIONS if not point.has(s, BEFORE_END_RESTRAINT) and (point.has(s) or point.has(s, RESTRAINED))]
