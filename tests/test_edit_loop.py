@@ -69,7 +69,7 @@ def test_restraint_runs_before_diagnostics_whatever_the_callback_order(tmp_path)
 
 def test_at_end_curve_evaluates_a_restrained_copy_and_leaves_the_weights_alone(tmp_path):
     restraint = SpectralRestraint(at_end_only=True, evaluate_at_end_curve=True)
-    plain, _ = _run(tmp_path / "plain", [], "plain", num_edits=2)
+    plain, plain_results = _run(tmp_path / "plain", [], "plain", num_edits=2)
     module, results = _run(tmp_path / "curve", [restraint], "curve", num_edits=2, probe_tokens=200, probe_window=40)
     row = results["history"][0]
     assert row["num_edits"] == 2 and "edits_restrained" in row
@@ -79,7 +79,8 @@ def test_at_end_curve_evaluates_a_restrained_copy_and_leaves_the_weights_alone(t
     assert row["probes"] == row["probes_restrained"] | {k: row["probes"][k] for k in ("seconds", "tokens_per_s")}
     # at the end the run is restrained for real, so its final scores are the restrained copy's
     assert row["edits"] == row["edits_restrained"]
-    assert "edits_before_end_restraint" in row
+    assert "edits_before_end_restraint" in row and results["end_restraint_changed_weights"] is True
+    assert plain_results["end_restraint_changed_weights"] is False
     name = next(iter(module.original_weights))
     # before the end, the copy's restraint was undone: the unrestrained run reached the same evaluation
     assert row["edits_before_end_restraint"] == _run_history_edits(plain)
@@ -102,6 +103,7 @@ def test_at_end_curve_reuses_the_scores_when_the_copy_restrains_nothing(tmp_path
     row = results["history"][0]
     assert measured == [""]  # the copy was not evaluated a second time
     assert row["edits_restrained"] == row["edits"] and row["probes_restrained"] == row["probes"]
+    assert results["end_restraint_changed_weights"] is False  # the end restraint was the identity
 
 
 def _run_history_edits(module):

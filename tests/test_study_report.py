@@ -255,6 +255,11 @@ def test_a_last_point_is_the_runs_own_when_the_end_restraint_had_nothing_to_do()
     above = [dict(below[0], sigma_max_delta=2.5)]
     arm = study_report.Arm("alphaedit", Path("."), RunResults.from_dict(results(history, "alphaedit")), above)
     assert sorted(study_report.curve(arm, "none")) == [0, 10]
+    # A run that recorded what its end restraint did is read, not inferred: the record wins over the spectra.
+    for changed, last_is_own in ((False, True), (True, False)):
+        recorded = RunResults.from_dict(results(history, "alphaedit") | {"end_restraint_changed_weights": changed})
+        arm = study_report.Arm("alphaedit", Path("."), recorded, above if last_is_own else below)
+        assert (20 in study_report.curve(arm, "none")) is last_is_own
 
 
 def test_an_unfinished_arm_is_read_from_its_last_checkpoint(tmp_path):

@@ -263,10 +263,13 @@ def end_restraint_rewrote_last_point(arm: Arm) -> bool:
     A run keeps ``*_before_end_restraint`` sections when its end restraint changed the weights. A run with an at-end
     curve but without them either wrote results.json before those sections existed (its plain sections are the
     restrained ones) or had nothing above σ_max(W₀) at the end (the restraint was the identity, its plain sections
-    are the unrestrained ones): the spectral record of the last point tells which; without one, the former.
+    are the unrestrained ones). A run records which (``end_restraint_changed_weights``); for a file written before
+    that, the spectral record of the last point tells; without one, the former.
     """
     if not has_end_restraint(arm):
         return False
+    if arm.results.end_restraint_changed_weights is not None:
+        return arm.results.end_restraint_changed_weights
     if any(p.has_variant(BEFORE_END_RESTRAINT) for p in arm.results.history):
         return True
     points, _ = spectral_points(arm.spectral)

@@ -9,6 +9,7 @@ Layout (version 1; version 0 = the same keys without ``schema_version``, written
     {"schema_version": 1, "model": ..., "editor": ..., "callbacks": [...],
      "num_edits": ..., "edits_applied": ..., "num_steps": ..., "num_rejected_steps": ..., "world_size": ...,
      "seconds_editing": ..., "seconds_per_edit": ..., "seconds_restraint": ..., "restraint_share_of_step": ...,
+     "code_commit": ..., "end_restraint_changed_weights": true | false,           # both optional (added later)
      "edits_before": {...}, "probes_before": {...}, "downstream_before": {...},   # the unedited model
      "edits_after": {...}, "probes_after": {...}, "downstream_after": {...},      # the final model
      "history": [{"num_edits": n, "edits": {...}, "probes_restrained": {...}, ...}, ...],
@@ -161,7 +162,7 @@ class RunCost:
 _SCALARS: dict[str, type] = {
     "model": str, "editor": str, "num_edits": int, "edits_applied": int, "num_steps": int, "num_rejected_steps": int,
     "world_size": int, "seconds_editing": float, "seconds_per_edit": float, "seconds_restraint": float,
-    "restraint_share_of_step": float, "code_commit": str,
+    "restraint_share_of_step": float, "code_commit": str, "end_restraint_changed_weights": bool,
 }
 
 # Keys of results.json that differ between two runs of the same edits (wall clock, the cost ledger, and the
@@ -171,7 +172,8 @@ RUN_DEPENDENT_KEYS: frozenset[str] = frozenset(
     {"seconds_editing", "seconds_per_edit", "seconds_restraint", "restraint_share_of_step", "callbacks", "cost"}
 )
 
-_OPTIONAL = {"code_commit"}  # added within version 1: written only when known, so older files round-trip unchanged
+# added within version 1: written only when known, so older files round-trip unchanged
+_OPTIONAL = {"code_commit", "end_restraint_changed_weights"}
 
 
 @dataclass
@@ -192,6 +194,9 @@ class RunResults:
     seconds_restraint: float | None = None
     restraint_share_of_step: float | None = None
     code_commit: str | None = None  # git commit of the code that wrote the file ("+dirty": with local changes)
+    # whether the end-of-run hooks (an at-end restraint) changed the final weights (None: a file written before runs
+    # recorded it); True: the last point's plain sections moved to ``<section>_before_end_restraint``
+    end_restraint_changed_weights: bool | None = None
     before: dict[str, Section] = field(default_factory=dict)
     after: dict[str, Section] = field(default_factory=dict)
     history: list[EvalPoint] = field(default_factory=list)
@@ -292,6 +297,8 @@ def _typed(key: str, value: Any, kind: type) -> Any:
         return int(value)
     if kind is str:
         return str(value)
+    if kind is bool and isinstance(value, bool):
+        return value
     raise ResultsSchemaError(f"{key}: expected {kind.__name__}, got {value!r}")
 
 

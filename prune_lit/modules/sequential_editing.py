@@ -248,6 +248,7 @@ class SequentialEditingModule(L.LightningModule):
         with self.cost.measure("end_restraint"):
             changed = end_edits(self.trainer, self._state())
         self.results.update(evaluation.final(changed))
+        self.results["end_restraint_changed_weights"] = changed
         if self.trainer.is_global_zero:
             self._write_results()
             if self.hparams.export_dir is not None:
