@@ -15,11 +15,13 @@ from prune_lit.cli_main import CONFIG_DIR, resolve_config_paths
 # Overlays: a top-level YAML used on top of others (name -> the configs it goes on), listed with what it changes.
 OVERLAYS = {
     "mend_sequential.yaml": ("mend.yaml",),
-    "mend_sequential_cloc10.yaml": ("mend.yaml", "mend_sequential.yaml"),  # a tried setting (docs/mend.md)
+    "mend_sequential_cloc10.yaml": ("mend.yaml", "mend_sequential.yaml"),  # tried settings (docs/mend.md)
+    "mend_sequential_loc4.yaml": ("mend.yaml", "mend_sequential.yaml"),
 }
 OVERLAY_DIFFERENCES = {
     "mend_sequential.yaml": {"model.init_args.sequential_edits", "trainer.logger.init_args.name", "trainer.callbacks"},
     "mend_sequential_cloc10.yaml": {"model.init_args.c_loc", "trainer.logger.init_args.name", "trainer.callbacks"},
+    "mend_sequential_loc4.yaml": {"data.init_args.train_locality_per_edit", "trainer.logger.init_args.name", "trainer.callbacks"},
 }
 # Complete configs: every top-level YAML but the base and the overlays; MEND training ones run with fit.
 COMPLETE = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "base.yaml" and p.name not in OVERLAYS)
@@ -85,6 +87,18 @@ def test_overlay_changes_only_what_it_says(name: str) -> None:
     under_dirs = [cb["init_args"]["dirpath"] for cb in under["trainer"]["callbacks"] if "dirpath" in cb.get("init_args", {})]
     assert not set(dirs) & set(under_dirs)  # never overwrites the checkpoints of the run it is compared with
     assert over["model"]["init_args"]["sequential_edits"] is True
+
+
+def test_overlays_never_share_a_run_or_checkpoint_folder() -> None:
+    """Two tried settings in one folder would overwrite each other's best.ckpt / last.ckpt."""
+    seen: dict[str, str] = {}
+    for name, bases in OVERLAYS.items():
+        cfg = print_config(*configs(*bases, name), subcommand="fit")
+        places = [cfg["trainer"]["logger"]["init_args"]["name"]]
+        places += [cb["init_args"]["dirpath"] for cb in cfg["trainer"]["callbacks"] if "dirpath" in cb.get("init_args", {})]
+        for place in set(places):
+            assert place not in seen, f"{name} and {seen.get(place)} both use {place}"
+            seen[place] = name
 
 
 @pytest.mark.parametrize("fragment", sorted(str(p.relative_to(CONFIG_DIR)) for d in FRAGMENT_DIRS for p in (CONFIG_DIR / d).glob("*.yaml")))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prune_lit.data.counterfact import load_counterfact, load_fact_file
-from prune_lit.data.edit_datamodule import EditDataModule
+from prune_lit.data.edit_datamodule import EditDataModule, with_borrowed_locality
 from prune_lit.data.edit_io import EditDataError
 from prune_lit.data.requests import EditRequest
 from prune_lit.data.zsre import load_zsre
@@ -197,6 +197,30 @@ def test_a_later_val_slice_holds_cases_the_first_one_does_not(tmp_path: Path) ->
     assert [r.case_id for r in first] == [100, 101, 102] and [r.case_id for r in later] == [103, 104, 105]
     with pytest.raises(EditDataError, match="val_start=6"):
         EditDataModule(data_dir=str(tmp_path), val_start=6).train_val_requests()
+
+
+def test_training_edits_can_borrow_other_cases_locality_prompts(tmp_path: Path) -> None:
+    records = [cf_record(i, locality_prompt=f"Loc{i} speaks", locality_ground_truth=f"Lang{i}") for i in range(10)]
+    write(tmp_path, "counterfact/counterfact-train.json", records)
+    write(tmp_path, "counterfact/counterfact-val.json", [cf_record(100 + i) for i in range(3)])
+    dm = EditDataModule(data_dir=str(tmp_path), train_batch_size=5, train_locality_per_edit=3)
+    seen = [r for b in dm.train_dataloader() for r in b]
+    assert len(seen) == 10
+    for r in seen:
+        own = int(r.case_id)
+        assert len(r.locality_prompts) == 3 and r.locality_prompts[0] == f"Loc{own} speaks"
+        lenders = [int(p[3:].split()[0]) for p in r.locality_prompts]
+        assert len(set(lenders)) == 3  # never itself, never one lender twice
+        assert list(r.locality_answers) == [f"Lang{i}" for i in lenders]  # each prompt keeps its own answer
+    # validation is not augmented (its locality stays comparable across settings), nor is what the cache keys on
+    assert all(len(r.locality_prompts) == 1 for b in dm.val_dataloader() for r in b)
+    assert all(len(r.locality_prompts) == 1 for r in dm.train_val_requests()[0])
+    # the same seed borrows the same prompts; 1 is the identity
+    train = dm.train_val_requests()[0]
+    assert with_borrowed_locality(train, 3, seed=0) == with_borrowed_locality(train, 3, seed=0)
+    assert with_borrowed_locality(train, 1) == train
+    with pytest.raises(ValueError, match="train_locality_per_edit"):
+        EditDataModule(data_dir=str(tmp_path), train_locality_per_edit=0)
 
 
 def test_real_files_load() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from prune_lit.data.edit_datamodule import EditDataModule, collate_requests, load_edit_requests
+from prune_lit.data.edit_datamodule import EditDataModule, collate_requests, load_edit_requests, with_borrowed_locality
 from prune_lit.data.requests import EditRequest
 from prune_lit.editors.mend import MENDCheckpointError, MENDEditor
 from prune_lit.editors.mend_net import (
@@ -522,6 +522,11 @@ def test_sequential_edits_apply_each_edit_on_the_model_the_earlier_ones_made(tin
     one_seq, one_ind = seq.edit_step([r0]), ind.edit_step([r0])
     for key in ("loss", "edit_loss", "loc_loss", "edit_loss_pre"):
         torch.testing.assert_close(one_seq[key], one_ind[key], rtol=1e-4, atol=1e-6)
+    # several locality prompts per edit (train_locality_per_edit): both paths average the KL over all of them
+    borrowed = with_borrowed_locality(requests[:4], 3)[0]
+    many_seq, many_ind = seq.edit_step([borrowed]), ind.edit_step([borrowed])
+    torch.testing.assert_close(many_seq["loc_loss"], many_ind["loc_loss"], rtol=1e-4, atol=1e-7)
+    assert len(borrowed.locality_prompts) == 3 and float(many_seq["loc_loss"]) != float(one_seq["loc_loss"])
     two = seq.edit_step([r0, r1])
     # by hand: ΔW_0 from r0 on the unedited model, added to the weights, then r1's fine-tuning NLL there
     model = ind.model

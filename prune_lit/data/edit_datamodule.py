@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -39,6 +41,32 @@ class EditStream(IterableDataset):
         return -(-len(self.requests) // self.batch_size)
 
 
+def with_borrowed_locality(requests: list[EditRequest], per_edit: int, seed: int = 0) -> list[EditRequest]:
+    """Each request with ``per_edit`` locality prompts: its own, then those of ``per_edit − 1`` other requests.
+
+    For MEND training (``train_locality_per_edit``): a CounterFact case has one neighbourhood prompt, so the KL
+    term of an edit sees one prompt; borrowing others' prompts (fixed per request, drawn with ``seed``) gives it
+    more of the inputs the edit must leave alone. A borrowed prompt comes with its own answer.
+    """
+    if per_edit < 1:
+        raise ValueError(f"train_locality_per_edit must be >= 1, got {per_edit}")
+    n = len(requests)
+    if per_edit == 1 or n < 2:
+        return list(requests)
+    gen = torch.Generator().manual_seed(seed)
+    # offsets in 1..n-1 never pick the request itself; distinct offsets never pick one lender twice
+    offsets = (torch.randperm(n - 1, generator=gen)[: per_edit - 1] + 1).tolist()
+    out = []
+    for i, r in enumerate(requests):
+        lenders = [requests[(i + o) % n] for o in offsets]
+        out.append(dataclasses.replace(
+            r,
+            locality_prompts=r.locality_prompts + tuple(p for x in lenders for p in x.locality_prompts),
+            locality_answers=r.locality_answers + tuple(a for x in lenders for a in x.locality_answers),
+        ))  # fmt: skip
+    return out
+
+
 def load_edit_requests(
     dataset: str, split: str, data_dir: str | None = None, limit: int | None = None, seed: int = 0, shuffle: bool = False
 ) -> list[EditRequest]:
@@ -61,7 +89,8 @@ class EditDataModule(L.LightningDataModule):
     ``num_edits`` requests of ``split`` (a ``seed``-ed random subset when ``shuffle``). ``train_dataloader``
     / ``val_dataloader`` serve MEND training: the train split (reshuffled each epoch, seeded) and the val
     split (CounterFact's val file; for zsRE the last 10% of its train file, which training then leaves out),
-    capped at ``val_limit``.
+    capped at ``val_limit``. ``train_locality_per_edit`` > 1 gives each training edit other cases' locality
+    prompts besides its own (`with_borrowed_locality`); validation keeps one per case.
 
     ``dataset`` may name a ``.json``/``.jsonl`` file of your own facts (flat CounterFact records; see
     `prune_lit.data.counterfact.parse_fact_record`); it can be edited, not used for MEND training.
@@ -80,6 +109,7 @@ class EditDataModule(L.LightningDataModule):
         train_batch_size: int = 1,
         val_limit: int | None = 200,
         val_start: int = 0,
+        train_locality_per_edit: int = 1,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS and not is_fact_file(dataset):
@@ -88,6 +118,8 @@ class EditDataModule(L.LightningDataModule):
             raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, train_batch_size={train_batch_size}")
         if val_start < 0:
             raise ValueError(f"val_start must be >= 0, got {val_start}")
+        if train_locality_per_edit < 1:
+            raise ValueError(f"train_locality_per_edit must be >= 1, got {train_locality_per_edit}")
         if num_edits is not None and num_edits < 1:
             raise ValueError(f"num_edits must be >= 1 or None (all), got {num_edits}")
         self.save_hyperparameters()
@@ -101,6 +133,7 @@ class EditDataModule(L.LightningDataModule):
         self.train_batch_size = train_batch_size
         self.val_limit = val_limit
         self.val_start = val_start
+        self.train_locality_per_edit = train_locality_per_edit
         self._requests: list[EditRequest] | None = None
 
     @property
@@ -148,6 +181,8 @@ class EditDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         train, _ = self.train_val_requests()
+        # after train_val_requests, which MEND's hidden-state cache keys on: borrowed prompts are rows it already holds
+        train = with_borrowed_locality(train, self.train_locality_per_edit, self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(train, batch_size=self.train_batch_size, shuffle=True, generator=gen, num_workers=0, collate_fn=collate_requests, drop_last=True)  # type: ignore[arg-type]
 
