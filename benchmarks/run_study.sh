@@ -8,8 +8,9 @@
 #
 # Settings (environment): STUDY_EDITS (1000), STUDY_MODEL (smollm2-135m), STUDY_DIR (logs/study),
 # STUDY_PROBE_TOKENS (5000), STUDY_DOWNSTREAM_LIMIT (200), STUDY_EVAL_EVERY (probes and edit metrics every
-# this many edits; 100, or STUDY_EDITS when smaller), STUDY_BATCH (requests per edit step of the MEMIT and
-# AlphaEdit arms; empty = the editor config's value), STUDY_MEND_SEQ_CKPT and STUDY_MEND_Z_CLIP (the mend_seq arms), STUDY_DRY_RUN=1 (print each named arm's command, run nothing),
+# this many edits; 250, or STUDY_EDITS when smaller), STUDY_BATCH (requests per edit step of the MEMIT and
+# AlphaEdit arms; empty = the study's: 1 for MEMIT as PRUNE's reference loop runs it, AlphaEdit's config value 100
+# as its paper), STUDY_MEND_SEQ_CKPT and STUDY_MEND_Z_CLIP (the mend_seq arms), STUDY_DRY_RUN=1 (print each named arm's command, run nothing),
 # STUDY_FORCE=1 (rerun the named arms from the
 # start; their earlier checkpoints and logs move to $STUDY_DIR/replaced/), PYTHON.
 #
@@ -18,8 +19,8 @@
 #                   (restraint/prune_at_end.yaml with evaluate_at_end_curve), so PRUNE's reference timing
 #                   needs no second run
 #   rome_prune      ROME + PRUNE after every edit
-#   memit, memit_prune, alphaedit, alphaedit_prune   batches of the editor config's size (editor/memit.yaml: 10);
-#                                                    the batches of 100: STUDY_BATCH=100. memit and
+#   memit, memit_prune, alphaedit, alphaedit_prune   MEMIT one fact per step, AlphaEdit batches of 100 (editor/alphaedit.yaml);
+#                                                    STUDY_BATCH sets both. memit and
 #                                                    alphaedit carry their at-end curve as rome does (a point
 #                                                    where no σ of ΔW exceeds σ_max(W₀) reuses its scores)
 #   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
@@ -34,7 +35,7 @@
 #   zsre_rome, zsre_rome_prune                       ZsRE eval cases, ROME ± PRUNE (per edit); zsre_rome carries
 #                                                    its at-N curve as rome does
 # Every arm: probes (perplexity and KL from the unedited model on 5,000 WikiText-2 test tokens) and edit
-# metrics every 100 edits; the four downstream tasks (200 examples each, all of a task's file where it has
+# metrics every 250 edits (a batch editor: at the first step at or past each multiple); the four downstream tasks (200 examples each, all of a task's file where it has
 # fewer) at 0, 250, 500 and 1,000 edits; σ_max(ΔW)/σ_max(W₀) every edit and κ(W) every 50.
 #
 # Resumable: every arm checkpoints every 100 edits under $STUDY_DIR/checkpoints/<arm>/ and this script
@@ -49,7 +50,7 @@ MODEL="${STUDY_MODEL:-smollm2-135m}"
 DIR="${STUDY_DIR:-logs/study}"
 PROBE_TOKENS="${STUDY_PROBE_TOKENS:-5000}"
 LIMIT="${STUDY_DOWNSTREAM_LIMIT:-200}"
-EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 100 ? 100 : N))}"
+EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 250 ? 250 : N))}"
 BATCH="${STUDY_BATCH:-}"
 KEY_SCALE="${STUDY_KEY_SCALE:-0.2}"
 MEND_SEQ_CKPT="${STUDY_MEND_SEQ_CKPT:-checkpoints/mend_seq/best.ckpt}"
@@ -91,8 +92,9 @@ run() {  # $1 = arm
     zsre_rome_prune)  parts="editor/rome.yaml restraint/prune.yaml data/zsre.yaml" ;;
     *) echo "unknown arm: $arm (known: ${ARMS_ALL[*]})" >&2; return 2 ;;
   esac
-  case "$arm" in  # batch editors: STUDY_BATCH overrides the editor config's requests per step
-    memit*|alphaedit*) if [ -n "$BATCH" ]; then extra+=(--data.init_args.batch_size "$BATCH"); fi ;;
+  case "$arm" in  # batch editors: STUDY_BATCH overrides the study's requests per step
+    memit*) extra+=(--data.init_args.batch_size "${BATCH:-1}") ;;
+    alphaedit*) if [ -n "$BATCH" ]; then extra+=(--data.init_args.batch_size "$BATCH"); fi ;;
   esac
   if [ -z "${STUDY_DRY_RUN:-}" ]; then
     if [ -z "${STUDY_FORCE:-}" ] && compgen -G "$DIR/logs/$arm/version_*/results.json" >/dev/null; then

@@ -56,3 +56,15 @@ def test_every_arm_resolves_to_what_its_name_says(tmp_path):
         if editor in ("memit", "alphaedit"):
             assert data["batch_size"] == 100, arm
         assert model["downstream_at"] == [250, 500, 1000] and data["num_edits"] == 1000, arm
+
+
+def test_the_defaults_are_the_reported_protocol(tmp_path):
+    """Without settings, the arms run as docs/results.md reports them: edit metrics and probes every 250 edits,
+    MEMIT one fact per step (PRUNE's reference loop), AlphaEdit in batches of 100 (its paper)."""
+    arms = arm_commands(tmp_path)
+    for arm, args in arms.items():
+        cfg = print_config(*args)
+        model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+        assert model["eval_at"] == [250, 500, 750, 1000] and model["downstream_at"] == [250, 500, 1000], arm
+        expected = 1 if arm.startswith("memit") else 100 if arm.startswith("alphaedit") else 1
+        assert data["batch_size"] == expected, arm
