@@ -8,6 +8,9 @@ from). Per matrix:
 * ``out_shift``   ‖ΔW K‖_F / ‖W₀ K‖_F — the relative change of the matrix's output on that text (what
                   MEMIT's λC term and AlphaEdit's null-space projection are both meant to keep small);
 * ``delta_fro``   ‖ΔW‖_F, and ``sigma_ratio`` σ_max(ΔW)/σ_max(W₀) (what PRUNE bounds);
+* ``stats_shift`` (``--stats-shift``) ‖ΔW C^{1/2}‖_F / ‖W₀ C^{1/2}‖_F with C the cached key statistics the editors
+                  use (WikiText-2 *validation*, ``--stats-tokens``): the same shift in expectation over the keys
+                  the statistics saw, which key-aware PRUNE's energy rule compares with its scale;
 * ``kept_energy`` (``--alphaedit-threshold``) the share ‖P K‖²/‖K‖² of the held-out keys' energy inside the
                   space AlphaEdit's projector P lets edits use (P from the cached key statistics, as the editor
                   builds it): 0 would be a true null space.
@@ -30,7 +33,7 @@ from safetensors.torch import load_file
 from prune_lit.data.wikitext import wikitext_windows
 from prune_lit.editors import null_space_projector
 from prune_lit.editors.stats import second_moments
-from prune_lit.metrics.disturbance import held_out_keys, kept_energy, output_shift
+from prune_lit.metrics.disturbance import expected_output_shift, held_out_keys, kept_energy, output_shift
 from prune_lit.models.arch import get_weight
 from prune_lit.models.loader import load_model
 
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tokens", type=int, default=5000, help="held-out WikiText-2 test tokens")
     p.add_argument("--alphaedit-threshold", type=float, default=None, help="also the kept-space energy of the keys (absolute threshold)")
-    p.add_argument("--stats-tokens", type=int, default=10000, help="token count of the cached key statistics P is built from")
+    p.add_argument("--stats-tokens", type=int, default=10000, help="token count of the cached key statistics (P, --stats-shift)")
+    p.add_argument("--stats-shift", action="store_true", help="also the shift in expectation under those statistics' C")
     p.add_argument("--data-dir", default=None)
     add_output_args(p, None, threads=None)
     args = p.parse_args(argv)
@@ -62,9 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     windows = wikitext_windows(tok, args.tokens, 256, "test", args.data_dir)
     keys = held_out_keys(model, windows, names)
     out: dict[str, object] = {"model": args.model, "held_out_tokens": int(windows.numel()), "runs": {}}
-    if args.alphaedit_threshold is not None:
-        modules = [n.removesuffix(".weight") for n in names]
+    modules = [n.removesuffix(".weight") for n in names]
+    moments = {}
+    if args.alphaedit_threshold is not None or args.stats_shift:
         moments = second_moments(model, tok, loaded.name, modules, args.stats_tokens, 256, "float32", args.data_dir, None)
+    if args.alphaedit_threshold is not None:
         kept = {}
         for n, m in zip(names, modules):
             P, n_kept = null_space_projector(moments[m], args.alphaedit_threshold)
@@ -72,10 +78,15 @@ def main(argv: list[str] | None = None) -> None:
         out["alphaedit_kept_space"] = {"threshold": args.alphaedit_threshold, "matrices": kept}
     for run, weights in checkpoints.items():
         rows = {n: matrix_report(get_weight(model, n), w, keys[n]) for n, w in weights.items()}
+        if args.stats_shift:
+            for n, w in weights.items():
+                w0 = get_weight(model, n)
+                rows[n]["stats_shift"] = expected_output_shift(w0, w.double() - w0.double(), moments[n.removesuffix(".weight")])
         state = json.loads((run / "state.json").read_text())
         out["runs"][str(run)] = {"requests_seen": state["counters"]["requests_seen"], "matrices": rows,
                                  "max_out_shift": max(r["out_shift"] for r in rows.values())}
-        print(f"{run}: " + ", ".join(f"{n.split('.')[2]}: shift {r['out_shift']:.4f} ‖ΔW‖ {r['delta_fro']:.2f} σ {r['sigma_ratio']:.3f}"
+        print(f"{run}: " + ", ".join(f"{n.split('.')[2]}: shift {r['out_shift']:.4f}" + (f" (stats {r['stats_shift']:.4f})" if "stats_shift" in r else "")
+                                     + f" ‖ΔW‖ {r['delta_fro']:.2f} σ {r['sigma_ratio']:.3f}"
                                      for n, r in rows.items()), flush=True)
     if "alphaedit_kept_space" in out:
         print("kept-space energy of held-out keys: " + ", ".join(f"{n.split('.')[2]}: {v['kept_energy']:.3f} ({v['n_kept']} dirs)"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prune_lit.editors import null_space_projector
-from prune_lit.metrics.disturbance import held_out_keys, kept_energy, output_shift
+from prune_lit.metrics.disturbance import expected_output_shift, held_out_keys, kept_energy, output_shift
 from prune_lit.models import get_module, get_weight, load_model
 
 
@@ -38,3 +38,15 @@ def test_held_out_keys_are_the_inputs_of_the_matrix():
     # the shift of the matrix's own output on those keys, for ΔW = W₀, is 1
     w0 = get_weight(lm.model, name)
     assert output_shift(w0, w0, keys) == pytest.approx(1.0)
+
+
+def test_expected_output_shift_is_the_output_shift_under_the_keys_second_moment():
+    g = torch.Generator().manual_seed(0)
+    w0, delta, K = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g), torch.randn(7, 40, generator=g)
+    c = K.double() @ K.double().T / K.shape[1]
+    assert expected_output_shift(w0, delta, c) == pytest.approx(output_shift(w0, delta, K), rel=1e-12)
+    # keys that never excite the edited input directions see no change
+    c_blind = torch.diag(torch.tensor([1.0, 1, 1, 0, 0, 0, 0]))
+    edit_elsewhere = torch.zeros(5, 7)
+    edit_elsewhere[:, 3:] = 1.0
+    assert expected_output_shift(w0, edit_elsewhere, c_blind) == 0.0

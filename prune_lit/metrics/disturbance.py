@@ -43,6 +43,14 @@ def output_shift(w0: Tensor, delta: Tensor, K: Tensor) -> float:
     return float((delta.double() @ K).norm() / (w0.double() @ K).norm())
 
 
+def expected_output_shift(w0: Tensor, delta: Tensor, c: Tensor) -> float:
+    """(tr(ΔW C ΔWᵀ) / tr(W₀ C W₀ᵀ))^{1/2} = ‖ΔW C^{1/2}‖_F / ‖W₀ C^{1/2}‖_F: `output_shift` in expectation over keys
+    with second moment ``c`` ``[d_in, d_in]`` (C = K Kᵀ / t gives `output_shift` on K). With an editor's own C it
+    is the ratio key-aware PRUNE's energy rule compares with its scale (docs/restraints.md)."""
+    c, d, w = c.double(), delta.double(), w0.double()
+    return float(((d @ c) * d).sum().clamp_min(0).sqrt() / ((w @ c) * w).sum().sqrt())
+
+
 def kept_energy(P: Tensor, K: Tensor) -> float:
     """‖P K‖²_F / ‖K‖²_F: the share of the keys' energy inside the space the projector ``P`` ``[d_in, d_in]``
     lets edits use (0 for a true null space of ``K``)."""
