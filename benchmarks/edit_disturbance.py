@@ -38,14 +38,18 @@ from prune_lit.models.arch import get_weight
 from prune_lit.models.loader import load_model
 
 
-def matrix_report(w0: torch.Tensor, w: torch.Tensor, K: torch.Tensor) -> dict[str, float]:
-    """``w0``, ``w`` ``[d_out, d_in]``, ``K`` ``[d_in, t]`` -> out_shift, delta_fro, sigma_ratio."""
+def matrix_report(w0: torch.Tensor, w: torch.Tensor, K: torch.Tensor, c: torch.Tensor | None = None) -> dict[str, float]:
+    """``w0``, ``w`` ``[d_out, d_in]``, ``K`` ``[d_in, t]`` -> out_shift, delta_fro, sigma_ratio (and stats_shift
+    under the key second moment ``c`` ``[d_in, d_in]`` when given)."""
     delta = w.double() - w0.double()
-    return {
+    report = {
         "out_shift": output_shift(w0, delta, K),
         "delta_fro": float(delta.norm()),
         "sigma_ratio": float(torch.linalg.matrix_norm(delta, ord=2) / torch.linalg.matrix_norm(w0.double(), ord=2)),
     }
+    if c is not None:
+        report["stats_shift"] = expected_output_shift(w0, delta, c)
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,11 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             kept[n] = {"n_kept": n_kept, "kept_energy": kept_energy(P, keys[n])}
         out["alphaedit_kept_space"] = {"threshold": args.alphaedit_threshold, "matrices": kept}
     for run, weights in checkpoints.items():
-        rows = {n: matrix_report(get_weight(model, n), w, keys[n]) for n, w in weights.items()}
-        if args.stats_shift:
-            for n, w in weights.items():
-                w0 = get_weight(model, n)
-                rows[n]["stats_shift"] = expected_output_shift(w0, w.double() - w0.double(), moments[n.removesuffix(".weight")])
+        rows = {n: matrix_report(get_weight(model, n), w, keys[n], moments[n.removesuffix(".weight")] if args.stats_shift else None)
+                for n, w in weights.items()}
         state = json.loads((run / "state.json").read_text())
         out["runs"][str(run)] = {"requests_seen": state["counters"]["requests_seen"], "matrices": rows,
                                  "max_out_shift": max(r["out_shift"] for r in rows.values())}
