@@ -56,6 +56,11 @@ def configs(*args: str) -> list[str]:
     return [a for name in args for a in ("--config", name)]
 
 
+def checkpoint_dirs(cfg: dict) -> list[str]:
+    """The ``dirpath`` of every trainer callback that has one (the checkpoint folders of a printed config)."""
+    return [cb["init_args"]["dirpath"] for cb in cfg["trainer"]["callbacks"] if "dirpath" in cb.get("init_args", {})]
+
+
 def differences(a: dict, b: dict, path: str = "") -> set[str]:
     """Dotted paths where ``a`` and ``b`` differ, as far down as both are dicts (a key only one has: its path)."""
     if not (isinstance(a, dict) and isinstance(b, dict)):
@@ -82,9 +87,9 @@ def test_overlay_changes_only_what_it_says(name: str) -> None:
     under = print_config(*configs(*OVERLAYS[name]), subcommand="fit")
     over = print_config(*configs(*OVERLAYS[name], name), subcommand="fit")
     assert differences(under, over) == OVERLAY_DIFFERENCES[name]
-    dirs = [cb["init_args"]["dirpath"] for cb in over["trainer"]["callbacks"] if "dirpath" in cb.get("init_args", {})]
+    dirs = checkpoint_dirs(over)
     assert dirs and not any(d == "checkpoints/mend" or d.startswith("checkpoints/mend/") for d in dirs)  # keeps the independent run's
-    under_dirs = [cb["init_args"]["dirpath"] for cb in under["trainer"]["callbacks"] if "dirpath" in cb.get("init_args", {})]
+    under_dirs = checkpoint_dirs(under)
     assert not set(dirs) & set(under_dirs)  # never overwrites the checkpoints of the run it is compared with
     assert over["model"]["init_args"]["sequential_edits"] is True
 
@@ -95,7 +100,7 @@ def test_overlays_never_share_a_run_or_checkpoint_folder() -> None:
     for name, bases in OVERLAYS.items():
         cfg = print_config(*configs(*bases, name), subcommand="fit")
         places = [cfg["trainer"]["logger"]["init_args"]["name"]]
-        places += [cb["init_args"]["dirpath"] for cb in cfg["trainer"]["callbacks"] if "dirpath" in cb.get("init_args", {})]
+        places += checkpoint_dirs(cfg)
         for place in set(places):
             assert place not in seen, f"{name} and {seen.get(place)} both use {place}"
             seen[place] = name
