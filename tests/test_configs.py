@@ -17,11 +17,13 @@ OVERLAYS = {
     "mend_sequential.yaml": ("mend.yaml",),
     "mend_sequential_cloc10.yaml": ("mend.yaml", "mend_sequential.yaml"),  # tried settings (docs/mend.md)
     "mend_sequential_loc4.yaml": ("mend.yaml", "mend_sequential.yaml"),
+    "mend_sequential_rank1920.yaml": ("mend.yaml", "mend_sequential.yaml"),
 }
 OVERLAY_DIFFERENCES = {
     "mend_sequential.yaml": {"model.init_args.sequential_edits", "trainer.logger.init_args.name", "trainer.callbacks"},
     "mend_sequential_cloc10.yaml": {"model.init_args.c_loc", "trainer.logger.init_args.name", "trainer.callbacks"},
     "mend_sequential_loc4.yaml": {"data.init_args.train_locality_per_edit", "trainer.logger.init_args.name", "trainer.callbacks"},
+    "mend_sequential_rank1920.yaml": {"model.init_args.rank", "trainer.logger.init_args.name", "trainer.callbacks"},
 }
 # Complete configs: every top-level YAML but the base and the overlays; MEND training ones run with fit.
 COMPLETE = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if p.name != "base.yaml" and p.name not in OVERLAYS)
