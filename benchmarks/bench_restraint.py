@@ -61,6 +61,7 @@ pin_threads(ARGS.threads)  # before numpy loads its BLAS
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from prune_lit.callbacks.delta_buffers import DeltaBuffers  # noqa: E402
 from prune_lit.restraint import restrain_delta_with_stats, restrain_singular_values, spectral_norm  # noqa: E402
 from prune_lit.restraint.key_aware import key_threshold, restrain_delta_key_aware, sqrt_psd  # noqa: E402
 from prune_lit.restraint.sphere import SphereProjector  # noqa: E402
@@ -123,9 +124,12 @@ def reference_step(w_np: np.ndarray, w0_np: np.ndarray, alpha: float, timings: d
     return w_new
 
 
+DELTAS = DeltaBuffers()  # ΔW formed into a reused buffer, as `SpectralRestraint` does
+
+
 def ours_step(w: torch.Tensor, w0: torch.Tensor, sigma0: float, alpha: float, init: torch.Tensor | None = None):
-    """Restrain ``w`` in place (as `SpectralRestraint` writes a float32 weight); returns it and the result."""
-    delta = w - w0
+    """Restrain ``w`` in place (as `SpectralRestraint` forms ΔW and writes a float32 weight); returns it and the result."""
+    delta = DELTAS.delta("w", w, w0)
     res = restrain_delta_with_stats(delta, sigma0, alpha, "log", init_basis=init)
     return res.apply_(w), res
 

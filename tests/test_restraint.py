@@ -193,6 +193,35 @@ def test_lowrank_svd_finds_exact_rank_and_zero() -> None:
     assert zero.rank == 0 and zero.method == "zero"
 
 
+def test_cached_default_sketch_gives_the_draws_of_a_fresh_seed0_generator(monkeypatch) -> None:
+    import prune_lit.restraint.lowrank as lowrank
+
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(200, 40, generator=g) @ torch.randn(40, 300, generator=g)  # rank 40: blocks 16, 32
+    fresh = lowrank_svd(a, generator=torch.Generator().manual_seed(0))
+    assert fresh.method == "lowrank"
+    for _ in range(2):  # the second call reads the cache
+        cached = lowrank_svd(a)
+        assert torch.equal(cached.S, fresh.S) and torch.equal(cached.U, fresh.U)
+    monkeypatch.setattr(lowrank, "_SKETCH_CACHE_MAX_ELEMENTS", 0)  # blocks too large to cache: drawn afresh, same values
+    assert torch.equal(lowrank_svd(a).S, fresh.S)
+    assert not torch.equal(lowrank_svd(a, generator=torch.Generator().manual_seed(1)).U, fresh.U)
+
+
+def test_delta_buffers_form_w_minus_w0_in_one_reused_buffer() -> None:
+    from prune_lit.callbacks.delta_buffers import DeltaBuffers
+
+    g = torch.Generator().manual_seed(6)
+    w0, w = torch.randn(7, 9, generator=g), torch.randn(7, 9, generator=g)
+    buffers = DeltaBuffers()
+    first = buffers.delta("m", w, w0)
+    assert torch.equal(first, w - w0)
+    second = buffers.delta("m", w.to(torch.bfloat16), w0)
+    assert second.data_ptr() == first.data_ptr() and torch.equal(second, w.to(torch.bfloat16).float() - w0)
+    assert buffers.delta("other", w, w0).data_ptr() != first.data_ptr()
+    assert buffers.delta("m", w[:3], w0[:3]).shape == (3, 9)  # another shape: a new buffer
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     delta = torch.ones(4, 5)
     delta[1, 2] = float("nan")

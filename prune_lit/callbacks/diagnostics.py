@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from matplotlib.figure import Figure
 
+from prune_lit.callbacks.delta_buffers import DeltaBuffers
 from prune_lit.callbacks.restraint import short_name
 from prune_lit.contracts import EditState, EditStepCallback, Phase, crossed
 from prune_lit.reporting import log_figure, log_scalars, run_dir, write_json_atomic
@@ -87,6 +88,7 @@ class SpectralDiagnostics(EditStepCallback):
         self.records: list[dict[str, Any]] = []
         self._w0_spectra: dict[str, torch.Tensor] = {}  # σ(W_0) per matrix, computed once
         self.warm = WarmStarts()  # ΔW grows step by step: each SVD starts from the last one
+        self.deltas = DeltaBuffers()  # ΔW of each matrix, formed in place measure after measure
 
     def w0_spectrum(self, name: str, w0: torch.Tensor) -> torch.Tensor:
         """Singular values of ``name``'s W_0 (descending), computed once and cached."""
@@ -103,7 +105,7 @@ class SpectralDiagnostics(EditStepCallback):
         for name, w0 in state.original_weights.items():
             w = get_weight(state.model, name).float()
             w0 = w0.to(w.device, torch.float32)
-            delta = w - w0
+            delta = self.deltas.delta(name, w, w0)
             if not torch.isfinite(delta).all():
                 raise ValueError(f"spectral diagnostics: {name} holds NaN/Inf after {num_edits} edits")
             svd = lowrank_svd(delta, vectors=False, **self.warm.kwargs(name))

@@ -177,7 +177,7 @@ class FactoredSpectralRestraint(SpectralRestraint):
                 self._high_rank.add(name)
             self._svd[name] = None  # the dense paths do not keep a factorisation
             self._pending_blocks.pop(name, None)
-            delta = w.float() - w0.to(w.device, torch.float32)
+            delta = self.deltas.delta(name, w, w0.to(w.device, torch.float32))
             fro = float(torch.linalg.vector_norm(delta))
             if not math.isfinite(fro):
                 raise ValueError(f"restraint of {name}: ΔW contains NaN or Inf; refusing to restrain it")

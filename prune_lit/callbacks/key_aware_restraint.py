@@ -91,7 +91,7 @@ class KeyAwareSpectralRestraint(SpectralRestraint):
         metric = self.key_metric(name, w0)
         warm_kw = warm_starts.kwargs(name)
         try:
-            res = restrain_delta_key_aware(w.float() - w0, metric.sqrt_c, metric.threshold, self.alpha, self.mode,  # type: ignore[arg-type]
+            res = restrain_delta_key_aware(self.deltas.delta(name, w, w0), metric.sqrt_c, metric.threshold, self.alpha, self.mode,  # type: ignore[arg-type]
                                            self.threshold, metric.sqrt_c_norm, init_basis=warm_kw["init"], max_rank=warm_kw["max_rank"])  # type: ignore[arg-type]
         except ValueError as err:
             raise ValueError(f"key-aware restraint of {name}: {err}") from err

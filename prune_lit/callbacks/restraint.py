@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from prune_lit.callbacks.delta_buffers import DeltaBuffers
 from prune_lit.contracts import EditState, Restraint, crossed
 from prune_lit.models.arch import get_weight, set_weight
 from prune_lit.reporting import log_scalars
@@ -77,6 +78,7 @@ class SpectralRestraint(Restraint):
         self.history: list[dict[str, Any]] = []
         self._sigma_max: dict[str, float] = {}
         self.warm = WarmStarts()  # what each matrix's last SVD tells the next one
+        self.deltas = DeltaBuffers()  # ΔW of each matrix, formed in place pass after pass
         self._pending = False  # an applied edit has not been restrained yet
 
     def sigma_max_w0(self, name: str, w0: torch.Tensor) -> float:
@@ -118,7 +120,7 @@ class SpectralRestraint(Restraint):
             sigma_max = self.sigma_max_w0(name, w0)
         except ValueError as err:
             raise ValueError(f"restraint of {name}: {err}") from err
-        return self._restrain_dense(model, name, w, w.float() - w0, sigma_max, warm_starts)
+        return self._restrain_dense(model, name, w, self.deltas.delta(name, w, w0), sigma_max, warm_starts)
 
     def _restrain_dense(self, model: torch.nn.Module, name: str, w: torch.Tensor, delta: torch.Tensor, sigma_max: float,
                         warm_starts: WarmStarts) -> RestraintResult:
