@@ -4,6 +4,12 @@
         --png docs/figures/mend_training.png --out benchmarks/results/mend_training.json
 
 Several run folders (a run and its resumes) are merged by step; a later folder wins on equal steps.
+
+Settings side by side (val/edit_success and val/locality per setting, each a run and its resumes):
+
+    python benchmarks/mend_training_curve.py --compare "c_loc 3=logs/mend_seq/version_0,logs/mend_seq/version_1" \\
+        --compare "c_loc 10=logs/mend_seq_cloc10/version_0" --png docs/figures/mend_settings.png \\
+        --out benchmarks/results/mend_settings.json
 """
 
 from __future__ import annotations
@@ -33,12 +39,19 @@ def read_scalars(run_dirs: list[str], tags: list[str]) -> dict[str, dict[int, fl
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="TensorBoard run folders (logs/mend/version_<n>)")
+    p.add_argument("runs", nargs="*", help="TensorBoard run folders (logs/mend/version_<n>)")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR[,DIR...]",
+                   help="instead of runs: one setting's run folders; repeat per setting")
     p.add_argument("--png", default="docs/figures/mend_training.png")
     p.add_argument("--out", type=Path, default=RESULTS / "mend_training.json")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window (logged points) for train/* curves")
     p.add_argument("--mark", action="append", default=[], help="STEP:LABEL, a vertical line (e.g. a change of c_loc)")
     args = p.parse_args()
+    if args.compare:
+        compare(args)
+        return
+    if not args.runs:
+        p.error("give run folders, or --compare LABEL=DIR[,DIR...]")
     val = read_scalars(args.runs, VAL_TAGS)
     train = read_scalars(args.runs, TRAIN_TAGS)
     steps = sorted(val["val/loss"])
@@ -78,14 +91,52 @@ def main() -> None:
         for ax in axes:
             ax.axvline(int(step), color="grey", ls="--", lw=1)
         axes[0].text(int(step), 0.03, " " + label, fontsize=8, color="grey")
+    finish(fig, axes, args.png)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """val/edit_success and val/locality of several settings against the optimizer step: a table, a JSON, a PNG."""
+    settings: dict[str, dict[str, dict[int, float]]] = {}
+    runs: dict[str, list[str]] = {}
+    for spec in args.compare:
+        label, _, dirs = spec.partition("=")
+        runs[label] = [d for d in dirs.split(",") if d]
+        settings[label] = read_scalars(runs[label], ["val/edit_success", "val/locality"])
+    steps = sorted(set().union(*(s["val/locality"] for s in settings.values())))
+    rows = [{"step": s + 1, **{lab: {k.split("/")[1]: v[k].get(s) for k in v} for lab, v in settings.items()}} for s in steps]
+    write_result(args.out, {"runs": {lab: [portable(d) for d in ds] for lab, ds in runs.items()}, "val": rows})
+    print("| optimizer step | " + " | ".join(settings) + " |  (val/edit_success / val/locality)")
+    print("| --- |" + " --- |" * len(settings))
+    for s in steps:
+        cells = [f"{v['val/edit_success'][s]:.3f} / {v['val/locality'][s]:.3f}" if s in v["val/locality"] else "—" for v in settings.values()]
+        print(f"| {s + 1:,} | " + " | ".join(cells) + " |")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for i, (label, v) in enumerate(settings.items()):
+        for ax, tag in zip(axes, ("val/locality", "val/edit_success")):
+            xs = sorted(v[tag])
+            ax.plot([s + 1 for s in xs], [v[tag][s] for s in xs], "o-", color=f"C{i}", label=label)
+    for ax, tag, target in zip(axes, ("val/locality", "val/edit_success"), (0.90, 0.95)):
+        ax.axhline(target, color="grey", ls=":", lw=1, label=f"target {target:.2f}")
+        ax.set_title(f"{tag} (single edits, val cases)")
+    finish(fig, axes, args.png)
+
+
+def finish(fig, axes, png: str) -> None:
+    """Step axis, legend and grid on every panel; write the PNG."""
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.png, dpi=110)
-    print(f"wrote {args.png}")
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":
