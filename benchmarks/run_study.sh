@@ -25,8 +25,8 @@
 #                                                    where no σ of ΔW exceeds σ_max(W₀) reuses its scores)
 #   mend, mend_prune                                 one edit per step (needs checkpoints/mend/best.ckpt)
 #   mend_seq, mend_seq_prune                         the same with the hypernetwork trained on sequences of edits
-#                                                    (configs/mend_sequential.yaml; STUDY_MEND_SEQ_CKPT, default
-#                                                    checkpoints/mend_seq/best.ckpt) and its inputs clipped to
+#                                                    (configs/mend_sequential_cloc10.yaml; STUDY_MEND_SEQ_CKPT, default its
+#                                                    step-1,750 checkpoint, docs/mend.md) and its inputs clipped to
 #                                                    ±STUDY_MEND_Z_CLIP (3: the screen on cases 2000–2099, docs/mend.md);
 #                                                    mend_seq carries its at-N curve
 #   rome_key_aware, alphaedit_key_aware              + key-aware PRUNE after every step, threshold "energy" at scale
@@ -53,7 +53,7 @@ LIMIT="${STUDY_DOWNSTREAM_LIMIT:-200}"
 EVAL_EVERY="${STUDY_EVAL_EVERY:-$((N >= 250 ? 250 : N))}"
 BATCH="${STUDY_BATCH:-}"
 KEY_SCALE="${STUDY_KEY_SCALE:-0.2}"
-MEND_SEQ_CKPT="${STUDY_MEND_SEQ_CKPT:-checkpoints/mend_seq/best.ckpt}"
+MEND_SEQ_CKPT="${STUDY_MEND_SEQ_CKPT:-checkpoints/mend_seq_cloc10/val/step1750.ckpt}"
 MEND_Z_CLIP="${STUDY_MEND_Z_CLIP:-3}"
 MEND_SEQ=(--model.init_args.editor.init_args.checkpoint "$MEND_SEQ_CKPT" --model.init_args.editor.init_args.input_z_clip "$MEND_Z_CLIP")
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -41,7 +41,7 @@ def test_every_arm_resolves_to_what_its_name_says(tmp_path):
         suffix = base[len(editor):]
         restraint = model["restraint"]
         if editor.startswith("mend"):  # which hypernetwork: the independent run's, or the sequentially trained one
-            expected_ckpt = "checkpoints/mend_seq/best.ckpt" if editor == "mend_seq" else "checkpoints/mend/best.ckpt"
+            expected_ckpt = "checkpoints/mend_seq_cloc10/val/step1750.ckpt" if editor == "mend_seq" else "checkpoints/mend/best.ckpt"
             assert model["editor"]["init_args"]["checkpoint"] == expected_ckpt, arm
             assert model["editor"]["init_args"]["input_z_clip"] == (3 if editor == "mend_seq" else None), arm
         if suffix:
