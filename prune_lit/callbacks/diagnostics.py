@@ -171,7 +171,7 @@ class SpectralDiagnostics(EditStepCallback):
             w0 = w0.to(w.device, torch.float32)
             s0 = self.w0_spectrum(name, w0)
             spectra[short_name(name)] = {
-                "delta": lowrank_svd(w - w0, vectors=False).S[: self.top_k].tolist(),
+                "delta": lowrank_svd(self.deltas.delta(name, w, w0), vectors=False).S[: self.top_k].tolist(),
                 "w": singular_values(w).tolist(),
                 "w0": s0.tolist(),
                 "sigma_max_w0": float(s0[0]),
