@@ -320,3 +320,33 @@ def test_restraint_comparison_arms_are_variants_of_their_editor(study, tmp_path)
     assert {t["metric"] for t in against_prune} >= {"NLL / token (perplexity)", "reasoning/exact_match"}
     assert "## Other restraints against PRUNE per edit (paired)" in report.markdown
     assert all(t["baseline"] == "none" for t in report.summary["prune_tests"])
+
+
+def test_every_arm_is_tested_against_a_reference_arm_of_another_editor(study, tmp_path):
+    """--reference rome_prune: an AlphaEdit arm (another editor, same cases) is paired with ROME + PRUNE at the
+    points both have; the reference is not tested against itself; an unknown reference is refused."""
+    import shutil
+
+    root = tmp_path / "study"
+    shutil.copytree(study, root)
+    alpha = json.loads((root / "logs" / "rome_prune" / "version_1" / "results.json").read_text())
+    worse = [0] * 100  # every right GSM8K answer of the unedited model lost: McNemar p = 2^-29
+    alpha["history"] = [{"num_edits": 20, "edits": edits(0.9, 20), "probes": probes(BASE_NLL + 0.3 + noise(), 0.1),
+                         "downstream": downstream(worse)}]  # a batch editor: only the 20-edit point
+    folder = root / "logs" / "alphaedit_sphere" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(alpha))
+    (folder / "spectral.json").write_text(json.dumps({"records": []}))
+    report = study_report.build_report(root, resamples=500, reference="rome_prune")
+    tests = {(t["editor"], t["variant"], t["num_edits"], t["metric"]): t for t in report.summary["reference_tests"]}
+    assert {t["baseline"] for t in tests.values()} == {"rome_prune"}
+    assert ("rome", "per-edit", 20, "NLL / token (perplexity)") not in tests
+    nll = tests[("alphaedit", "sphere", 20, "NLL / token (perplexity)")]
+    assert nll["difference"] == pytest.approx(0.3, abs=0.02) and nll["p_value"] < 0.01
+    gsm = tests[("alphaedit", "sphere", 20, "reasoning/exact_match")]
+    assert gsm["difference"] == pytest.approx(-0.1) and gsm["p_value"] < 0.01  # rome_prune kept 10 of 100, this arm 0
+    assert ("alphaedit", "sphere", 10, "NLL / token (perplexity)") not in tests  # no 10-edit point in the AlphaEdit arm
+    assert ("rome", "none", 10, "NLL / token (perplexity)") in tests
+    assert "## Every arm against ROME, PRUNE per edit (`rome_prune`, paired)" in report.markdown
+    with pytest.raises(ValueError, match="reference arm"):
+        study_report.build_report(root, resamples=100, reference="memit_prune")

@@ -472,11 +472,40 @@ def plain_answer(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: in
     return rows
 
 
+def _point_tests(base: dict[int, dict[str, dict]], other: dict[int, dict[str, dict]], tasks: list[str], resamples: int,
+                 seed: int) -> Iterator[tuple[int, str, dict[str, Any] | None]]:
+    """``(edits, metric, test or None)`` at every point (past 0) both curves have: perplexity (as mean NLL per
+    window), KL and the downstream scores, ``other`` − ``base`` paired over the same windows / examples."""
+    for n in sorted(set(base) & set(other)):
+        if n == 0:
+            continue
+        a, b = base[n], other[n]
+        if "probes" in a and "probes" in b:
+            yield n, "NLL / token (perplexity)", paired_probe(a["probes"], b["probes"], "nll", resamples, seed)
+            yield n, "KL from unedited", paired_probe(a["probes"], b["probes"], "kl", resamples, seed)
+        if "downstream" in a and "downstream" in b:
+            for k in tasks:
+                yield n, k, paired_scores(a["downstream"], b["downstream"], k, resamples, seed)
+
+
+def _same_cases_note(a: Arm, b: Arm) -> str | None:
+    ids_a, ids_b = a.results.edited_case_ids, b.results.edited_case_ids
+    if ids_a is not None and ids_b is not None:
+        m = min(len(ids_a), len(ids_b))
+        if ids_a[:m] != ids_b[:m]:
+            return f"{a.name} and {b.name} edited different cases"
+    return None
+
+
+def _untested_note(who: str, metric: str, ns: list[int]) -> str:
+    return (f"{who}, {DOWNSTREAM.get(metric, metric)} at {', '.join(map(str, ns))} edits: no paired test (per-window / "
+            f"per-example scores missing, of different lengths, or fewer than {MIN_BOOTSTRAP_N} for a bootstrap)")
+
+
 def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int, seed: int, baseline: str = "none",
                 compared: tuple[str, ...] = tuple(VARIANTS[1:])) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each ``compared`` variant against ``baseline`` (no restraint, or e.g. PRUNE per edit) at every point both have:
-    perplexity (as mean NLL per window), KL and the downstream scores, paired over the same windows / examples.
-    Differences are variant − baseline; each row names its ``baseline``."""
+    """Each ``compared`` variant against ``baseline`` (no restraint, or e.g. PRUNE per edit) of the same editor at
+    every point both have (`_point_tests`). Differences are variant − baseline; each row names its ``baseline``."""
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     untested: dict[tuple[str, str, str], list[int]] = {}
@@ -489,30 +518,45 @@ def prune_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], resamples: int
             if variant not in vs or variant == baseline:
                 continue
             arm, other = vs[variant]
-            ids_a, ids_b = base_arm.results.edited_case_ids, arm.results.edited_case_ids
-            if ids_a is not None and ids_b is not None:
-                m = min(len(ids_a), len(ids_b))
-                if ids_a[:m] != ids_b[:m]:
-                    notes.append(f"{editor}: {base_arm.name} and {arm.name} edited different cases")
-            for n in sorted(set(base) & set(other)):
-                if n == 0:
+            if note := _same_cases_note(base_arm, arm):
+                notes.append(f"{editor}: {note}")
+            for n, metric, c in _point_tests(base, other, tasks, resamples, seed):
+                if c is None:
+                    untested.setdefault((editor, variant, metric), []).append(n)
                     continue
-                a, b = base[n], other[n]
-                tests: list[tuple[str, dict | None]] = []
-                if "probes" in a and "probes" in b:
-                    tests += [("NLL / token (perplexity)", paired_probe(a["probes"], b["probes"], "nll", resamples, seed)),
-                              ("KL from unedited", paired_probe(a["probes"], b["probes"], "kl", resamples, seed))]
-                if "downstream" in a and "downstream" in b:
-                    tests += [(k, paired_scores(a["downstream"], b["downstream"], k, resamples, seed)) for k in tasks]
-                for metric, c in tests:
-                    if c is None:
-                        untested.setdefault((editor, variant, metric), []).append(n)
-                        continue
-                    rows.append({"editor": editor, "variant": variant, "baseline": baseline, "num_edits": n, "metric": metric} | c)
+                rows.append({"editor": editor, "variant": variant, "baseline": baseline, "num_edits": n, "metric": metric} | c)
     for (editor, variant, metric), ns in untested.items():
-        notes.append(f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]} vs {VARIANT_LABELS[baseline]}, {DOWNSTREAM.get(metric, metric)} at "
-                     f"{', '.join(map(str, ns))} edits: no paired test (per-window / per-example scores missing, of "
-                     f"different lengths, or fewer than {MIN_BOOTSTRAP_N} for a bootstrap)")
+        notes.append(_untested_note(f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]} vs "
+                                    f"{VARIANT_LABELS[baseline]}", metric, ns))
+    return rows, notes
+
+
+def reference_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], reference: Arm, resamples: int,
+                    seed: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every other arm (any editor, its own restraint) against one ``reference`` arm, e.g. ROME + PRUNE per edit,
+    at every point both have (`_point_tests`; a batch editor meets a one-edit-per-step arm at the shared multiples).
+    Restraint arms and unrestrained runs only: an ``at-end`` curve is PRUNE's own comparison (`prune_tests`).
+    Fair because every arm of a study edits the same cases in the same order and is scored on the same windows and
+    examples. Differences are arm − reference; rows carry ``baseline`` = the reference arm's name."""
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    untested: dict[tuple[str, str, str], list[int]] = {}
+    tasks = task_keys([c for vs in variants.values() for _, c in vs.values()])
+    base = curve(reference, reference.variant)
+    for editor, vs in variants.items():
+        for variant, (arm, other) in vs.items():
+            if (arm.name == reference.name and variant == reference.variant) or variant == "at-end":
+                continue
+            if note := _same_cases_note(reference, arm):
+                notes.append(note)
+            for n, metric, c in _point_tests(base, other, tasks, resamples, seed):
+                if c is None:
+                    untested.setdefault((editor, variant, metric), []).append(n)
+                    continue
+                rows.append({"editor": editor, "variant": variant, "baseline": reference.name, "num_edits": n,
+                             "metric": metric} | c)
+    for (editor, variant, metric), ns in untested.items():
+        notes.append(_untested_note(f"{label(editor, variant)} vs {reference.name}", metric, ns))
     return rows, notes
 
 
@@ -557,11 +601,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: dict[str, float] | None = None,
-                 only: Sequence[str] | None = None) -> Report:
-    """Every table (Markdown) and number (JSON-able summary) of the study under ``study`` (``only``: these arms)."""
+                 only: Sequence[str] | None = None, reference: str | None = None) -> Report:
+    """Every table (Markdown) and number (JSON-able summary) of the study under ``study`` (``only``: these arms;
+    ``reference``: one of them that every other arm is also tested against, `reference_tests`)."""
     arms, timings = load_study(study, only)
     if not arms:
         raise FileNotFoundError(f"no arm (logs/<arm>/version_<n>/results.json or checkpoints/<arm>/latest) under {study}")
+    if reference is not None and reference not in arms:
+        raise ValueError(f"reference arm {reference!r} is not among the arms found: {', '.join(arms)}")
     variants = variants_of(arms)
     notes: list[str] = []
     md: list[str] = [f"# Study report: {Path(study).name}", ""]
@@ -779,6 +826,18 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                "(same cases, windows and examples). Intervals: the JSON summary (`restraint_tests`).", "",
                table(["editor", "restraint", "edits", *[titles.get(m, m) for m in metrics]], rows), ""]
 
+    ref_tests: list[dict[str, Any]] = []
+    if reference is not None:
+        ref_tests, ref_notes = reference_tests(variants, arms[reference], resamples, seed)
+        notes += ref_notes
+        rows = test_rows(ref_tests)
+        md += [f"## Every arm against {label(arms[reference].editor, arms[reference].variant)} (`{reference}`, paired)", "",
+               f"Each cell: `{reference}` → the row's arm at the same number of edits, on the same windows / examples "
+               "(every arm edits the same cases in the same order). Tests as above; intervals: the JSON summary "
+               "(`reference_tests`).", "",
+               table(["editor", "restraint", "edits", *[titles.get(m, m) for m in metrics]], rows)
+               if rows else "No arm shares an evaluation point with the reference.", ""]
+
     missing_prune = [e for e, vs in variants.items() if "none" in vs and "per-edit" not in vs]
     missing_none = [e for e, vs in variants.items() if "none" not in vs]
     if missing_prune:
@@ -802,7 +861,8 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         "arms": {name: {"folder": _under(a.folder, study), "editor": a.editor, "model": a.results.model,
                         "num_edits": a.results.num_edits, "partial": a.partial} for name, a in arms.items()},
         "points": points, "spectral": spectral_summary, "times": times_summary,
-        "plain_answer": answers, "prune_tests": tests, "restraint_tests": restraint_tests, "notes": list(dict.fromkeys(notes)),
+        "plain_answer": answers, "prune_tests": tests, "restraint_tests": restraint_tests,
+        "reference_tests": ref_tests, "notes": list(dict.fromkeys(notes)),
         "kappa_w0": kappa_w0 or {},
     }
     return Report("\n".join(md), summary)
@@ -1221,6 +1281,8 @@ def main(argv: list[str] | None = None) -> Report | None:
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples per interval / test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", nargs="+", default=None, help="report only these arms (default: every arm folder)")
+    p.add_argument("--reference", default=None,
+                   help="also test every other arm against this one (e.g. rome_prune), paired on the same windows / examples")
     p.add_argument("--no-w0", action="store_true", help="skip κ(W₀) of the unedited model (no model load)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--summary-from", type=Path, nargs="+", default=None,
@@ -1239,7 +1301,7 @@ def main(argv: list[str] | None = None) -> Report | None:
             print(summary_table(summary))
         return None
     k0 = None if args.no_w0 else kappa_w0(args.study, args.arms)
-    report = build_report(args.study, args.resamples, args.seed, k0, args.arms)
+    report = build_report(args.study, args.resamples, args.seed, k0, args.arms, args.reference)
     print(report.markdown)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
