@@ -350,3 +350,19 @@ def test_every_arm_is_tested_against_a_reference_arm_of_another_editor(study, tm
     assert "## Every arm against ROME, PRUNE per edit (`rome_prune`, paired)" in report.markdown
     with pytest.raises(ValueError, match="reference arm"):
         study_report.build_report(root, resamples=100, reference="memit_prune")
+
+
+def test_the_goal_table_checks_each_arms_last_point(study):
+    """--goal 0.05 0.9: ROME + PRUNE per edit ends at the unedited perplexity (within noise) but efficacy 0.7, so it
+    misses; with efficacy ≥ 0.5 it meets by point estimates; without --goal there is no table."""
+    strict = study_report.build_report(study, resamples=500, goal=study_report.Goal(0.05, 0.9))
+    rows = {(g["editor"], g["variant"]): g for g in strict.summary["goal"]["rows"]}
+    per_edit = rows[("rome", "per-edit")]
+    assert per_edit["num_edits"] == 20 and per_edit["efficacy"] == 0.7
+    assert abs(per_edit["rise"]) < 0.02 and per_edit["rise_low"] <= per_edit["rise"] <= per_edit["rise_high"]
+    assert not per_edit["meets"] and not per_edit["meets_with_intervals"]
+    assert "## The goal: perplexity within +5 % of the unedited model, efficacy ≥ 0.9" in strict.markdown
+    loose = study_report.build_report(study, resamples=500, goal=study_report.Goal(0.05, 0.5))
+    rows = {(g["editor"], g["variant"]): g for g in loose.summary["goal"]["rows"]}
+    assert rows[("rome", "per-edit")]["meets"]
+    assert study_report.build_report(study, resamples=100).summary["goal"] is None

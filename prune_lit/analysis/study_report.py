@@ -560,7 +560,44 @@ def reference_tests(variants: dict[str, dict[str, tuple[Arm, dict]]], reference:
     return rows, notes
 
 
+@dataclass(frozen=True)
+class Goal:
+    """A target for the last evaluation point of every arm: perplexity at most ``max_rise`` above the unedited
+    model's (0.05 = +5 %) with efficacy at least ``min_efficacy``."""
+
+    max_rise: float
+    min_efficacy: float
+
+
+def goal_rows(points: dict[str, dict[str, list[dict[str, Any]]]], goal: Goal) -> list[dict[str, Any]]:
+    """Per editor and variant, its last point with both a paired perplexity change and efficacy: the rise
+    ``exp(Δ NLL) − 1`` with its paired interval, efficacy with its Wilson interval, and whether the point estimates
+    meet ``goal`` (``meets``) and whether the intervals do too (``meets_with_intervals``: upper end of the rise and
+    lower end of efficacy)."""
+    rows = []
+    for editor, vs in points.items():
+        for variant, pts in vs.items():
+            scored = [r for r in pts if (r.get("probes") or {}).get("nll_change") and "efficacy" in (r.get("edits") or {})]
+            if not scored:
+                continue
+            r = max(scored, key=lambda x: x["num_edits"])
+            ch, eff = r["probes"]["nll_change"], r["edits"]["efficacy"]
+            rise = {k: math.expm1(ch[k]) for k in ("difference", "low", "high")}
+            rows.append({"editor": editor, "variant": variant, "num_edits": r["num_edits"],
+                         "perplexity": r["probes"]["perplexity"]["estimate"], "rise": rise["difference"],
+                         "rise_low": rise["low"], "rise_high": rise["high"], "efficacy": eff["estimate"],
+                         "efficacy_low": eff.get("low"), "efficacy_high": eff.get("high"),
+                         "meets": rise["difference"] <= goal.max_rise and eff["estimate"] >= goal.min_efficacy,
+                         "meets_with_intervals": rise["high"] <= goal.max_rise and (eff.get("low") or 0.0) >= goal.min_efficacy})
+    return rows
+
+
 # ---------------------------------------------------------------- tables
+
+
+def _rise(x: float) -> str:
+    """A relative change as ``+1.9 %``; beyond +1,000 % as the ratio (``×1.1e+04``)."""
+    return f"{100 * x:+.1f} %" if x < 10 else f"×{fmt(1 + x, 3)}"
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -601,9 +638,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: dict[str, float] | None = None,
-                 only: Sequence[str] | None = None, reference: str | None = None) -> Report:
+                 only: Sequence[str] | None = None, reference: str | None = None, goal: Goal | None = None) -> Report:
     """Every table (Markdown) and number (JSON-able summary) of the study under ``study`` (``only``: these arms;
-    ``reference``: one of them that every other arm is also tested against, `reference_tests`)."""
+    ``reference``: one of them that every other arm is also tested against, `reference_tests`; ``goal``: a table of
+    which arms meet it at their last point, `goal_rows`)."""
     arms, timings = load_study(study, only)
     if not arms:
         raise FileNotFoundError(f"no arm (logs/<arm>/version_<n>/results.json or checkpoints/<arm>/latest) under {study}")
@@ -767,6 +805,20 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                "ledger counts from this edit on (0: the whole run).", "",
                table(["arm", "from edit", "wall (s)", "CPU (s)", *(f"{g} (CPU s)" for g in COST_GROUPS), "evaluation share of CPU"], rows), ""]
 
+    goals: list[dict[str, Any]] = []
+    if goal is not None:
+        goals = goal_rows(points, goal)
+        md += [f"## The goal: perplexity within +{100 * goal.max_rise:g} % of the unedited model, efficacy ≥ "
+               f"{goal.min_efficacy:g}", "",
+               "Each arm's last point with probes and edit metrics. Rise: exp(Δ NLL) − 1 with the paired bootstrap "
+               "interval over windows; efficacy with its Wilson interval over the edited cases. \"meets\": both point "
+               "estimates on the right side; \"with intervals\": the rise's upper and efficacy's lower end too.", "",
+               table(["arm", "edits", "perplexity", "rise", "efficacy", "meets", "with intervals"],
+                     [[label(g["editor"], g["variant"]), str(g["num_edits"]), fmt(g["perplexity"], 2),
+                       f"{_rise(g['rise'])} [{_rise(g['rise_low'])}, {_rise(g['rise_high'])}]",
+                       fmt_iv({"estimate": g["efficacy"], "low": g["efficacy_low"], "high": g["efficacy_high"]}),
+                       "yes" if g["meets"] else "no", "yes" if g["meets_with_intervals"] else "no"] for g in goals]), ""]
+
     # Plain answer
     answers = plain_answer(variants, resamples, seed)
     md += ["## Plain answer: when does general ability decline?", "",
@@ -862,7 +914,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                         "num_edits": a.results.num_edits, "partial": a.partial} for name, a in arms.items()},
         "points": points, "spectral": spectral_summary, "times": times_summary,
         "plain_answer": answers, "prune_tests": tests, "restraint_tests": restraint_tests,
-        "reference_tests": ref_tests, "notes": list(dict.fromkeys(notes)),
+        "reference_tests": ref_tests, "goal": (goal.__dict__ | {"rows": goals}) if goal else None, "notes": list(dict.fromkeys(notes)),
         "kappa_w0": kappa_w0 or {},
     }
     return Report("\n".join(md), summary)
@@ -1000,7 +1052,7 @@ def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """One summary from several study reports' JSON summaries (arms run in different studies, e.g. the first
     study's ROME arms and a later study's MEMIT arms), later ones winning: per editor and variant for ``points``
     and ``spectral``, per arm for ``arms`` and ``times``, per matrix for ``kappa_w0``; list items (``plain_answer``,
-    ``prune_tests``, ``restraint_tests``) of an (editor, variant) a later summary holds replace the earlier ones; ``notes`` are joined.
+    ``prune_tests``, ``restraint_tests``, ``reference_tests``) of an (editor, variant) a later summary holds replace the earlier ones; ``notes`` are joined.
 
     Raises ValueError when the summaries used different bootstrap settings (their intervals would not compare).
     """
@@ -1018,7 +1070,7 @@ def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             merged[section] = into
         for section in ("arms", "times", "kappa_w0"):
             merged[section] = {**merged.get(section, {}), **later.get(section, {})}
-        for section in ("plain_answer", "prune_tests", "restraint_tests"):
+        for section in ("plain_answer", "prune_tests", "restraint_tests", "reference_tests"):
             replaced = {(i.get("editor"), i.get("variant")) for i in later.get(section, [])}
             kept = [i for i in merged.get(section, []) if (i.get("editor"), i.get("variant")) not in replaced]
             merged[section] = kept + list(later.get(section, []))
@@ -1283,6 +1335,9 @@ def main(argv: list[str] | None = None) -> Report | None:
     p.add_argument("--arms", nargs="+", default=None, help="report only these arms (default: every arm folder)")
     p.add_argument("--reference", default=None,
                    help="also test every other arm against this one (e.g. rome_prune), paired on the same windows / examples")
+    p.add_argument("--goal", type=float, nargs=2, metavar=("MAX_RISE", "MIN_EFFICACY"), default=None,
+                   help="add a table of which arms meet it at their last point, e.g. 0.05 0.90 (+5 %% perplexity, "
+                        "efficacy ≥ 0.90)")
     p.add_argument("--no-w0", action="store_true", help="skip κ(W₀) of the unedited model (no model load)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--summary-from", type=Path, nargs="+", default=None,
@@ -1301,7 +1356,8 @@ def main(argv: list[str] | None = None) -> Report | None:
             print(summary_table(summary))
         return None
     k0 = None if args.no_w0 else kappa_w0(args.study, args.arms)
-    report = build_report(args.study, args.resamples, args.seed, k0, args.arms, args.reference)
+    report = build_report(args.study, args.resamples, args.seed, k0, args.arms, args.reference,
+                          Goal(*args.goal) if args.goal else None)
     print(report.markdown)
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
