@@ -285,6 +285,7 @@ def test_an_unfinished_arm_is_read_from_its_last_checkpoint(tmp_path):
     assert study_report.curve(arm, "at-end")[20]["edits"]["efficacy"] == 0.75
     report = study_report.build_report(tmp_path, resamples=200)
     assert "**Unfinished arms**, read from their last checkpoint: alphaedit (to 20 edits)." in report.markdown
+    assert "**Unfinished arms**, read from their last checkpoint: alphaedit (to 20 edits)." in study_report.summary_table(report.summary)
 
 
 def test_a_report_of_chosen_arms_leaves_the_others_out(study):

@@ -1034,6 +1034,10 @@ def summary_table(summary: dict[str, Any], edits: tuple[int, ...] = SUMMARY_EDIT
     if commits:
         legend += " Code of each arm (results.json's `code_commit`): " + ", ".join(
             f"{arm} {c or 'not recorded'}" for arm, c in sorted(commits.items(), key=lambda kv: arm_order(kv[0]))) + "."
+    unfinished = {arm: a["partial"] for arm, a in summary.get("arms", {}).items() if a.get("partial") is not None}
+    if unfinished:
+        legend += " **Unfinished arms**, read from their last checkpoint: " + ", ".join(
+            f"{arm} (to {n} edits)" for arm, n in sorted(unfinished.items(), key=lambda kv: arm_order(kv[0]))) + "."
     return legend + "\n\n" + table(header, rows)
 
 
