@@ -17,18 +17,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prune_lit.analysis.study_report import EDITOR_LABELS, RESTRAINT_SUFFIXES, VARIANT_LABELS, split_arm
+from prune_lit.analysis.study_report import DOWNSTREAM, EDITOR_LABELS, VARIANT_LABELS, arm_variant, fmt, rise_text, split_arm
 
 ARM_ORDER = ["rome", "rome_prune", "rome_key_aware", "rome_sphere", "alphaedit", "alphaedit_key_aware", "alphaedit_sphere"]
-TASKS = ["reasoning/exact_match", "summarization/rouge1", "qa/contains", "nli/accuracy"]
-
-
-def _num(x: float) -> str:
-    return f"{x:.2f}" if x < 1e4 else f"{x:.2g}"
-
-
-def _rise(x: float) -> str:
-    return f"{100 * x:+.1f} %" if x < 10 else f"×{1 + x:.3g}"
 
 
 def rows(summary: dict[str, Any], edits: int) -> list[str]:
@@ -39,8 +30,7 @@ def rows(summary: dict[str, Any], edits: int) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     names = [a for a in ARM_ORDER if a in summary["arms"]] + [a for a in summary["arms"] if a not in ARM_ORDER]
     for arm in names:
-        editor, suffix = split_arm(arm)
-        variant = RESTRAINT_SUFFIXES[suffix] if suffix else "none"
+        editor, variant = split_arm(arm)[0], arm_variant(arm)
         points = [p for p in summary["points"].get(editor, {}).get(variant, []) if p.get("probes") and p.get("edits")]
         point = next((p for p in points if p["num_edits"] == edits), None)
         partial = summary["arms"][arm].get("partial")
@@ -51,12 +41,13 @@ def rows(summary: dict[str, Any], edits: int) -> list[str]:
         n = point["num_edits"]
         probes, scores, tasks = point["probes"], point["edits"], point.get("downstream") or {}
         change = probes["nll_change"]
-        rise = f"{_rise(math.expm1(change['difference']))} [{_rise(math.expm1(change['low']))}, {_rise(math.expm1(change['high']))}]"
+        rise = " ".join([rise_text(math.expm1(change["difference"])),
+                         f"[{rise_text(math.expm1(change['low']))}, {rise_text(math.expm1(change['high']))}]"])
         cells = [f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]}",
                  str(n) if n == edits else f"{n} (unfinished: at {partial} when reported)" if partial else str(n),
-                 _num(probes["perplexity"]["estimate"]), rise, f"{probes['kl']['estimate']:.3f}",
+                 fmt(probes["perplexity"]["estimate"], 2), rise, f"{probes['kl']['estimate']:.3f}",
                  *(f"{scores[k]['estimate']:.3f}" for k in ("efficacy", "generalization", "neighborhood")),
-                 *(f"{tasks[k]['estimate']:.3f}" if k in tasks else "–" for k in TASKS)]
+                 *(f"{tasks[k]['estimate']:.3f}" if k in tasks else "–" for k in DOWNSTREAM)]
         if cost:
             times = summary.get("times", {}).get(arm, {})
             whole = partial is None and n == edits

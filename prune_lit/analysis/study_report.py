@@ -118,14 +118,19 @@ class Arm:
     @property
     def variant(self) -> str:
         """``none`` (with its ``at-end`` curve, if any), or the restraint the arm applied after every step."""
-        suffix = split_arm(self.name)[1]
-        return RESTRAINT_SUFFIXES[suffix] if suffix else "none"
+        return arm_variant(self.name)
 
 
 def split_arm(name: str) -> tuple[str, str]:
     """``(editor, restraint suffix)`` of an arm name: ``rome_key_aware`` -> ``("rome", "_key_aware")``; ``""`` when none."""
     suffix = next((s for s in RESTRAINT_SUFFIXES if name.endswith(s)), "")
     return name[: len(name) - len(suffix)], suffix
+
+
+def arm_variant(name: str) -> str:
+    """``none``, or the restraint an arm named ``<editor><suffix>`` applies after every step (`RESTRAINT_SUFFIXES`)."""
+    suffix = split_arm(name)[1]
+    return RESTRAINT_SUFFIXES[suffix] if suffix else "none"
 
 
 def read_timings(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -595,8 +600,8 @@ def goal_rows(points: dict[str, dict[str, list[dict[str, Any]]]], goal: Goal) ->
 # ---------------------------------------------------------------- tables
 
 
-def _rise(x: float) -> str:
-    """A relative change as ``+1.9 %``; beyond +1,000 % as the ratio (``×1.1e+04``)."""
+def rise_text(x: float) -> str:
+    """A relative change as ``+1.9 %``; beyond +1,000 % as the ratio (``×10833.800``, `fmt`)."""
     return f"{100 * x:+.1f} %" if x < 10 else f"×{fmt(1 + x, 3)}"
 
 
@@ -815,7 +820,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                "estimates on the right side; \"with intervals\": the rise's upper and efficacy's lower end too.", "",
                table(["arm", "edits", "perplexity", "rise", "efficacy", "meets", "with intervals"],
                      [[label(g["editor"], g["variant"]), str(g["num_edits"]), fmt(g["perplexity"], 2),
-                       f"{_rise(g['rise'])} [{_rise(g['rise_low'])}, {_rise(g['rise_high'])}]",
+                       f"{rise_text(g['rise'])} [{rise_text(g['rise_low'])}, {rise_text(g['rise_high'])}]",
                        fmt_iv({"estimate": g["efficacy"], "low": g["efficacy_low"], "high": g["efficacy_high"]}),
                        "yes" if g["meets"] else "no", "yes" if g["meets_with_intervals"] else "no"] for g in goals]), ""]
 
