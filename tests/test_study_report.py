@@ -200,6 +200,10 @@ def test_spectra_and_timings(report):
     times = report.summary["times"]
     assert times["rome"]["wall_seconds"] == 150 and len(times["rome"]["tries"]) == 2  # a killed try and its resume
     assert times["rome_prune"]["wall_seconds"] == 70 and len(times["rome_prune"]["earlier_tries"]) == 1
+    # Its ledger saw 130 s: a try that timings.tsv lacks (killed with its session) shows beside the sum.
+    assert times["rome_prune"]["ledger_wall_seconds"] == 130.0 and times["rome"]["ledger_wall_seconds"] is None
+    assert "| rome_prune | 20 | 20 | 0 | 70 (run ledger: 130) | 1 |" in report.markdown
+    assert "| rome | 20 | 20 | 0 | 150 | 2 |" in report.markdown
     assert times["alphaedit"]["wall_seconds"] == 3 and times["alphaedit"]["tries"][0]["rc"] == 2
     assert "Arms with a timing but no results.json: alphaedit" in report.markdown
     # CPU seconds by part from the run's ledger: evaluation = 5 + 3 + 8 + 36 = 52 of 120; rest = 120 − 97

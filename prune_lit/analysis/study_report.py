@@ -768,7 +768,8 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
     # Wall times
     md += ["## Wall times", "",
            "wall: run_study.sh's timings.tsv, summed over the tries of an arm's current run (its last fresh start and "
-           "the resumes after it); editing / restraint: "
+           "the resumes after it); \"run ledger\": the run's own wall clock (results.json `cost`), shown where it is "
+           "more than 5 % above that sum — a try killed with its session writes no timings row; editing / restraint: "
            "results.json (edit steps and PRUNE alone, without evaluation).", ""]
     rows = []
     times_summary = {}
@@ -779,13 +780,17 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
         tries = all_tries[fresh:]
         wall = sum(t["seconds"] for t in tries) if tries else None
         r = arms[name].results if name in arms else RunResults()
-        times_summary[name] = {"tries": tries, "earlier_tries": all_tries[:fresh], "wall_seconds": wall} | {
+        ledger = r.cost.total.wall if r.cost is not None and r.cost.since_edits == 0 else None
+        wall_text = f"{wall}" if wall is not None else "—"
+        if ledger is not None and (wall is None or ledger > 1.05 * wall):
+            wall_text += f" (run ledger: {ledger:.0f})"
+        times_summary[name] = {"tries": tries, "earlier_tries": all_tries[:fresh], "wall_seconds": wall, "ledger_wall_seconds": ledger} | {
             k: getattr(r, k) for k in ("num_edits", "num_steps", "num_rejected_steps", "seconds_editing", "seconds_per_edit", "seconds_restraint",
                                        "code_commit")}
         last_rc = tries[-1]["rc"] if tries else None
         counts = [r.num_edits, r.num_steps, r.num_rejected_steps]
         rows.append([name, *("—" if c is None else str(c) for c in counts),
-                     f"{wall}" if wall is not None else "—", f"{len(tries)}" + (f" (last rc={last_rc})" if last_rc else ""),
+                     wall_text, f"{len(tries)}" + (f" (last rc={last_rc})" if last_rc else ""),
                      fmt(r.seconds_editing, 0), fmt(r.seconds_per_edit, 2), fmt(r.seconds_restraint, 1)])
     md += [table(["arm", "edits", "steps", "rejected steps", "wall (s)", "tries", "editing (s)", "s / edit", "restraint (s)"], rows), ""]
 
