@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from prune_lit.analysis.study_report import DOWNSTREAM, EDITOR_LABELS, VARIANT_LABELS, arm_variant, fmt, rise_text, split_arm
+from prune_lit.analysis.study_report import (DOWNSTREAM, EDITOR_LABELS, VARIANT_LABELS, arm_variant, fmt, perplexity_rise,
+                                             rise_interval_text, split_arm)
 
 ARM_ORDER = ["rome", "rome_prune", "rome_key_aware", "rome_sphere", "alphaedit", "alphaedit_key_aware", "alphaedit_sphere"]
 
@@ -40,9 +40,7 @@ def rows(summary: dict[str, Any], edits: int) -> list[str]:
             point = max(points, key=lambda p: p["num_edits"])
         n = point["num_edits"]
         probes, scores, tasks = point["probes"], point["edits"], point.get("downstream") or {}
-        change = probes["nll_change"]
-        rise = " ".join([rise_text(math.expm1(change["difference"])),
-                         f"[{rise_text(math.expm1(change['low']))}, {rise_text(math.expm1(change['high']))}]"])
+        rise = rise_interval_text(**perplexity_rise(probes["nll_change"]))
         cells = [f"{EDITOR_LABELS.get(editor, editor)}, {VARIANT_LABELS[variant]}",
                  str(n) if n == edits else f"{n} (unfinished: at {partial} when reported)" if partial else str(n),
                  fmt(probes["perplexity"]["estimate"], 2), rise, f"{probes['kl']['estimate']:.3f}",

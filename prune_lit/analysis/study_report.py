@@ -586,8 +586,7 @@ def goal_rows(points: dict[str, dict[str, list[dict[str, Any]]]], goal: Goal) ->
             if not scored:
                 continue
             r = max(scored, key=lambda x: x["num_edits"])
-            ch, eff = r["probes"]["nll_change"], r["edits"]["efficacy"]
-            rise = {k: math.expm1(ch[k]) for k in ("difference", "low", "high")}
+            rise, eff = perplexity_rise(r["probes"]["nll_change"]), r["edits"]["efficacy"]
             rows.append({"editor": editor, "variant": variant, "num_edits": r["num_edits"],
                          "perplexity": r["probes"]["perplexity"]["estimate"], "rise": rise["difference"],
                          "rise_low": rise["low"], "rise_high": rise["high"], "efficacy": eff["estimate"],
@@ -603,6 +602,16 @@ def goal_rows(points: dict[str, dict[str, list[dict[str, Any]]]], goal: Goal) ->
 def rise_text(x: float) -> str:
     """A relative change as ``+1.9 %``; beyond +1,000 % as the ratio (``×10833.800``, `fmt`)."""
     return f"{100 * x:+.1f} %" if x < 10 else f"×{fmt(1 + x, 3)}"
+
+
+def perplexity_rise(nll_change: dict[str, float]) -> dict[str, float]:
+    """A paired Δ NLL test's ``difference`` / ``low`` / ``high`` as relative perplexity changes, exp(Δ) − 1."""
+    return {k: math.expm1(nll_change[k]) for k in ("difference", "low", "high")}
+
+
+def rise_interval_text(difference: float, low: float, high: float) -> str:
+    """``+1.9 % [+0.9 %, +3.0 %]`` (`rise_text` of each)."""
+    return f"{rise_text(difference)} [{rise_text(low)}, {rise_text(high)}]"
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -825,7 +834,7 @@ def build_report(study: Path, resamples: int = 10_000, seed: int = 0, kappa_w0: 
                "estimates on the right side; \"with intervals\": the rise's upper and efficacy's lower end too.", "",
                table(["arm", "edits", "perplexity", "rise", "efficacy", "meets", "with intervals"],
                      [[label(g["editor"], g["variant"]), str(g["num_edits"]), fmt(g["perplexity"], 2),
-                       f"{rise_text(g['rise'])} [{rise_text(g['rise_low'])}, {rise_text(g['rise_high'])}]",
+                       rise_interval_text(g["rise"], g["rise_low"], g["rise_high"]),
                        fmt_iv({"estimate": g["efficacy"], "low": g["efficacy_low"], "high": g["efficacy_high"]}),
                        "yes" if g["meets"] else "no", "yes" if g["meets_with_intervals"] else "no"] for g in goals]), ""]
 
